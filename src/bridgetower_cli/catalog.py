@@ -1,0 +1,33 @@
+"""The public BridgeTower checkpoints bt knows about (no torch import: used by help and hints)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    id: str
+    heads: tuple[str, ...]
+    image_size: int
+
+
+KNOWN_CHECKPOINTS = (
+    Checkpoint("BridgeTower/bridgetower-base", (), 288),
+    Checkpoint("BridgeTower/bridgetower-base-itm-mlm", ("itm", "mlm"), 288),
+    Checkpoint("BridgeTower/bridgetower-large-itm-mlm", ("itm", "mlm"), 294),
+    Checkpoint("BridgeTower/bridgetower-large-itm-mlm-itc", ("itm", "mlm", "itc"), 294),
+)
+DEFAULT_MATCHING_MODEL = "BridgeTower/bridgetower-base-itm-mlm"
+DEFAULT_CONTRASTIVE_MODEL = "BridgeTower/bridgetower-large-itm-mlm-itc"
+
+HEAD_DESCRIPTIONS = {
+    "itm": "image-text matching (ITM)",
+    "mlm": "masked language modelling (MLM)",
+    "itc": "contrastive embedding (ITC)",
+}
+
+
+def checkpoint_with(head: str) -> str:
+    """The smallest public checkpoint holding ``head``."""
+    return next(c.id for c in KNOWN_CHECKPOINTS if head in c.heads)

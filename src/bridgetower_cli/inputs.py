@@ -1,0 +1,193 @@
+"""Image and text sources: expanding paths, directories, globs, URLs and stdin lists; decoding images to RGB."""
+
+from __future__ import annotations
+
+import glob
+import io
+import sys
+import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+from .errors import BtError, InputError
+
+IMAGE_SUFFIXES = frozenset(
+    {".jpg", ".jpeg", ".jfif", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
+)
+URL_TIMEOUT_S = (5.0, 20.0)  # connect, read
+URL_MAX_BYTES = 50 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ImageSource:
+    """One image to read: a local path or an http(s) URL; ``name`` is how records refer to it."""
+
+    name: str
+    path: Path | None = None
+    url: str | None = None
+
+    @property
+    def is_url(self) -> bool:
+        return self.url is not None
+
+
+def _is_url(spec: str) -> bool:
+    return "://" in spec
+
+
+def _walk(directory: Path) -> list[Path]:
+    return sorted(
+        p
+        for p in directory.rglob("*")
+        if p.suffix.lower() in IMAGE_SUFFIXES
+        and p.is_file()
+        and not any(part.startswith(".") for part in p.relative_to(directory).parts)
+    )
+
+
+def expand_image_sources(specs: Iterable[str], stdin: TextIO | None = None) -> list[ImageSource]:
+    """Expand files, directories (walked, image files only), globs, URLs and ``-`` (paths on stdin)."""
+    sources: list[ImageSource] = []
+    for spec in specs:
+        if spec == "-":
+            lines = [line.strip() for line in (stdin or sys.stdin)]
+            sources += expand_image_sources([line for line in lines if line and line != "-"])
+        elif _is_url(spec):
+            scheme = spec.split("://", 1)[0].lower()
+            if scheme not in ("http", "https"):
+                raise BtError(f"unsupported URL scheme {scheme}:// in {spec}", "use an http(s) URL or a local path")
+            sources.append(ImageSource(spec, url=spec))
+        else:
+            sources += _expand_path(spec)
+    seen: set[str] = set()
+    unique = [s for s in sources if not (s.name in seen or seen.add(s.name))]
+    if not unique:
+        raise BtError("no images given", "pass image files, directories, globs or URLs")
+    return unique
+
+
+def _expand_path(spec: str) -> list[ImageSource]:
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        found = _walk(path)
+        if not found:
+            raise BtError(
+                f"no image files in directory {spec}", f"image files end in {', '.join(sorted(IMAGE_SUFFIXES))}"
+            )
+        return [ImageSource(str(p), path=p) for p in found]
+    if path.is_file():
+        return [ImageSource(spec, path=path)]
+    if glob.has_magic(spec):
+        matches = sorted(Path(m) for m in glob.glob(str(path), recursive=True))
+        files = [m for m in matches if m.is_file() and m.suffix.lower() in IMAGE_SUFFIXES]
+        if not files:
+            raise BtError(f"no image files match {spec}", "check the pattern; quote it to let bt expand it")
+        return [ImageSource(str(m), path=m) for m in files]
+    if path.exists():
+        raise BtError(f"{spec} is not a regular file or directory", "pass image files, directories, globs or URLs")
+    raise BtError(f"no such file or directory: {spec}", "check the path")
+
+
+def read_bytes(source: ImageSource) -> bytes:
+    """The raw bytes of a source; a URL is fetched with a timeout and a size cap."""
+    if not source.is_url:
+        try:
+            return source.path.read_bytes()
+        except OSError as error:
+            raise InputError(f"cannot read {source.name}: {error.strerror or error}") from None
+    import requests
+
+    try:
+        with requests.get(source.url, timeout=URL_TIMEOUT_S, stream=True) as response:
+            if response.status_code != 200:
+                raise InputError(f"{source.name}: HTTP {response.status_code} {response.reason}")
+            content_type = response.headers.get("Content-Type", "").split(";")[0].strip().lower()
+            if content_type and not content_type.startswith("image/") and content_type != "application/octet-stream":
+                raise InputError(f"{source.name} is not an image (Content-Type {content_type})")
+            declared = int(response.headers.get("Content-Length") or 0)
+            if declared > URL_MAX_BYTES:
+                raise InputError(f"{source.name} is larger than {URL_MAX_BYTES // 2**20} MiB")
+            chunks, size = [], 0
+            for chunk in response.iter_content(64 * 1024):
+                size += len(chunk)
+                if size > URL_MAX_BYTES:
+                    raise InputError(f"{source.name} is larger than {URL_MAX_BYTES // 2**20} MiB")
+                chunks.append(chunk)
+            return b"".join(chunks)
+    except requests.Timeout:
+        raise InputError(f"{source.name}: no answer within {URL_TIMEOUT_S[1]:.0f} s") from None
+    except requests.RequestException as error:
+        raise InputError(f"cannot fetch {source.name}: {type(error).__name__}") from None
+
+
+def decode_image(data: bytes, name: str):
+    """Decode bytes to an RGB PIL image: EXIF orientation applied, first frame, any mode made RGB."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    if not data:
+        raise InputError(f"{name} is empty (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            image.seek(0)
+            image.load()
+            image = ImageOps.exif_transpose(image)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise InputError(f"{name} is too large to decode safely (over {Image.MAX_IMAGE_PIXELS} pixels)") from None
+    except UnidentifiedImageError:
+        raise InputError(f"{name} is not an image file bt can read") from None
+    except (OSError, SyntaxError, ValueError) as error:
+        raise InputError(f"{name} is a damaged image ({error})") from None
+    return to_rgb(image)
+
+
+def to_rgb(image):
+    """Any PIL mode to RGB: 16-bit and float scaled to 8 bits, transparency composited on white."""
+    from PIL import Image
+
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        import numpy as np
+
+        array = np.asarray(image, dtype=np.float64)
+        if array.max(initial=0) > 255:
+            array = array * (255.0 / 65535.0)
+        image = Image.fromarray(np.clip(array + 0.5, 0, 255).astype(np.uint8), mode="L")
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        image = image.convert("RGBA")
+        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, image)
+    return image.convert("RGB") if image.mode != "RGB" else image
+
+
+def load_image(source: ImageSource):
+    """Read and decode one source to an RGB PIL image (raises InputError)."""
+    return decode_image(read_bytes(source), source.name)
+
+
+def read_texts(arguments: Iterable[str], texts_file: str | None, stdin: TextIO | None = None) -> list[str]:
+    """Texts from arguments and/or a file with one text per line (``-`` = stdin; blank lines skipped)."""
+    texts = list(arguments)
+    if texts_file is not None:
+        if texts_file == "-":
+            lines = (stdin or sys.stdin).read().splitlines()
+        else:
+            try:
+                lines = Path(texts_file).expanduser().read_text(encoding="utf-8").splitlines()
+            except OSError as error:
+                raise BtError(
+                    f"cannot read texts file {texts_file}: {error.strerror or error}", "check the path"
+                ) from None
+            except UnicodeDecodeError:
+                raise BtError(f"texts file {texts_file} is not UTF-8 text", "save it as UTF-8") from None
+        texts += [line.strip() for line in lines if line.strip()]
+    for text in texts:
+        if not text.strip():
+            raise BtError("a text is empty", "give every text some words")
+    if not texts:
+        raise BtError("no texts given", "pass texts as arguments or with --texts-file FILE")
+    return texts

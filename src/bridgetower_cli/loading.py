@@ -1,0 +1,198 @@
+"""Checkpoint resolution and loading: one BridgeTower backbone plus whichever heads the checkpoint holds."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import BridgeTowerConfig, BridgeTowerModel, BridgeTowerProcessor
+from transformers.models.bridgetower.modeling_bridgetower import (
+    BridgeTowerContrastiveHead,
+    BridgeTowerITMHead,
+    BridgeTowerMLMHead,
+    BridgeTowerPreTrainedModel,
+)
+from transformers.utils import logging as hf_logging
+
+from .catalog import HEAD_DESCRIPTIONS, checkpoint_with
+from .errors import BtError
+from .hub import weight_files
+
+# The weight names that prove a head is in a checkpoint (all of them must be there).
+HEAD_WEIGHTS = {
+    "itm": ("itm_score.fc.weight", "itm_score.fc.bias"),
+    "mlm": ("mlm_score.transform.dense.weight", "mlm_score.decoder.weight", "mlm_score.bias"),
+    "itc": (
+        "itc_text_head.fc.weight",
+        "itc_image_head.fc.weight",
+        "itc_cross_modal_head.fc.weight",
+        "logit_scale",
+    ),
+}
+
+hf_logging.set_verbosity_error()
+hf_logging.disable_progress_bar()
+
+
+class BridgeTowerWithHeads(BridgeTowerPreTrainedModel):
+    """The stock backbone with any subset of the ITM, MLM and ITC heads, under their stock weight names."""
+
+    _tied_weights_keys = {"mlm_score.decoder.weight": "bridgetower.text_model.embeddings.word_embeddings.weight"}
+
+    def __init__(self, config: BridgeTowerConfig, heads: tuple[str, ...] = ()):
+        super().__init__(config)
+        self.heads = tuple(heads)
+        self.bridgetower = BridgeTowerModel(config)
+        if "itm" in heads:
+            self.itm_score = BridgeTowerITMHead(config.hidden_size * 2)
+        if "mlm" in heads:
+            self.mlm_score = BridgeTowerMLMHead(config)
+        if "itc" in heads:
+            size = config.contrastive_hidden_size
+            self.itc_text_head = BridgeTowerContrastiveHead(config.hidden_size, size)
+            self.itc_image_head = BridgeTowerContrastiveHead(config.hidden_size, size)
+            self.itc_cross_modal_head = BridgeTowerContrastiveHead(config.hidden_size * 2, size)
+            self.logit_scale = nn.Parameter(torch.tensor(getattr(config, "logit_scale_init_value", 2.6592)))
+        self.post_init()
+
+
+@dataclass
+class LoadedModel:
+    """A loaded checkpoint: the model (backbone + heads), its processor, and where it runs."""
+
+    name: str
+    path: Path
+    model: BridgeTowerWithHeads
+    processor: BridgeTowerProcessor
+    device: torch.device
+    dtype: torch.dtype
+
+    @property
+    def heads(self) -> tuple[str, ...]:
+        return self.model.heads
+
+
+def select_device(name: str) -> torch.device:
+    """``auto`` picks cuda, then mps, then cpu; an explicit device must exist."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if not re.fullmatch(r"cpu|mps|cuda(:\d+)?", name):
+        raise BtError(f"unknown device {name!r}", "use auto, cpu, cuda, cuda:N or mps")
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise BtError("CUDA is not available on this machine", "use --device cpu (or auto)")
+        if (device.index or 0) >= torch.cuda.device_count():
+            raise BtError(
+                f"no {name}: this machine has {torch.cuda.device_count()} CUDA device(s)", "use --device cuda:0"
+            )
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise BtError("MPS is not available on this machine", "use --device cpu (or auto)")
+    return device
+
+
+def select_dtype(name: str, device: torch.device) -> torch.dtype:
+    """``auto`` is float32, except bfloat16 on a CUDA GPU that supports it."""
+    if name == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if name not in dtypes:
+        raise BtError(f"unknown dtype {name!r}", "use auto, float32, bfloat16 or float16")
+    return dtypes[name]
+
+
+def weight_names(path: Path) -> set[str]:
+    """The tensor names stored in a checkpoint directory, read without loading any tensor."""
+    for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        if (path / index).is_file():
+            return set(json.loads((path / index).read_text())["weight_map"])
+    files = weight_files(path)
+    if not files:
+        raise BtError(f"{path} holds no model weights", "a checkpoint has model.safetensors or pytorch_model.bin")
+    names: set[str] = set()
+    for file in files:
+        if file.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(file), framework="pt") as handle:
+                names.update(handle.keys())
+        else:
+            names.update(torch.load(file, map_location="meta", weights_only=True, mmap=True))
+    return names
+
+
+def heads_in(path: Path, config: BridgeTowerConfig) -> tuple[str, ...]:
+    names = weight_names(path)
+    heads = [head for head, required in HEAD_WEIGHTS.items() if all(name in names for name in required)]
+    if "itc" in heads and getattr(config, "contrastive_hidden_size", None) is None:
+        heads.remove("itc")
+    return tuple(heads)
+
+
+def _check_supported(config: BridgeTowerConfig) -> None:
+    if config.share_link_tower_layers:
+        raise BtError(
+            "share_link_tower_layers=True: transformers itself cannot run this config (TypeError upstream)",
+            "no public BridgeTower checkpoint uses it; use one of `bt models`",
+        )
+    if config.vision_config.remove_last_layer:
+        raise BtError("this checkpoint sets vision remove_last_layer=True, which the BridgeTower forward cannot run")
+
+
+def require_heads(available: tuple[str, ...], needed: tuple[str, ...], name: str) -> None:
+    missing = [head for head in needed if head not in available]
+    if missing:
+        head = missing[0]
+        have = ", ".join(available) or "no heads"
+        raise BtError(
+            f"{name} has no {HEAD_DESCRIPTIONS[head]} head (it holds {have})",
+            f"use a checkpoint that has it, e.g. --model {checkpoint_with(head)}",
+        )
+
+
+def load_model(
+    path: Path, model: str, device: str = "auto", dtype: str = "auto", needs: tuple[str, ...] = ()
+) -> LoadedModel:
+    """Load the checkpoint at ``path`` (see ``hub.resolve_checkpoint``; ``model`` is the name the user gave):
+    one backbone plus every head it holds; refuse if a head in ``needs`` is missing."""
+    torch_device = select_device(device)
+    torch_dtype = select_dtype(dtype, torch_device)
+    try:
+        config = BridgeTowerConfig.from_pretrained(path)
+    except (OSError, ValueError, TypeError) as error:
+        raise BtError(
+            f"{model} is not a BridgeTower checkpoint: {error}", "point --model at a checkpoint directory"
+        ) from None
+    if config.model_type != "bridgetower":
+        raise BtError(f"{model} is a {config.model_type!r} checkpoint, not BridgeTower", "see `bt models`")
+    _check_supported(config)
+    heads = heads_in(path, config)
+    require_heads(heads, needs, model)
+    try:
+        network, info = BridgeTowerWithHeads.from_pretrained(
+            path, config=config, heads=heads, dtype=torch_dtype, output_loading_info=True
+        )
+        processor = BridgeTowerProcessor.from_pretrained(path)
+    except (OSError, ValueError) as error:
+        raise BtError(f"cannot load {model}: {error}", "is it a complete BridgeTower checkpoint?") from None
+    if info["missing_keys"]:
+        missing = ", ".join(sorted(info["missing_keys"])[:3])
+        raise BtError(
+            f"{model} lacks weights ({missing}, ...): refusing to run with random ones", "re-download the checkpoint"
+        )
+    network.eval().to(torch_device)
+    return LoadedModel(model, path, network, processor, torch_device, torch_dtype)
+
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -1,0 +1,47 @@
+"""The records the library returns and the reporter it talks to (no torch here: the CLI imports it at start)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+
+@dataclass
+class ScoreRecord:
+    """One (image, text) pair scored by the ITM head."""
+
+    image: str
+    text: str
+    logit: float
+    probability: float
+
+
+@dataclass
+class Skipped:
+    """An input left out of a batch, and why."""
+
+    name: str
+    reason: str
+
+
+@dataclass
+class Outcome:
+    """Records out of a task, and the inputs it had to skip."""
+
+    records: list = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)
+
+
+class Reporter:
+    """Where a task reports progress and problems. The base class is silent; the CLI's prints to stderr."""
+
+    def warn(self, message: str) -> None:
+        pass
+
+    def skipped(self, name: str, reason: str) -> None:
+        pass
+
+    @contextlib.contextmanager
+    def progress(self, total: int, description: str) -> Iterator[Callable[[int], None]]:
+        yield lambda n=1: None

@@ -1,0 +1,187 @@
+"""Encode once, fuse many: BridgeTower split into a text pass, an image pass and the cross-modal fusion.
+
+The stock forward runs both towers and the cross-modal stack for every (image, text) pair. Everything the cross
+stack takes from the text depends on the text alone, and likewise for the image, so each is computed once and the
+fusion runs per pair over the cached states. Every step calls the stock modules in the stock order, so the numbers
+are those of the stock classes (see tests/test_runtime_parity.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from PIL import Image
+from torch import nn
+from transformers.masking_utils import create_bidirectional_mask
+
+from .errors import InputError
+from .loading import LoadedModel
+
+
+@dataclass
+class TextStates:
+    """What the cross-modal stack needs from one text: one [length, hidden] tensor per cross layer."""
+
+    input_ids: torch.Tensor  # [length]
+    layers: torch.Tensor  # [cross_layers, length, hidden]
+    itc_embedding: torch.Tensor | None  # [contrastive] (L2-normalised), when the checkpoint has ITC heads
+    truncated: bool
+
+    @property
+    def length(self) -> int:
+        return self.layers.shape[1]
+
+
+@dataclass
+class ImageStates:
+    """What the cross-modal stack needs from one image: one [tokens, hidden] tensor per cross layer."""
+
+    layers: torch.Tensor  # [cross_layers, tokens, hidden]
+    itc_embedding: torch.Tensor | None
+
+
+@dataclass
+class Fused:
+    """The cross-modal outputs for a batch of (text, image) pairs."""
+
+    text_features: torch.Tensor  # [pairs, max_length, hidden]
+    image_features: torch.Tensor  # [pairs, tokens, hidden]
+    lengths: list[int]
+
+
+class Runtime:
+    """The BridgeTower forward as separate text, image and fusion steps over one loaded backbone."""
+
+    def __init__(self, loaded: LoadedModel):
+        self.loaded = loaded
+        self.model = loaded.model
+        self.tower = loaded.model.bridgetower
+        self.processor = loaded.processor
+        self.tokenizer = loaded.processor.tokenizer
+        self.device = loaded.device
+        text_layers = len(self.tower.text_model.encoder.layer)
+        self.split = text_layers - self.tower.config.num_hidden_layers + 1
+        self.max_length = min(
+            self.tokenizer.model_max_length, self.tower.config.text_config.max_position_embeddings - 2
+        )
+
+    # -- inputs -------------------------------------------------------------------------------------------------
+
+    def pixel_values(self, image: Image.Image) -> torch.Tensor:
+        """Preprocess one RGB image exactly as ``BridgeTowerProcessor`` does; [3, S, S]."""
+        try:
+            encoding = self.processor.image_processor(
+                images=image, do_normalize=True, do_center_crop=True, return_tensors="pt"
+            )
+        except ValueError as error:
+            raise InputError(f"the image processor cannot handle this image ({error})") from None
+        return encoding["pixel_values"][0]
+
+    def tokenize(self, texts: list[str]) -> tuple[list[list[int]], list[bool]]:
+        """Token ids per text (truncated to the model's limit) and whether each was truncated."""
+        ids = self.tokenizer(texts, truncation=True, max_length=self.max_length)["input_ids"]
+        full = self.tokenizer(texts, truncation=False)["input_ids"]
+        return ids, [len(a) < len(b) for a, b in zip(ids, full)]
+
+    def _mask(self, attention_mask: torch.Tensor, like: torch.Tensor):
+        return create_bidirectional_mask(
+            config=self.tower.config, inputs_embeds=like[:, 0:1, :], attention_mask=attention_mask
+        )
+
+    # -- unimodal passes ----------------------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def encode_texts(self, texts: list[str]) -> list[TextStates]:
+        """The text tower once per text: cross-stack inputs and, with ITC heads, the unimodal text embedding."""
+        tower = self.tower
+        ids, truncated = self.tokenize(texts)
+        padded = self.tokenizer.pad({"input_ids": ids}, return_tensors="pt")
+        input_ids = padded["input_ids"].to(self.device)
+        attention_mask = padded["attention_mask"].to(self.device)
+        hidden = tower.text_model.embeddings(input_ids=input_ids)
+        mask = self._mask(attention_mask, hidden)
+        layers = tower.text_model.encoder.layer
+        for layer in layers[: self.split]:
+            hidden = layer(hidden, mask)
+        type_embedding = tower.token_type_embeddings(torch.zeros(1, dtype=torch.long, device=self.device))
+        first = tower._apply_text_transform(hidden, layer_idx=0)
+        states = [tower.cross_modal_text_layernorm(first + type_embedding.expand_as(first))]
+        for link, layer in enumerate(layers[self.split :], start=1):
+            hidden = layer(hidden, mask)
+            states.append(tower._apply_text_transform(hidden, link) + type_embedding.expand_as(first))
+        stacked = torch.stack(states, dim=1)  # [batch, cross_layers, length, hidden]
+        itc = self._normalize(self.model.itc_text_head(hidden[:, 0, :])) if "itc" in self.loaded.heads else None
+        lengths = attention_mask.sum(dim=1).tolist()
+        return [
+            TextStates(input_ids[i, :n], stacked[i, :, :n], None if itc is None else itc[i], truncated[i])
+            for i, n in enumerate(lengths)
+        ]
+
+    @torch.inference_mode()
+    def encode_images(self, pixel_values: torch.Tensor) -> list[ImageStates]:
+        """The vision tower once per image ([batch, 3, S, S]): cross-stack inputs and the unimodal embedding."""
+        tower = self.tower
+        visual = tower.vision_model.visual
+        dtype = tower.vision_model.dtype
+        hidden = visual.forward_pre(pixel_values.to(self.device).type(dtype))
+        blocks = visual.transformer.resblocks
+        for block in blocks[: self.split]:
+            hidden = block(hidden)
+        type_embedding = tower.token_type_embeddings(torch.ones(1, dtype=torch.long, device=self.device))
+        first = tower._apply_image_transform(visual.forward_post(hidden.type(dtype)), layer_idx=0)
+        states = [tower.cross_modal_image_layernorm(first + type_embedding.expand_as(first))]
+        for link in range(1, len(tower.text_model.encoder.layer) - self.split + 1):
+            hidden = blocks[self.split + link - 1](hidden).type(dtype)
+            transformed = tower._apply_image_transform(visual.forward_post(hidden), link)
+            states.append(transformed + type_embedding.expand_as(transformed))
+        stacked = torch.stack(states, dim=1)
+        itc = None
+        if "itc" in self.loaded.heads:
+            itc = self._normalize(self.model.itc_image_head(states[-1][:, 0, :]))
+        return [ImageStates(stacked[i], None if itc is None else itc[i]) for i in range(stacked.shape[0])]
+
+    @staticmethod
+    def _normalize(x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.normalize(x, dim=-1, p=2)
+
+    # -- fusion and heads ---------------------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def fuse(self, texts: list[TextStates], images: list[ImageStates]) -> Fused:
+        """The cross-modal stack over pairs (texts[k], images[k])."""
+        tower = self.tower
+        lengths = [t.length for t in texts]
+        longest = max(lengths)
+        text_layers = torch.stack([nn.functional.pad(t.layers, (0, 0, 0, longest - t.length)) for t in texts])
+        image_layers = torch.stack([i.layers for i in images])
+        attention_mask = torch.zeros(len(texts), longest, dtype=torch.long, device=self.device)
+        for row, n in enumerate(lengths):
+            attention_mask[row, :n] = 1
+        mask = self._mask(attention_mask, text_layers[:, 0])
+
+        text_in, image_in = text_layers[:, 0], image_layers[:, 0]
+        text_out = tower.cross_modal_text_layers[0](text_in, image_in, attention_mask=mask)[0]
+        image_out = tower.cross_modal_image_layers[0](image_in, text_in, encoder_attention_mask=mask)[0]
+        for link in range(1, text_layers.shape[1]):
+            text_in = tower.cross_modal_text_link_tower[link - 1](text_layers[:, link], text_out, mask)
+            image_in = tower.cross_modal_image_link_tower[link - 1](image_layers[:, link], image_out, None)
+            text_out = tower.cross_modal_text_layers[link](text_in, image_in, attention_mask=mask)[0]
+            image_out = tower.cross_modal_image_layers[link](image_in, text_in, encoder_attention_mask=mask)[0]
+        return Fused(text_out, image_out, lengths)
+
+    @torch.inference_mode()
+    def itm_logits(self, fused: Fused) -> torch.Tensor:
+        """ITM logits [pairs, 2] (no-match, match)."""
+        return self.model.itm_score(self.tower.get_cls_features(fused.text_features, fused.image_features))
+
+    @torch.inference_mode()
+    def mlm_logits(self, fused: Fused, pair: int, positions: list[int]) -> torch.Tensor:
+        """MLM logits [len(positions), vocab] for one pair of the batch."""
+        return self.model.mlm_score(fused.text_features[pair, positions])
+
+    @torch.inference_mode()
+    def cross_embeddings(self, fused: Fused) -> torch.Tensor:
+        """The L2-normalised cross-modal ITC embedding [pairs, contrastive]."""
+        pooled = self.tower.get_cls_features(fused.text_features, fused.image_features)
+        return self._normalize(self.model.itc_cross_modal_head(pooled))
