@@ -178,6 +178,13 @@ def load_model(
         raise BtError(f"{model} is a {config.model_type!r} checkpoint, not BridgeTower", "see `bt models`")
     _check_supported(config)
     heads = heads_in(path, config)
+    if "itc" in heads and not config.share_cross_modal_transformer_layers:
+        heads = tuple(h for h in heads if h != "itc")  # the stock contrastive class raises on this config
+        if "itc" in needs:
+            raise BtError(
+                "ITC embeddings are undefined for share_cross_modal_transformer_layers=False (transformers raises)",
+                f"use a checkpoint such as {checkpoint_with('itc')}",
+            )
     require_heads(heads, needs, model)
     try:
         network, info = BridgeTowerWithHeads.from_pretrained(

@@ -1,0 +1,86 @@
+"""bt as a user runs it: the installed entry point in a subprocess, startup cost, and offline failure."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+BT = shutil.which("bt")
+CHECK_IMPORTS = (
+    "import sys; from bridgetower_cli.cli import main\n"
+    "try:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n    code = e.code\n"
+    "heavy = sorted(m for m in ('torch', 'transformers') if m in sys.modules)\n"
+    "print('HEAVY=' + ','.join(heavy), file=sys.stderr)\n"
+    "sys.exit(code)\n"
+)
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["--help"], ["--version"], ["score", "--help"], ["score"], ["score", "x.jpg", "t", "--format", "xml"]],
+)
+def test_help_version_and_usage_errors_do_not_import_torch(args):
+    result = subprocess.run([sys.executable, "-c", CHECK_IMPORTS, *args], capture_output=True, text=True)
+    assert result.returncode in (0, 2)
+    assert "HEAVY=\n" in result.stderr or result.stderr.rstrip().endswith("HEAVY=")
+
+
+@pytest.mark.skipif(BT is None, reason="the bt entry point is not installed")
+def test_entry_point_pipes_json(full_checkpoint, samples):
+    command = f"{BT} score {samples / 'cat.jpg'} 'two cats' -m {full_checkpoint} -f json"
+    consumer = "import json, sys; r = json.load(sys.stdin); print(r[0]['text'], len(r))"
+    result = subprocess.run(f"{command} | {sys.executable} -c \"{consumer}\"", shell=True, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "two cats 1\n"
+
+
+@pytest.mark.skipif(BT is None, reason="the bt entry point is not installed")
+def test_stdout_holds_only_data_in_a_pipe(full_checkpoint, samples):
+    result = subprocess.run(
+        [BT, "score", samples / "cat.jpg", samples / "rocket.jpg", "a cat", "-m", full_checkpoint],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0
+    assert len(json.loads(result.stdout)) == 2  # auto format is JSON when stdout is not a terminal
+
+
+@pytest.mark.skipif(BT is None, reason="the bt entry point is not installed")
+def test_uncached_hub_id_without_network_fails_fast(tmp_path, samples):
+    env = dict(os.environ, HF_ENDPOINT=f"http://127.0.0.1:{closed_port()}", HF_HOME=str(tmp_path / "hf"))
+    env.pop("HF_HUB_OFFLINE", None)
+    start = time.monotonic()
+    result = subprocess.run(
+        [BT, "score", samples / "cat.jpg", "a cat", "--model", "BridgeTower/bridgetower-base-itm-mlm"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    elapsed = time.monotonic() - start
+    assert result.returncode == 1
+    assert elapsed < 10, f"took {elapsed:.1f} s"
+    assert "not in the local Hugging Face cache" in result.stderr and "--model DIR" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.skipif(BT is None, reason="the bt entry point is not installed")
+def test_debug_shows_the_traceback(tmp_path):
+    env = dict(os.environ, BT_DEBUG="1")
+    result = subprocess.run([BT, "score", tmp_path / "missing.jpg", "a cat"], capture_output=True, text=True, env=env)
+    assert result.returncode == 1
+    assert "Traceback" in result.stderr and "BtError" in result.stderr
