@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +14,9 @@ from bridgetower_cli.cli import main
 from bridgetower_cli.testing import build_checkpoint
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
+# Where bt runs in the tests: the CPU unless BT_TEST_DEVICE says otherwise (the GPU check sets cuda), always fp32.
+DEVICE = os.environ.get("BT_TEST_DEVICE", "cpu")
+BT_ENV = {"BT_DEVICE": DEVICE, "BT_DTYPE": "float32", "BT_MODEL": None}
 
 
 @pytest.fixture(scope="session")
@@ -50,7 +54,7 @@ class Result:
 def run_bt(*args: str, input: str | None = None, env: dict | None = None) -> Result:
     """Run ``bt`` in-process through its real entry point (``main``, the error boundary included)."""
     runner = CliRunner()
-    with runner.isolation(input=input, env=env) as (out, err, _):
+    with runner.isolation(input=input, env=BT_ENV | (env or {})) as (out, err, _):
         try:
             main([str(a) for a in args])
             code = 0

@@ -44,7 +44,7 @@ def test_bad_specs(spec, message):
 @pytest.mark.parametrize("mode", ["L", "LA", "RGBA", "P", "CMYK", "I;16", "1"])
 def test_every_mode_becomes_rgb(mode):
     base = Image.linear_gradient("L").resize((40, 30))
-    image = base.convert(mode) if mode != "I;16" else Image.fromarray((np.asarray(base, np.uint16) * 257))
+    image = base.convert(mode) if mode != "I;16" else Image.fromarray(np.asarray(base, np.uint16) * 257)
     fmt = "JPEG" if mode == "CMYK" else "PNG"
     decoded = decode_image(encode(image, fmt), f"x.{fmt.lower()}")
     assert decoded.mode == "RGB" and decoded.size == (40, 30)
@@ -69,7 +69,8 @@ def test_exif_orientation_is_applied():
 
 
 @pytest.mark.parametrize(
-    "data, message", [(b"", "is empty"), (b"plain text", "not an image file"), (b"\xff\xd8\xff\xe0junk", "damaged|not an image")]
+    "data, message",
+    [(b"", "is empty"), (b"plain text", "not an image file"), (b"\xff\xd8\xff\xe0junk", "damaged|not an image")],
 )
 def test_bad_bytes_raise_input_error(data, message):
     with pytest.raises(InputError, match=message):

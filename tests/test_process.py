@@ -42,7 +42,7 @@ def test_help_version_and_usage_errors_do_not_import_torch(args):
 def test_entry_point_pipes_json(full_checkpoint, samples):
     command = f"{BT} score {samples / 'cat.jpg'} 'two cats' -m {full_checkpoint} -f json"
     consumer = "import json, sys; r = json.load(sys.stdin); print(r[0]['text'], len(r))"
-    result = subprocess.run(f"{command} | {sys.executable} -c \"{consumer}\"", shell=True, capture_output=True, text=True)
+    result = subprocess.run(f'{command} | {sys.executable} -c "{consumer}"', shell=True, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout == "two cats 1\n"
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import DEVICE
 from reference import contrastive, itm_logits, mlm_logits, rgb
 
 from bridgetower_cli.errors import BtError
@@ -25,6 +26,10 @@ VARIANTS = {
 }
 
 
+def load(path, needs=()):
+    return load_model(path, str(path), DEVICE, "float32", needs)
+
+
 @pytest.fixture(scope="module", params=list(VARIANTS))
 def variant(request, tmp_path_factory):
     path = build_checkpoint(tmp_path_factory.mktemp(request.param), "tiny", seed=7, **VARIANTS[request.param])
@@ -43,26 +48,26 @@ def all_pairs(runtime, samples):
 
 def test_every_head_equals_stock(variant, samples):
     name, path = variant
-    runtime = Runtime(load_model(path, str(path)))
+    runtime = Runtime(load(path))
     images, text_states, image_states, pairs, fused = all_pairs(runtime, samples)
-    itm = runtime.itm_logits(fused)
-    cross = runtime.cross_embeddings(fused) if "itc" in runtime.loaded.heads else None
+    itm = runtime.itm_logits(fused).cpu()
+    cross = runtime.cross_embeddings(fused).cpu() if "itc" in runtime.loaded.heads else None
     for k, (i, j) in enumerate(pairs):
         assert (itm[k] - itm_logits(path, images[i], TEXTS[j])).abs().max() <= 1e-5
         reference, input_ids = mlm_logits(path, images[i], TEXTS[j])
-        assert torch.equal(text_states[j].input_ids, input_ids)
-        mine = runtime.mlm_logits(fused, k, list(range(len(input_ids))))
+        assert torch.equal(text_states[j].input_ids.cpu(), input_ids)
+        mine = runtime.mlm_logits(fused, k, list(range(len(input_ids)))).cpu()
         assert (mine - reference).abs().max() <= 1e-5
         if cross is not None:
             stock = contrastive(path, images[i], TEXTS[j])
-            assert (text_states[j].itc_embedding - stock.text_embeds[0]).abs().max() <= 1e-5
-            assert (image_states[i].itc_embedding - stock.image_embeds[0]).abs().max() <= 1e-5
+            assert (text_states[j].itc_embedding.cpu() - stock.text_embeds[0]).abs().max() <= 1e-5
+            assert (image_states[i].itc_embedding.cpu() - stock.image_embeds[0]).abs().max() <= 1e-5
             assert (cross[k] - stock.cross_embeds[0]).abs().max() <= 1e-5
     assert (cross is None) == (name == "separate-transforms")
 
 
 def test_batch_composition_changes_nothing(full_checkpoint, samples):
-    runtime = Runtime(load_model(full_checkpoint, "full"))
+    runtime = Runtime(load(full_checkpoint))
     _, text_states, image_states, pairs, fused = all_pairs(runtime, samples)
     together = runtime.itm_logits(fused)
     for k, (i, j) in enumerate(pairs):
@@ -71,15 +76,15 @@ def test_batch_composition_changes_nothing(full_checkpoint, samples):
 
 
 def test_heads_are_read_from_the_weights(checkpoints):
-    assert load_model(checkpoints["full"], "full").heads == ("itm", "mlm", "itc")
-    assert load_model(checkpoints["itm_mlm"], "itm_mlm").heads == ("itm", "mlm")
-    assert load_model(checkpoints["backbone"], "backbone").heads == ()
+    assert load(checkpoints["full"]).heads == ("itm", "mlm", "itc")
+    assert load(checkpoints["itm_mlm"]).heads == ("itm", "mlm")
+    assert load(checkpoints["backbone"]).heads == ()
 
 
 def test_one_backbone_for_all_heads(full_checkpoint):
     from transformers import BridgeTowerModel
 
-    model = load_model(full_checkpoint, "full").model
+    model = load(full_checkpoint).model
     backbone = sum(p.numel() for p in BridgeTowerModel.from_pretrained(full_checkpoint).parameters())
     heads = sum(p.numel() for n, p in model.named_parameters() if not n.startswith("bridgetower."))
     assert sum(p.numel() for p in model.parameters()) == backbone + heads
@@ -88,11 +93,11 @@ def test_one_backbone_for_all_heads(full_checkpoint):
 
 def test_missing_head_is_refused_with_a_checkpoint_that_has_it(checkpoints):
     with pytest.raises(BtError, match="no contrastive embedding \\(ITC\\) head") as error:
-        load_model(checkpoints["itm_mlm"], "itm_mlm", needs=("itc",))
+        load(checkpoints["itm_mlm"], needs=("itc",))
     assert "bridgetower-large-itm-mlm-itc" in error.value.hint
 
 
 def test_shared_link_towers_are_refused(tmp_path):
     path = build_checkpoint(tmp_path / "shared-links", "tiny", share_link_tower_layers=True)
     with pytest.raises(BtError, match="share_link_tower_layers"):
-        load_model(path, "shared-links")
+        load(path)

@@ -198,6 +198,10 @@ def load_model(
         raise BtError(
             f"{model} lacks weights ({missing}, ...): refusing to run with random ones", "re-download the checkpoint"
         )
+    if torch_device.type == "cuda" and torch_dtype == torch.float32:
+        # Exact float32: no TF32 in convolutions (cuDNN's default) or matmuls.
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
     network.eval().to(torch_device)
     return LoadedModel(model, path, network, processor, torch_device, torch_dtype)
 

@@ -37,11 +37,18 @@ Model = Annotated[
 ]
 Device = Annotated[
     str,
-    typer.Option("--device", "-d", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps."),
+    typer.Option(
+        "--device", "-d", envvar="BT_DEVICE", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps."
+    ),
 ]
 DtypeOpt = Annotated[
     Dtype,
-    typer.Option("--dtype", help="Weights and compute dtype; auto = float32, bfloat16 on CUDA.", case_sensitive=False),
+    typer.Option(
+        "--dtype",
+        envvar="BT_DTYPE",
+        help="Weights and compute dtype; auto = float32, bfloat16 on CUDA.",
+        case_sensitive=False,
+    ),
 ]
 BatchSize = Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Texts, images or pairs per forward pass.")]
 TopK = Annotated[Optional[int], typer.Option("--top-k", "-k", min=1, help="Keep the best k results.")]

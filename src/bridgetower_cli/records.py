@@ -45,3 +45,34 @@ class Reporter:
     @contextlib.contextmanager
     def progress(self, total: int, description: str) -> Iterator[Callable[[int], None]]:
         yield lambda n=1: None
+
+
+@dataclass
+class Candidate:
+    """One candidate token for a mask, as the transformers fill-mask pipeline reports it."""
+
+    token: int
+    token_str: str
+    score: float
+
+
+@dataclass
+class FillMaskRecord:
+    """One (image, text) pair: the text with every mask filled, and the top candidates per mask, in order."""
+
+    image: str
+    text: str
+    sequence: str
+    masks: list[list[Candidate]]
+
+
+@dataclass
+class EmbeddingRecord:
+    """One L2-normalised ITC embedding: of an image, a text, or an (image, text) pair (kind "cross")."""
+
+    image: str | None
+    text: str | None
+    kind: str
+    model: str
+    dim: int
+    embedding: list[float]

@@ -1,0 +1,157 @@
+"""`bt score` vs the documented transformers loop, side by side on the same inputs and checkpoint.
+
+    python benchmarks/bench_score.py [--device cpu|cuda] [--repeats 3] [--skip-bf16]
+
+The documented loop is the one in the BridgeTowerForImageAndTextRetrieval docstring: for each pair,
+``processor(image, text)`` then the stock forward, reading ``logits[0, 1]``. bt's side is ``tasks.score`` on the
+runtime (image and text encoded once, cross-modal stack per pair), preprocessing included.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+
+import torch
+from common import IMAGES, SAMPLES, TEXTS, checkpoint, machine, table, timed
+from PIL import Image
+from transformers import BridgeTowerForImageAndTextRetrieval, BridgeTowerProcessor
+
+from bridgetower_cli import tasks
+from bridgetower_cli.inputs import ImageSource
+from bridgetower_cli.loading import load_model
+from bridgetower_cli.runtime import Runtime
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+LOAD_RSS = """
+import resource, sys
+from pathlib import Path
+from bridgetower_cli.loading import load_model
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+load_model(Path(sys.argv[1]), "base", "cpu", "float32")
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(before * 1024, after * 1024)
+"""
+
+
+def documented_loop(path, device, dtype, images, texts):
+    processor = BridgeTowerProcessor.from_pretrained(path)
+    model = BridgeTowerForImageAndTextRetrieval.from_pretrained(path, dtype=dtype).eval().to(device)
+
+    @torch.no_grad()
+    def run():
+        logits = []
+        for image in images:
+            for text in texts:
+                encoding = processor(image, text, return_tensors="pt").to(device)
+                logits.append(model(**encoding).logits[0, 1].float().item())
+        return logits
+
+    return run
+
+
+def bt_score(path, device, dtype_name, sources, texts, batch_size):
+    runtime = Runtime(load_model(path, "base", device, dtype_name))
+
+    def run():
+        records = tasks.score(runtime, sources, texts, batch_size).records
+        by_pair = {(r.image, r.text): r.logit for r in records}
+        return [by_pair[(s.name, t)] for s in sources for t in texts]
+
+    return run
+
+
+def load_rss(path) -> tuple[float, float]:
+    out = subprocess.run([sys.executable, "-c", LOAD_RSS, str(path)], capture_output=True, text=True, check=True)
+    before, after = (int(x) for x in out.stdout.split())
+    return before / 2**20, after / 2**20
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--skip-bf16", action="store_true")
+    parser.add_argument("--json", help="also write the results to this JSON file")
+    args = parser.parse_args()
+    if args.device.startswith("cuda"):
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
+    path = checkpoint("base", ("itm", "mlm"))
+    print(f"machine: {machine()}; device {args.device}; checkpoint {path}", flush=True)
+
+    cases = {"1 image x 16 texts": (IMAGES[:1], TEXTS), "4 images x 4 texts": (IMAGES[:4], TEXTS[:4])}
+    rows, results, fp32_logits = [], [], {}
+    for dtype_name in ["float32"] + ([] if args.skip_bf16 else ["bfloat16"]):
+        for case, (names, texts) in cases.items():
+            images = [Image.open(SAMPLES / n).convert("RGB") for n in names]
+            sources = [ImageSource(str(SAMPLES / n), path=SAMPLES / n) for n in names]
+            stock_s, stock = timed(documented_loop(path, args.device, DTYPES[dtype_name], images, texts), args.repeats)
+            bt_s, mine = timed(bt_score(path, args.device, dtype_name, sources, texts, args.batch_size), args.repeats)
+            diff = max(abs(a - b) for a, b in zip(stock, mine))
+            if dtype_name == "float32":
+                fp32_logits[case] = stock
+                vs_fp32 = diff
+            else:
+                vs_fp32 = max(abs(a - b) for a, b in zip(fp32_logits[case], mine))
+            row = [
+                case,
+                dtype_name,
+                f"{stock_s:.2f} s",
+                f"{bt_s:.2f} s",
+                f"{stock_s / bt_s:.2f}x",
+                f"{diff:.1e}",
+                f"{vs_fp32:.1e}",
+            ]
+            rows.append(row)
+            results.append(
+                dict(
+                    zip(
+                        ["case", "dtype", "stock_s", "bt_s", "speedup", "diff_vs_stock", "diff_vs_fp32"],
+                        [case, dtype_name, stock_s, bt_s, stock_s / bt_s, diff, vs_fp32],
+                    )
+                )
+            )
+            print(
+                table(
+                    [
+                        "case",
+                        "dtype",
+                        "documented loop",
+                        "bt",
+                        "speed-up",
+                        "max |Δlogit| vs loop",
+                        "max |Δlogit| vs fp32",
+                    ],
+                    rows[-1:],
+                ),
+                flush=True,
+            )
+    header = [
+        "case",
+        "dtype",
+        "documented loop",
+        "bt",
+        "speed-up",
+        "max |Δlogit| vs loop (same dtype)",
+        "max |Δlogit| vs fp32 loop",
+    ]
+    print("\n" + table(header, rows))
+    if args.device == "cpu":
+        before, after = load_rss(path)
+        size = sum(f.stat().st_size for f in path.glob("*.safetensors")) / 2**20
+        print(
+            f"\nload peak RSS: {after:.0f} MiB total ({after - before:.0f} MiB for the load itself, "
+            f"{before:.0f} MiB after imports); safetensors {size:.0f} MiB; ratio {after / size:.2f}"
+        )
+        results.append({"load_peak_rss_mib": after, "imports_rss_mib": before, "safetensors_mib": size})
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"machine": machine(), "device": args.device, "results": results}, fh, indent=2)
+
+
+if __name__ == "__main__":
+    main()
