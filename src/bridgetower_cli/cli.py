@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import itertools
 import os
 import sys
 from pathlib import Path
@@ -10,12 +11,38 @@ from pathlib import Path
 import typer
 
 from . import __version__
-from .catalog import DEFAULT_MATCHING_MODEL
+from .catalog import DEFAULT_CONTRASTIVE_MODEL, DEFAULT_MATCHING_MODEL, KNOWN_CHECKPOINTS
 from .errors import BtError
 from .hub import resolve_checkpoint
 from .inputs import IMAGE_SUFFIXES, expand_image_sources, read_texts
-from .options import BatchSize, Device, DtypeOpt, FormatOpt, Inputs, Model, Quiet, TextsFile, TopK
-from .output import StderrReporter, render, stderr_console
+from .options import (
+    BatchSize,
+    CandidatesK,
+    Device,
+    DtypeOpt,
+    FormatOpt,
+    ImageArgs,
+    IndexFile,
+    Inputs,
+    Kind,
+    Model,
+    NoRerank,
+    OutputFile,
+    QueryImage,
+    Quiet,
+    Rebuild,
+    RerankK,
+    RetrieveFormatOpt,
+    RetrieveInputs,
+    Targets,
+    TextOpt,
+    TextsFile,
+    TopK,
+)
+from .output import StderrReporter, render, render_stream, stderr_console, write_embeddings
+from .records import ModelRecord
+
+DEFAULT_FOR = {DEFAULT_MATCHING_MODEL, DEFAULT_CONTRASTIVE_MODEL}
 
 app = typer.Typer(
     name="bt",
@@ -98,6 +125,207 @@ def score(
     from . import tasks
 
     _finish(tasks.score(runtime, sources, texts, batch_size, top_k, reporter), fmt, reporter)
+
+
+@app.command(
+    "fill-mask",
+    epilog="Examples:\n\n"
+    "  bt fill-mask samples/cat.jpg 'a <mask> lying on a couch'\n\n"
+    "  bt fill-mask samples/coffee.jpg 'a cup of <mask> on a <mask>' -k 3 -f json | jq '.[0].sequence'\n\n"
+    "  bt fill-mask samples/ 'a photo of a <mask>' --targets cat,rocket,coffee,astronaut",
+)
+def fill_mask(
+    inputs: Inputs,
+    texts_file: TextsFile = None,
+    targets: Targets = None,
+    model: Model = DEFAULT_MATCHING_MODEL,
+    device: Device = "auto",
+    dtype: DtypeOpt = "auto",
+    batch_size: BatchSize = 8,
+    top_k: CandidatesK = 5,
+    fmt: FormatOpt = "auto",
+    quiet: Quiet = False,
+) -> None:
+    """Predict the <mask> words of each text, conditioned on each image (MLM head)."""
+    image_specs, text_args = split_inputs(inputs)
+    texts = read_texts(text_args, texts_file)
+    sources = expand_image_sources(image_specs)
+    target_words = [w.strip() for w in targets.split(",") if w.strip()] if targets else None
+    reporter = StderrReporter(quiet)
+    runtime = _runtime(model, device, dtype, needs=("mlm",))
+    from . import tasks
+
+    _finish(tasks.fill_mask(runtime, sources, texts, batch_size, top_k, target_words, reporter), fmt, reporter)
+
+
+@app.command(
+    epilog="Examples:\n\n"
+    "  bt embed samples/ -f jsonl > images.jsonl\n\n"
+    "  bt embed --text 'a cat' --text 'a dog' -f json | jq '.[].dim'\n\n"
+    "  bt embed 'photos/*.jpg' --output photos.npz\n\n"
+    "  bt embed samples/cat.jpg --kind cross --text 'a cat on a couch'",
+)
+def embed(
+    images: ImageArgs = None,
+    kind: Kind = None,
+    text: TextOpt = None,
+    texts_file: TextsFile = None,
+    output: OutputFile = None,
+    model: Model = DEFAULT_CONTRASTIVE_MODEL,
+    device: Device = "auto",
+    dtype: DtypeOpt = "auto",
+    batch_size: BatchSize = 8,
+    fmt: FormatOpt = "auto",
+    quiet: Quiet = False,
+) -> None:
+    """L2-normalised ITC embeddings of images, texts, or (image, text) pairs (--kind cross).
+
+    Image and text embeddings come from the unimodal towers alone; cross embeddings need both an image and a text."""
+    texts = read_texts(text or [], texts_file) if (text or texts_file) else []
+    sources = expand_image_sources(images) if images else []
+    kinds = [kind.value] if kind else [k for k, given in (("image", sources), ("text", texts)) if given]
+    if not kinds:
+        raise BtError("nothing to embed", "pass image sources, or texts with --text / --texts-file")
+    if "cross" in kinds and not (sources and texts):
+        raise BtError("--kind cross needs images and texts", "pass image sources and --text / --texts-file")
+    if "image" in kinds and not sources or "text" in kinds and not texts:
+        raise BtError(f"--kind {kinds[0]} needs {kinds[0]}s", "pass them, or choose another --kind")
+    if output is not None and output.suffix not in (".npy", ".npz"):
+        raise BtError(f"cannot write {output}: unknown format", "use a file name ending in .npy or .npz")
+    reporter = StderrReporter(quiet)
+    runtime = _runtime(model, device, dtype, needs=("itc",))
+    from . import tasks
+
+    outcome = tasks.Outcome()
+    records = itertools.chain.from_iterable(
+        tasks.embed(runtime, k, sources, texts, batch_size, outcome, reporter) for k in kinds
+    )
+    if output is None:
+        render_stream(records, fmt.value)
+    else:
+        summary = write_embeddings(records, output, runtime.loaded.name)
+        render([summary], fmt.value)
+    reporter.summary(outcome.skipped)
+    if outcome.skipped:
+        raise typer.Exit(3)
+
+
+def _open_index(runtime, index_file, rebuild: bool):
+    from .hub import fingerprint
+    from .index import EmbeddingIndex, default_index_path
+
+    loaded = runtime.loaded
+    identity = f"{loaded.name}@{fingerprint(loaded.path)}"
+    return EmbeddingIndex(
+        index_file or default_index_path(), identity, loaded.model.config.contrastive_hidden_size, rebuild
+    )
+
+
+def _indexable(specs: list[str]):
+    sources = expand_image_sources(specs)
+    urls = [s.name for s in sources if s.is_url]
+    if urls:
+        raise BtError(f"URLs cannot be indexed: {urls[0]}", "download the images and pass the folder")
+    return sources, [Path(spec).expanduser() for spec in specs if Path(spec).expanduser().is_dir()]
+
+
+@app.command(
+    epilog="Examples:\n\n"
+    "  bt retrieve 'two cats on a couch' ~/Pictures\n\n"
+    "  bt retrieve 'a rocket launch' samples/ -k 3 -f paths | xargs open\n\n"
+    "  bt retrieve --image samples/cat.jpg --texts-file captions.txt -k 5\n\n"
+    "Text queries search an index of ITC image embeddings (built and refreshed as needed: new and changed files "
+    "are embedded, deleted ones dropped), then the ITM head reranks the best --rerank-k hits.",
+)
+def retrieve(
+    inputs: RetrieveInputs = None,
+    image: QueryImage = None,
+    text: TextOpt = None,
+    texts_file: TextsFile = None,
+    index_file: IndexFile = None,
+    rebuild: Rebuild = False,
+    top_k: TopK = 10,
+    rerank_k: RerankK = 5,
+    no_rerank: NoRerank = False,
+    model: Model = DEFAULT_CONTRASTIVE_MODEL,
+    device: Device = "auto",
+    dtype: DtypeOpt = "auto",
+    batch_size: BatchSize = 8,
+    fmt: RetrieveFormatOpt = "auto",
+    quiet: Quiet = False,
+) -> None:
+    """Rank images for a text over a persistent index, or texts for an image (--image): ITC shortlist, ITM rerank."""
+    inputs = inputs or []
+    rerank_k = 0 if no_rerank else rerank_k
+    reporter = StderrReporter(quiet)
+    if image is not None:
+        texts = read_texts([*inputs, *(text or [])], texts_file)
+        sources = expand_image_sources([image])
+        if len(sources) != 1:
+            raise BtError(f"--image takes one image; {image} holds {len(sources)}", "name a single image file")
+        (source,) = sources
+        runtime = _runtime(model, device, dtype, needs=("itm",))
+        from . import tasks
+
+        outcome = tasks.retrieve_texts(runtime, source, texts, top_k, rerank_k, batch_size, reporter)
+    else:
+        if len(inputs) < 2:
+            raise BtError("retrieve needs a query text and image sources", "e.g. bt retrieve 'a cat' ~/Pictures")
+        query = read_texts(inputs[:1], None)[0]
+        sources, folders = _indexable(inputs[1:])
+        runtime = _runtime(model, device, dtype, needs=("itm",))
+        from . import tasks
+
+        index = None
+        if "itc" in runtime.loaded.heads:
+            index = _open_index(runtime, index_file, rebuild)
+            refreshed = tasks.Outcome()
+            stats = tasks.refresh_index(runtime, index, sources, folders, batch_size, refreshed, reporter)
+            reporter.info(stats.line())
+        outcome = tasks.retrieve_images(runtime, index, query, sources, top_k, rerank_k, batch_size, reporter)
+        if index is not None:
+            outcome.skipped = refreshed.skipped + outcome.skipped
+    _finish(outcome, fmt, reporter)
+
+
+@app.command(
+    "index",
+    epilog="Examples:\n\n  bt index ~/Pictures\n\n  bt index photos/ --index photos.sqlite --rebuild",
+)
+def index_command(
+    images: Inputs,
+    index_file: IndexFile = None,
+    rebuild: Rebuild = False,
+    model: Model = DEFAULT_CONTRASTIVE_MODEL,
+    device: Device = "auto",
+    dtype: DtypeOpt = "auto",
+    batch_size: BatchSize = 8,
+    fmt: FormatOpt = "auto",
+    quiet: Quiet = False,
+) -> None:
+    """Build or refresh the retrieval index for image folders without querying it."""
+    sources, folders = _indexable(images)
+    reporter = StderrReporter(quiet)
+    runtime = _runtime(model, device, dtype, needs=("itc",))
+    from . import tasks
+
+    index = _open_index(runtime, index_file, rebuild)
+    outcome = tasks.Outcome()
+    stats = tasks.refresh_index(runtime, index, sources, folders, batch_size, outcome, reporter)
+    outcome.records = [stats]
+    reporter.info(f"{stats.line()}; {index.count()} images in {index.path}")
+    _finish(outcome, fmt, reporter)
+
+
+@app.command(epilog="Examples:\n\n  bt models\n\n  bt models -f json | jq -r '.[] | select(.cached) | .id'")
+def models(fmt: FormatOpt = "auto") -> None:
+    """The public BridgeTower checkpoints: their heads, image size, and whether they are in the local cache."""
+    from .hub import cache_has
+
+    records = [
+        ModelRecord(c.id, list(c.heads), c.image_size, cache_has(c.id), c.id in DEFAULT_FOR) for c in KNOWN_CHECKPOINTS
+    ]
+    render(records, fmt.value)
 
 
 def _report(error: BtError) -> None:

@@ -78,3 +78,14 @@ def cache_has(repo_id: str) -> bool:
     except LocalEntryNotFoundError:
         return False
     return (path / "config.json").is_file() and bool(weight_files(path))
+
+
+def fingerprint(path: Path) -> str:
+    """A short id of a checkpoint's contents (config and weight files' names, sizes and mtimes)."""
+    import hashlib
+
+    digest = hashlib.sha256((path / "config.json").read_bytes())
+    for file in weight_files(path):
+        stat = file.stat()
+        digest.update(f"{file.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()[:12]

@@ -191,3 +191,22 @@ def read_texts(arguments: Iterable[str], texts_file: str | None, stdin: TextIO |
     if not texts:
         raise BtError("no texts given", "pass texts as arguments or with --texts-file FILE")
     return texts
+
+
+def fit_aspect(image, size: int):
+    """Pad a very elongated image (black, centred) to the widest aspect ratio the BridgeTower image processor can
+    resize at ``size`` (its short side would otherwise round to zero). Returns (image, whether it was padded)."""
+    from PIL import Image
+
+    longest = 1333 / 800 * size  # the processor's cap on the long side
+    limit = longest / 32 / 1.25  # keep the short side well above one 32-pixel block
+    width, height = image.size
+    if max(width, height) <= limit * min(width, height):
+        return image, False
+    if width > height:
+        canvas = Image.new("RGB", (width, round(width / limit)))
+        canvas.paste(image, (0, (canvas.height - height) // 2))
+    else:
+        canvas = Image.new("RGB", (round(height / limit), height))
+        canvas.paste(image, ((canvas.width - width) // 2, 0))
+    return canvas, True

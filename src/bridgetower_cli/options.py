@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from enum import Enum
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -14,6 +15,21 @@ class Format(str, Enum):
     json = "json"
     jsonl = "jsonl"
     csv = "csv"
+
+
+class RetrieveFormat(str, Enum):
+    auto = "auto"
+    table = "table"
+    json = "json"
+    jsonl = "jsonl"
+    csv = "csv"
+    paths = "paths"
+
+
+class EmbeddingKind(str, Enum):
+    image = "image"
+    text = "text"
+    cross = "cross"
 
 
 class Dtype(str, Enum):
@@ -61,3 +77,58 @@ FormatOpt = Annotated[
     typer.Option("--format", "-f", help="auto = table on a terminal, JSON in a pipe or file.", case_sensitive=False),
 ]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or warnings (errors still show).")]
+ImageArgs = Annotated[
+    Optional[list[str]],
+    typer.Argument(
+        help="Image sources: files, directories, quoted globs, http(s) URLs, '-' = paths on stdin.",
+        show_default=False,
+        metavar="[IMAGE]...",
+    ),
+]
+TextOpt = Annotated[Optional[list[str]], typer.Option("--text", "-t", help="A text (repeat for several).")]
+Kind = Annotated[
+    Optional[EmbeddingKind],
+    typer.Option("--kind", help="image, text or cross; default: whatever was given (images and/or texts)."),
+]
+OutputFile = Annotated[
+    Optional[Path],
+    typer.Option("--output", "-o", help="Write a float32 matrix to FILE.npy, or FILE.npz with ids and model name."),
+]
+Targets = Annotated[
+    Optional[str],
+    typer.Option("--targets", help="Comma-separated words: restrict the candidates to these.", metavar="W1,W2"),
+]
+CandidatesK = Annotated[int, typer.Option("--top-k", "-k", min=1, help="Candidates per mask.")]
+RetrieveInputs = Annotated[
+    Optional[list[str]],
+    typer.Argument(
+        help="The query text, then image sources (files, directories, quoted globs, '-' = paths on stdin). "
+        "With --image: the texts to rank.",
+        show_default=False,
+        metavar="QUERY [IMAGE]...",
+    ),
+]
+QueryImage = Annotated[
+    Optional[str], typer.Option("--image", "-i", help="Rank texts for this image instead.", metavar="IMAGE")
+]
+IndexFile = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--index",
+        envvar="BT_INDEX",
+        help="The embedding index (SQLite). Default: $XDG_CACHE_HOME/bt/index.sqlite (~/.cache/bt/index.sqlite).",
+        show_default=False,
+        metavar="FILE",
+    ),
+]
+Rebuild = Annotated[bool, typer.Option("--rebuild", help="Start the index afresh (after another model, or damage).")]
+RerankK = Annotated[
+    int, typer.Option("--rerank-k", "-r", min=0, help="How many of the best ITC hits the ITM head rescores.")
+]
+NoRerank = Annotated[bool, typer.Option("--no-rerank", help="Rank by ITC similarity alone (fastest).")]
+RetrieveFormatOpt = Annotated[
+    RetrieveFormat,
+    typer.Option(
+        "--format", "-f", help="As elsewhere, plus paths: one image path (or text) per line.", case_sensitive=False
+    ),
+]

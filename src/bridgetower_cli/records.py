@@ -42,6 +42,9 @@ class Reporter:
     def skipped(self, name: str, reason: str) -> None:
         pass
 
+    def info(self, message: str) -> None:
+        pass
+
     @contextlib.contextmanager
     def progress(self, total: int, description: str) -> Iterator[Callable[[int], None]]:
         yield lambda n=1: None
@@ -76,3 +79,37 @@ class EmbeddingRecord:
     model: str
     dim: int
     embedding: list[float]
+
+
+@dataclass
+class EmbeddingsWritten:
+    """What ``bt embed --output`` wrote."""
+
+    output: str
+    count: int
+    dim: int
+    model: str
+
+
+@dataclass
+class RetrievalRecord:
+    """One hit: an image for a text query, or a text for an image query. ``logit`` and ``probability`` (ITM) are
+    set for the hits the cross-encoder reranked; ``similarity`` (ITC cosine) when the checkpoint has ITC heads."""
+
+    rank: int
+    image: str | None
+    text: str | None
+    similarity: float | None
+    logit: float | None = None
+    probability: float | None = None
+
+
+@dataclass
+class ModelRecord:
+    """A public checkpoint bt knows, and whether it is already in the local Hugging Face cache."""
+
+    id: str
+    heads: list[str]
+    image_size: int
+    cached: bool
+    default: bool

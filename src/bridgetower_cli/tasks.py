@@ -3,12 +3,24 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 
+import numpy as np
 import torch
 
 from .errors import BtError, InputError
-from .inputs import ImageSource, load_image
-from .records import Candidate, EmbeddingRecord, FillMaskRecord, Outcome, Reporter, ScoreRecord, Skipped
+from .index import EmbeddingIndex, RefreshStats, file_state
+from .inputs import ImageSource, fit_aspect, load_image
+from .records import (
+    Candidate,
+    EmbeddingRecord,
+    FillMaskRecord,
+    Outcome,
+    Reporter,
+    RetrievalRecord,
+    ScoreRecord,
+    Skipped,
+)
 from .runtime import ImageStates, Runtime, TextStates
 
 
@@ -33,7 +45,10 @@ def read_images(
     """Pixel values per readable source; unreadable ones are reported and recorded as skipped."""
     for source in sources:
         try:
-            yield source, runtime.pixel_values(load_image(source))
+            image, padded = fit_aspect(load_image(source), runtime.image_size)
+            if padded:
+                reporter.warn(f"{source.name} is too elongated for the image processor: padded to a wider frame")
+            yield source, runtime.pixel_values(image)
         except InputError as error:
             outcome.skipped.append(Skipped(source.name, error.message))
             reporter.skipped(source.name, error.message)
@@ -154,7 +169,7 @@ def fill_mask(
                     ]
                     filled = text_states[j].input_ids.cpu().clone()
                     filled[positions[j]] = torch.tensor([candidates[0].token for candidates in masks])
-                    sequence = decode(filled.tolist(), skip_special_tokens=True).strip()
+                    sequence = " ".join(decode(filled.tolist(), skip_special_tokens=True).split())
                     outcome.records.append(FillMaskRecord(source.name, texts[j], sequence, masks))
                 advance(len(chunk))
     if not outcome.records:
@@ -206,3 +221,147 @@ def embed(
                 for (source, _, j), vector in zip(chunk, runtime.cross_embeddings(fused)):
                     yield record(source.name, texts[j], vector)
                 advance(len(chunk))
+
+
+def refresh_index(
+    runtime: Runtime,
+    index: EmbeddingIndex,
+    sources: Sequence[ImageSource],
+    folders: Sequence[Path] = (),
+    batch_size: int = 8,
+    outcome: Outcome | None = None,
+    reporter: Reporter | None = None,
+) -> RefreshStats:
+    """Bring the index up to date for ``sources``: embed new and changed files, drop rows of files gone from
+    ``folders``. Each batch is committed on its own, so an interrupted refresh keeps what it finished."""
+    reporter = reporter or Reporter()
+    outcome = outcome if outcome is not None else Outcome()
+    states = {source.path: file_state(source.path) for source in sources}
+    plan = index.plan(states.values(), folders)
+    index.drop(plan.to_drop)
+    stats = RefreshStats(len(plan.to_embed) - plan.changed, plan.changed, len(plan.to_drop), plan.unchanged)
+    wanted = set(plan.to_embed)
+    todo = [source for source in sources if states[source.path] in wanted]
+    with reporter.progress(len(todo), "indexing images") as advance:
+        for chunk in chunks(todo, batch_size):
+            skipped_before = len(outcome.skipped)
+            rows = [
+                (states[source.path], image.itc_embedding.float().cpu().tolist())
+                for batch in encode_image_batches(runtime, chunk, batch_size, outcome, reporter)
+                for source, image in batch
+            ]
+            by_name = {source.name: source for source in chunk}
+            failures = [(states[by_name[s.name].path], s.reason) for s in outcome.skipped[skipped_before:]]
+            index.store(rows, failures)
+            stats.failed += len(failures)
+            advance(len(chunk))
+    return stats
+
+
+def _rerank(
+    runtime: Runtime, pairs: list[tuple[TextStates, ImageStates]], batch_size: int
+) -> list[tuple[float, float]]:
+    """ITM (logit, probability) for (text, image) state pairs."""
+    scores = []
+    for chunk in chunks(pairs, batch_size):
+        logits = runtime.itm_logits(runtime.fuse([t for t, _ in chunk], [i for _, i in chunk])).float()
+        scores += list(zip(logits[:, 1].tolist(), logits.softmax(dim=-1)[:, 1].tolist()))
+    return scores
+
+
+def _ranked(similarities: np.ndarray, top_k: int, rerank_k: int) -> tuple[list[int], list[int]]:
+    """Indices of the shortlist to rerank (best similarity first) and of the hits kept without reranking."""
+    order = np.argsort(-similarities, kind="stable").tolist()
+    return order[:rerank_k], order[rerank_k:top_k]
+
+
+def _records(hits: list[tuple[str | None, str | None, float | None, tuple | None]]) -> list[RetrievalRecord]:
+    return [
+        RetrievalRecord(rank, image, text, similarity, *(score or (None, None)))
+        for rank, (image, text, similarity, score) in enumerate(hits, start=1)
+    ]
+
+
+def retrieve_images(
+    runtime: Runtime,
+    index: EmbeddingIndex | None,
+    query: str,
+    sources: Sequence[ImageSource],
+    top_k: int = 10,
+    rerank_k: int = 5,
+    batch_size: int = 8,
+    reporter: Reporter | None = None,
+) -> Outcome:
+    """Rank images for a text: ITC similarity over the index, then the ITM head reranks the best ``rerank_k``.
+
+    Without ITC heads (``index`` None) every image is scored by ITM, the text encoded once."""
+    reporter = reporter or Reporter()
+    outcome = Outcome()
+    if index is None:
+        reporter.warn("this checkpoint has no ITC heads: scoring every image with the ITM head (slow)")
+        scored = score(runtime, sources, [query], batch_size, None, reporter)
+        outcome.skipped = scored.skipped
+        best = sorted(scored.records, key=lambda r: r.logit, reverse=True)[:top_k]
+        outcome.records = _records([(r.image, None, None, (r.logit, r.probability)) for r in best])
+        return outcome
+    (text,) = encode_text_batches(runtime, [query], 1, reporter)
+    by_path = {str(source.path.resolve()): source for source in sources}
+    paths, matrix = index.embeddings(by_path)
+    if not paths:
+        raise BtError("none of the images could be indexed", "see the warnings above")
+    similarities = matrix @ text.itc_embedding.float().cpu().numpy()
+    shortlist, rest = _ranked(similarities, top_k, rerank_k)
+    candidates = [by_path[paths[i]] for i in shortlist]
+    images = [
+        image for batch in encode_image_batches(runtime, candidates, batch_size, outcome, reporter) for image in batch
+    ]
+    scores = _rerank(runtime, [(text, state) for _, state in images], batch_size)
+    similarity = {by_path[p].name: float(s) for p, s in zip(paths, similarities)}
+    reranked = sorted(
+        ((source.name, None, similarity[source.name], s) for (source, _), s in zip(images, scores)),
+        key=lambda hit: hit[3][0],
+        reverse=True,
+    )
+    kept = [(by_path[paths[i]].name, None, float(similarities[i]), None) for i in rest]
+    outcome.records = _records((reranked + kept)[:top_k])
+    return outcome
+
+
+def retrieve_texts(
+    runtime: Runtime,
+    source: ImageSource,
+    texts: list[str],
+    top_k: int = 10,
+    rerank_k: int = 5,
+    batch_size: int = 8,
+    reporter: Reporter | None = None,
+) -> Outcome:
+    """Rank texts for an image: the vision tower runs once; ITC similarity shortlists, ITM reranks ``rerank_k``.
+
+    Without ITC heads every text is scored by ITM."""
+    reporter = reporter or Reporter()
+    outcome = Outcome()
+    batches = list(encode_image_batches(runtime, [source], 1, outcome, reporter))
+    if not batches:
+        raise BtError(f"cannot read {source.name}: {outcome.skipped[0].reason}", "check the image")
+    ((_, image),) = batches[0]
+    states = encode_text_batches(runtime, texts, batch_size, reporter)
+    if image.itc_embedding is None:
+        reporter.warn("this checkpoint has no ITC heads: scoring every text with the ITM head (slow)")
+        similarities = np.zeros(len(texts), dtype=np.float32)
+        shortlist, rest = list(range(len(texts))), []
+    else:
+        matrix = torch.stack([s.itc_embedding for s in states]).float().cpu().numpy()
+        similarities = matrix @ image.itc_embedding.float().cpu().numpy()
+        shortlist, rest = _ranked(similarities, top_k, rerank_k)
+    with reporter.progress(len(shortlist), "reranking texts"):
+        scores = _rerank(runtime, [(states[j], image) for j in shortlist], batch_size)
+    has_similarity = image.itc_embedding is not None
+    reranked = sorted(
+        ((None, texts[j], float(similarities[j]) if has_similarity else None, s) for j, s in zip(shortlist, scores)),
+        key=lambda hit: hit[3][0],
+        reverse=True,
+    )
+    kept = [(None, texts[j], float(similarities[j]), None) for j in rest]
+    outcome.records = _records((reranked + kept)[:top_k])
+    return outcome

@@ -1,0 +1,221 @@
+"""`bt retrieve` and `bt index`: exact two-stage ranking, an incremental SQLite index that survives crashes."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from conftest import DEVICE
+from reference import contrastive, itm_logits, rgb
+
+from bridgetower_cli import tasks
+from bridgetower_cli.inputs import expand_image_sources
+from bridgetower_cli.loading import load_model
+from bridgetower_cli.runtime import Runtime
+
+QUERY = "two cats on a couch"
+CAPTIONS = ["a cat", "a cup of coffee", "an astronaut", "a rocket launch", "a man with a camera", "a dog"]
+
+
+@pytest.fixture
+def photos(samples, tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for image in samples.glob("*.*g"):
+        shutil.copy(image, folder / image.name)
+    return folder
+
+
+def stats_line(stderr: str) -> str:
+    return next(line for line in stderr.splitlines() if line.startswith("index:"))
+
+
+def test_text_to_images_equals_stock(bt, full_checkpoint, photos, tmp_path):
+    index = tmp_path / "index.sqlite"
+    result = bt("retrieve", QUERY, photos, "-m", full_checkpoint, "--index", index, "-r", "10", "-f", "json")
+    assert result.code == 0, result.stderr
+    records = result.json()
+    assert [r["rank"] for r in records] == [1, 2, 3, 4, 5]
+    expected = {}
+    for record in records:
+        image = rgb(record["image"])
+        logits = itm_logits(full_checkpoint, image, QUERY)
+        expected[record["image"]] = logits[1].item()
+        assert abs(record["logit"] - logits[1].item()) <= 1e-5
+        assert abs(record["probability"] - logits.softmax(-1)[1].item()) <= 1e-5
+        stock = contrastive(full_checkpoint, image, QUERY)
+        assert abs(record["similarity"] - (stock.text_embeds[0] @ stock.image_embeds[0]).item()) <= 1e-5
+    assert [r["image"] for r in records] == sorted(expected, key=expected.get, reverse=True)
+
+
+def test_shortlist_then_rerank(bt, full_checkpoint, photos, tmp_path):
+    index = ["--index", tmp_path / "index.sqlite", "-m", full_checkpoint, "-f", "json"]
+    plain = bt("retrieve", QUERY, photos, *index, "--no-rerank").json()
+    assert all("logit" not in r for r in plain)
+    similarities = [r["similarity"] for r in plain]
+    assert similarities == sorted(similarities, reverse=True)
+    mixed = bt("retrieve", QUERY, photos, *index, "-r", "2", "-k", "4").json()
+    assert len(mixed) == 4
+    assert {r["image"] for r in mixed[:2]} == {r["image"] for r in plain[:2]}
+    assert all("logit" in r for r in mixed[:2]) and all("logit" not in r for r in mixed[2:])
+    assert [r["image"] for r in mixed[2:]] == [r["image"] for r in plain[2:4]]
+    paths = bt("retrieve", QUERY, photos, *index, "--no-rerank", "-f", "paths").stdout.splitlines()
+    assert paths == [r["image"] for r in plain]
+
+
+def test_index_is_incremental(bt, full_checkpoint, photos, tmp_path):
+    args = ["retrieve", QUERY, photos, "-m", full_checkpoint, "--index", tmp_path / "ix.sqlite", "--no-rerank"]
+    assert stats_line(bt(*args).stderr) == "index: 5 new, 0 changed, 0 removed, 0 unchanged"
+    assert stats_line(bt(*args).stderr) == "index: 0 new, 0 changed, 0 removed, 5 unchanged"
+    touched = photos / "cat.jpg"
+    os.utime(touched, ns=(time.time_ns(), time.time_ns() + 10**9))
+    assert stats_line(bt(*args).stderr) == "index: 0 new, 1 changed, 0 removed, 4 unchanged"
+    (photos / "coffee.jpg").unlink()
+    result = bt(*args, "-f", "json")
+    assert stats_line(result.stderr) == "index: 0 new, 0 changed, 1 removed, 4 unchanged"
+    assert len(result.json()) == 4
+    with sqlite3.connect(tmp_path / "ix.sqlite") as db:
+        assert db.execute("SELECT COUNT(*) FROM images").fetchone()[0] == 4
+
+
+def test_index_from_another_model_is_refused_then_rebuilt(bt, checkpoints, photos, tmp_path):
+    index = tmp_path / "ix.sqlite"
+    assert bt("index", photos, "-m", checkpoints["full"], "--index", index).code == 0
+    other = tmp_path / "other"
+    shutil.copytree(checkpoints["full"], other)
+    result = bt("index", photos, "-m", other, "--index", index)
+    assert result.code == 1 and "was built with" in result.stderr and "--rebuild" in result.stderr
+    rebuilt = bt("index", photos, "-m", other, "--index", index, "--rebuild", "-f", "json")
+    assert rebuilt.code == 0 and rebuilt.json()[0]["new"] == 5
+
+
+def test_corrupt_index_gives_a_clear_error(bt, full_checkpoint, photos, tmp_path):
+    index = tmp_path / "ix.sqlite"
+    index.write_bytes(b"this is not a database" * 100)
+    result = bt("retrieve", QUERY, photos, "-m", full_checkpoint, "--index", index)
+    assert result.code == 1 and "is corrupt" in result.stderr and "--rebuild" in result.stderr
+    assert bt("retrieve", QUERY, photos, "-m", full_checkpoint, "--index", index, "--rebuild").code == 0
+
+
+def test_unreadable_file_is_skipped_and_remembered(bt, full_checkpoint, photos, tmp_path):
+    (photos / "broken.jpg").write_text("not a jpeg")
+    args = ["retrieve", QUERY, photos, "-m", full_checkpoint, "--index", tmp_path / "ix.sqlite", "-f", "json"]
+    first = bt(*args)
+    assert first.code == 3 and "broken.jpg" in first.stderr and len(first.json()) == 5
+    second = bt(*args)
+    assert second.code == 0 and "0 new" in stats_line(second.stderr)
+
+
+def test_image_to_texts_runs_the_vision_tower_once(full_checkpoint, samples):
+    runtime = Runtime(load_model(full_checkpoint, "full", DEVICE, "float32"))
+    calls = []
+    runtime.tower.vision_model.visual.embeddings.register_forward_hook(lambda *args: calls.append(1))
+    (source,) = expand_image_sources([str(samples / "cat.jpg")])
+    records = tasks.retrieve_texts(runtime, source, CAPTIONS, top_k=10, rerank_k=10).records
+    assert calls == [1]
+    image = rgb(samples / "cat.jpg")
+    expected = {t: itm_logits(full_checkpoint, image, t)[1].item() for t in CAPTIONS}
+    assert [r.text for r in records] == sorted(CAPTIONS, key=expected.get, reverse=True)
+    for record in records:
+        assert abs(record.logit - expected[record.text]) <= 1e-5
+        stock = contrastive(full_checkpoint, image, record.text)
+        assert abs(record.similarity - (stock.text_embeds[0] @ stock.image_embeds[0]).item()) <= 1e-5
+
+
+def test_image_to_texts_cli(bt, full_checkpoint, samples, tmp_path):
+    captions = tmp_path / "captions.txt"
+    captions.write_text("\n".join(CAPTIONS))
+    result = bt(
+        "retrieve", "--image", samples / "cat.jpg", "-T", captions, "-m", full_checkpoint, "-k", "3", "-f", "paths"
+    )
+    assert result.code == 0 and len(result.stdout.splitlines()) == 3
+    assert set(result.stdout.splitlines()) <= set(CAPTIONS)
+
+
+def test_without_itc_heads_falls_back_to_itm_over_all(bt, checkpoints, photos, tmp_path):
+    path = checkpoints["itm_mlm"]
+    result = bt("retrieve", QUERY, photos, "-m", path, "--index", tmp_path / "ix.sqlite", "-f", "json", "-k", "3")
+    assert result.code == 0 and "no ITC heads" in result.stderr
+    records = result.json()
+    expected = {str(p): itm_logits(path, rgb(p), QUERY)[1].item() for p in sorted(photos.iterdir())}
+    assert [r["image"] for r in records] == sorted(expected, key=expected.get, reverse=True)[:3]
+    for record in records:
+        assert "similarity" not in record and abs(record["logit"] - expected[record["image"]]) <= 1e-5
+    assert not (tmp_path / "ix.sqlite").exists()
+
+
+BT_INDEX = [sys.executable, "-m", "bridgetower_cli", "index"]
+
+
+def many_photos(samples, folder, count):
+    folder.mkdir()
+    images = sorted(samples.glob("*.jpg"))
+    for k in range(count):
+        shutil.copy(images[k % len(images)], folder / f"img{k:04d}.jpg")
+    return folder
+
+
+def test_sigkill_mid_build_leaves_a_valid_index_that_resumes(full_checkpoint, samples, tmp_path):
+    folder = many_photos(samples, tmp_path / "many", 400)
+    index = tmp_path / "ix.sqlite"
+    env = dict(os.environ, BT_DEVICE=DEVICE, BT_DTYPE="float32")
+    command = [*BT_INDEX, folder, "-m", full_checkpoint, "--index", index, "-b", "4", "-q"]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    committed = 0
+    while time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.05)
+        if index.exists():
+            try:
+                with sqlite3.connect(index, timeout=5) as db:
+                    committed = db.execute("SELECT COUNT(*) FROM images").fetchone()[0]
+            except sqlite3.OperationalError:
+                continue
+            if committed >= 8:
+                break
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert committed >= 8, "the build finished or never committed before the kill"
+    with sqlite3.connect(index) as db:
+        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        kept = db.execute("SELECT COUNT(*) FROM images").fetchone()[0]
+    assert 8 <= kept < 400
+    resumed = subprocess.run([*command[:-1], "-f", "json"], env=env, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    import json
+
+    (stats,) = json.loads(resumed.stdout)
+    assert stats["new"] == 400 - kept and stats["unchanged"] == kept
+
+
+def test_two_processes_share_one_index(full_checkpoint, samples, tmp_path):
+    index = tmp_path / "ix.sqlite"
+    env = dict(os.environ, BT_DEVICE=DEVICE, BT_DTYPE="float32")
+    folders = [many_photos(samples, tmp_path / f"set{k}", 30) for k in range(2)]
+    runs = [
+        subprocess.Popen([*BT_INDEX, f, "-m", full_checkpoint, "--index", index, "-b", "2", "-q"], env=env)
+        for f in folders
+    ]
+    assert [p.wait(timeout=300) for p in runs] == [0, 0]
+    with sqlite3.connect(index) as db:
+        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        assert db.execute("SELECT COUNT(*) FROM images").fetchone()[0] == 60
+
+
+def test_similarities_are_cosines(full_checkpoint, photos, tmp_path):
+    from bridgetower_cli.index import EmbeddingIndex
+
+    runtime = Runtime(load_model(full_checkpoint, "full", DEVICE, "float32"))
+    index = EmbeddingIndex(tmp_path / "ix.sqlite", "m", 32)
+    sources = expand_image_sources([str(photos)])
+    tasks.refresh_index(runtime, index, sources)
+    _, matrix = index.embeddings(str(s.path.resolve()) for s in sources)
+    assert matrix.shape == (5, 32)
+    assert np.allclose(np.linalg.norm(matrix, axis=1), 1, atol=1e-5)
