@@ -53,8 +53,12 @@ class Result:
 
 def run_bt(*args: str, input: str | None = None, env: dict | None = None) -> Result:
     """Run ``bt`` in-process through its real entry point (``main``, the error boundary included)."""
-    runner = CliRunner()
-    with runner.isolation(input=input, env=BT_ENV | (env or {})) as (out, err, _):
+    try:
+        runner = CliRunner(mix_stderr=False)  # click < 8.2 mixes stderr into stdout unless told
+    except TypeError:
+        runner = CliRunner()
+    with runner.isolation(input=input, env=BT_ENV | (env or {})) as streams:
+        out, err = streams[0], streams[1]
         try:
             main([str(a) for a in args])
             code = 0
