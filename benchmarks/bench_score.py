@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 
 import torch
 from common import IMAGES, SAMPLES, TEXTS, checkpoint, machine, table, timed
@@ -25,15 +23,6 @@ from bridgetower_cli.loading import load_model
 from bridgetower_cli.runtime import Runtime
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-LOAD_RSS = """
-import resource, sys
-from pathlib import Path
-from bridgetower_cli.loading import load_model
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-load_model(Path(sys.argv[1]), "base", "cpu", "float32")
-after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(before * 1024, after * 1024)
-"""
 
 
 def documented_loop(path, device, dtype, images, texts):
@@ -63,12 +52,6 @@ def bt_score(path, device, dtype_name, sources, texts, batch_size):
     return run
 
 
-def load_rss(path) -> tuple[float, float]:
-    out = subprocess.run([sys.executable, "-c", LOAD_RSS, str(path)], capture_output=True, text=True, check=True)
-    before, after = (int(x) for x in out.stdout.split())
-    return before / 2**20, after / 2**20
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cpu")
@@ -90,7 +73,7 @@ def main() -> None:
     for dtype_name in args.dtypes.split(","):
         for case, (names, texts) in cases.items():
             images = [Image.open(SAMPLES / n).convert("RGB") for n in names]
-            sources = [ImageSource(str(SAMPLES / n), path=SAMPLES / n) for n in names]
+            sources = [ImageSource(str(SAMPLES / n), path=str(SAMPLES / n)) for n in names]
             stock_s, stock = timed(documented_loop(path, args.device, DTYPES[dtype_name], images, texts), args.repeats)
             bt_s, mine = timed(bt_score(path, args.device, dtype_name, sources, texts, args.batch_size), args.repeats)
             diff = max(abs(a - b) for a, b in zip(stock, mine))
@@ -142,14 +125,6 @@ def main() -> None:
         "max |Δlogit| vs fp32 loop",
     ]
     print("\n" + table(header, rows))
-    if args.device == "cpu":
-        before, after = load_rss(path)
-        size = sum(f.stat().st_size for f in path.glob("*.safetensors")) / 2**20
-        print(
-            f"\nload peak RSS: {after:.0f} MiB total ({after - before:.0f} MiB for the load itself, "
-            f"{before:.0f} MiB after imports); safetensors {size:.0f} MiB; ratio {after / size:.2f}"
-        )
-        results.append({"load_peak_rss_mib": after, "imports_rss_mib": before, "safetensors_mib": size})
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"machine": machine(), "device": args.device, "results": results}, fh, indent=2)

@@ -69,3 +69,28 @@ def table(header: list[str], rows: list[list]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def photo_folder(count: int) -> Path:
+    """``count`` distinct JPEG photos (random crops and flips of the samples), made once and cached."""
+    import random
+
+    from PIL import Image, ImageOps
+
+    folder = CACHE / f"photos-{count}"
+    if len(list(folder.glob("*.jpg"))) == count:
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(count)
+    originals = [Image.open(SAMPLES / name).convert("RGB") for name in IMAGES]
+    for k in range(count):
+        image = originals[k % len(originals)]
+        w, h = image.size
+        scale = rng.uniform(0.6, 1.0)
+        cw, ch = int(w * scale), int(h * scale)
+        x, y = rng.randint(0, w - cw), rng.randint(0, h - ch)
+        crop = image.crop((x, y, x + cw, y + ch))
+        if rng.random() < 0.5:
+            crop = ImageOps.mirror(crop)
+        crop.save(folder / f"photo{k:05d}.jpg", quality=90)
+    return folder

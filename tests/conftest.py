@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,3 +73,50 @@ def run_bt(*args: str, input: str | None = None, env: dict | None = None) -> Res
 @pytest.fixture
 def bt():
     return run_bt
+
+
+@pytest.fixture
+def server(samples):
+    """A local HTTP server on 127.0.0.1: /cat.jpg, /page.html (text/html), /huge.jpg (declares 1 GiB),
+    /stream.jpg (no length, 1 MiB), /silent.jpg (answers after 30 s), anything else 404."""
+    jpeg = (samples / "cat.jpg").read_bytes()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            if self.path == "/silent.jpg":
+                time.sleep(30)
+                return
+            if self.path == "/stream.jpg":
+                self.send_response(200)
+                self.send_header("Content-Type", "image/jpeg")
+                self.end_headers()
+                for _ in range(16):
+                    self.wfile.write(b"\0" * 65536)
+                return
+            routes = {"/cat.jpg": (jpeg, "image/jpeg"), "/page.html": (b"<html></html>", "text/html")}
+            if self.path == "/huge.jpg":
+                self.send_response(200)
+                self.send_header("Content-Type", "image/jpeg")
+                self.send_header("Content-Length", str(2**30))
+                self.end_headers()
+                return
+            if self.path not in routes:
+                self.send_error(404)
+                return
+            body, kind = routes[self.path]
+            self.send_response(200)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    httpd.daemon_threads = True
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import http.server
 import io
-import threading
 
 import numpy as np
 import pytest
@@ -84,36 +82,6 @@ def test_texts_from_file_and_stdin(tmp_path):
     assert read_texts([], "-", stdin=io.StringIO("a\nb\n")) == ["a", "b"]
     with pytest.raises(BtError, match="no texts"):
         read_texts([], None)
-
-
-@pytest.fixture
-def server(samples):
-    """A local HTTP server: /cat.jpg, /page.html (text/html), anything else 404."""
-    jpeg = (samples / "cat.jpg").read_bytes()
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            if self.path == "/cat.jpg":
-                body, kind = jpeg, "image/jpeg"
-            elif self.path == "/page.html":
-                body, kind = b"<html></html>", "text/html"
-            else:
-                self.send_error(404)
-                return
-            self.send_response(200)
-            self.send_header("Content-Type", kind)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args):
-            pass
-
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
 
 
 def test_url_sources(server):

@@ -69,10 +69,17 @@ def root(
 
 
 def _is_image_source(item: str) -> bool:
+    if not item.strip():
+        return False
     if item == "-" or "://" in item:
         return True
     path = Path(item).expanduser()
-    return path.exists() or path.suffix.lower() in IMAGE_SUFFIXES or (glob.has_magic(item) and bool(glob.glob(item)))
+    try:
+        return (
+            path.exists() or path.suffix.lower() in IMAGE_SUFFIXES or (glob.has_magic(item) and bool(glob.glob(item)))
+        )
+    except OSError:  # e.g. a long text is no valid file name
+        return False
 
 
 def split_inputs(items: list[str]) -> tuple[list[str], list[str]]:
@@ -81,6 +88,19 @@ def split_inputs(items: list[str]) -> tuple[list[str], list[str]]:
     while count < len(items) and _is_image_source(items[count]):
         count += 1
     return items[:count], items[count:]
+
+
+class Tally:
+    """Iterate over ``items``, counting them."""
+
+    def __init__(self, items):
+        self.items = items
+        self.count = 0
+
+    def __iter__(self):
+        for item in self.items:
+            self.count += 1
+            yield item
 
 
 def _runtime(model: str, device: str, dtype, needs: tuple[str, ...]):
@@ -197,14 +217,18 @@ def embed(
     from . import tasks
 
     outcome = tasks.Outcome()
-    records = itertools.chain.from_iterable(
-        tasks.embed(runtime, k, sources, texts, batch_size, outcome, reporter) for k in kinds
+    records = Tally(
+        itertools.chain.from_iterable(
+            tasks.embed(runtime, k, sources, texts, batch_size, outcome, reporter) for k in kinds
+        )
     )
     if output is None:
         render_stream(records, fmt.value)
     else:
         summary = write_embeddings(records, output, runtime.loaded.name)
         render([summary], fmt.value)
+    if not records.count:
+        raise BtError("none of the images could be read", "see the warnings above")
     reporter.summary(outcome.skipped)
     if outcome.skipped:
         raise typer.Exit(3)
@@ -215,10 +239,8 @@ def _open_index(runtime, index_file, rebuild: bool):
     from .index import EmbeddingIndex, default_index_path
 
     loaded = runtime.loaded
-    identity = f"{loaded.name}@{fingerprint(loaded.path)}"
-    return EmbeddingIndex(
-        index_file or default_index_path(), identity, loaded.model.config.contrastive_hidden_size, rebuild
-    )
+    dim = loaded.model.config.contrastive_hidden_size
+    return EmbeddingIndex(index_file or default_index_path(), fingerprint(loaded.path), dim, rebuild, loaded.name)
 
 
 def _indexable(specs: list[str]):
@@ -329,7 +351,8 @@ def models(fmt: FormatOpt = "auto") -> None:
 
 
 def _report(error: BtError) -> None:
-    message = f"bt: error: {error.message}"
+    message = error.message if len(error.message) <= 300 else error.message[:300] + "…"
+    message = f"bt: error: {message}"
     if error.hint:
         message += f" (hint: {error.hint})"
     stderr_console().print(message, markup=False, highlight=False, soft_wrap=True)

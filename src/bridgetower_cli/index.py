@@ -76,17 +76,20 @@ class RefreshStats:
         )
 
 
-def file_state(path: Path) -> FileState:
-    stat = path.stat()
-    return FileState(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+def file_state(path: str) -> FileState:
+    """Size and mtime of an absolute path (as ``ImageSource.path`` holds)."""
+    stat = os.stat(path)
+    return FileState(path, stat.st_size, stat.st_mtime_ns)
 
 
 class EmbeddingIndex:
     """A SQLite file of image embeddings for one model."""
 
-    def __init__(self, path: Path, model: str, dim: int, rebuild: bool = False):
+    def __init__(self, path: Path, model: str, dim: int, rebuild: bool = False, label: str | None = None):
+        """``model`` identifies the checkpoint (its fingerprint); ``label`` is how messages name it."""
         self.path = path
         self.model = model
+        self.label = label or model
         self.dim = dim
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -113,14 +116,19 @@ class EmbeddingIndex:
         with self.transaction():
             meta = dict(self.db.execute("SELECT key, value FROM meta"))
             if not meta:
-                rows = [("schema", SCHEMA_VERSION), ("model", self.model), ("dim", str(self.dim))]
+                rows = [
+                    ("schema", SCHEMA_VERSION),
+                    ("model", self.model),
+                    ("dim", str(self.dim)),
+                    ("label", self.label),
+                ]
                 self.db.executemany("INSERT INTO meta VALUES (?, ?)", rows)
                 return
         if meta.get("schema") != SCHEMA_VERSION:
             raise BtError(f"the index {self.path} has an unknown schema", "rebuild it with --rebuild")
         if meta.get("model") != self.model or meta.get("dim") != str(self.dim):
             raise BtError(
-                f"the index {self.path} was built with {meta.get('model')}, not {self.model}",
+                f"the index {self.path} was built with another model ({meta.get('label')}), not {self.label}",
                 "rebuild it with --rebuild, or pass --index FILE for a separate index",
             )
 
@@ -143,7 +151,7 @@ class EmbeddingIndex:
             else:
                 to_embed.append(state)
                 changed += state.path in known or state.path in failed
-        prefixes = tuple(str(Path(folder).resolve()) + os.sep for folder in folders)
+        prefixes = tuple(os.path.join(os.path.abspath(folder), "") for folder in folders)
         to_drop = [p for p in {*known, *failed} if p.startswith(prefixes) and p not in present] if prefixes else []
         return RefreshPlan(to_embed, to_drop, unchanged, changed)
 

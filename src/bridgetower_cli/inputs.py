@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import io
+import os
 import sys
 import warnings
 from collections.abc import Iterable
@@ -22,10 +23,10 @@ URL_MAX_BYTES = 50 * 1024 * 1024
 
 @dataclass(frozen=True)
 class ImageSource:
-    """One image to read: a local path or an http(s) URL; ``name`` is how records refer to it."""
+    """One image to read: a local path (absolute) or an http(s) URL; ``name`` is how records refer to it."""
 
     name: str
-    path: Path | None = None
+    path: str | None = None
     url: str | None = None
 
     @property
@@ -37,14 +38,19 @@ def _is_url(spec: str) -> bool:
     return "://" in spec
 
 
-def _walk(directory: Path) -> list[Path]:
-    return sorted(
-        p
-        for p in directory.rglob("*")
-        if p.suffix.lower() in IMAGE_SUFFIXES
-        and p.is_file()
-        and not any(part.startswith(".") for part in p.relative_to(directory).parts)
-    )
+def _walk(directory: Path) -> list[ImageSource]:
+    """Image files under ``directory`` (recursively, hidden files and folders skipped), sorted by path."""
+    root = os.path.abspath(directory)
+    found = []
+    for folder, subfolders, files in os.walk(root):
+        subfolders[:] = [d for d in subfolders if not d.startswith(".")]
+        relative = os.path.relpath(folder, root)
+        for file in files:
+            if not file.startswith(".") and os.path.splitext(file)[1].lower() in IMAGE_SUFFIXES:
+                found.append((os.path.normpath(os.path.join(relative, file)), os.path.join(folder, file)))
+    found.sort()
+    shown = str(directory)
+    return [ImageSource(os.path.join(shown, relative), path=absolute) for relative, absolute in found]
 
 
 def expand_image_sources(specs: Iterable[str], stdin: TextIO | None = None) -> list[ImageSource]:
@@ -70,21 +76,25 @@ def expand_image_sources(specs: Iterable[str], stdin: TextIO | None = None) -> l
 
 def _expand_path(spec: str) -> list[ImageSource]:
     path = Path(spec).expanduser()
+    try:
+        path.exists()
+    except OSError as error:
+        raise BtError(f"not a usable path: {spec[:60]}... ({error.strerror})", "check the path") from None
     if path.is_dir():
         found = _walk(path)
         if not found:
             raise BtError(
                 f"no image files in directory {spec}", f"image files end in {', '.join(sorted(IMAGE_SUFFIXES))}"
             )
-        return [ImageSource(str(p), path=p) for p in found]
+        return found
     if path.is_file():
-        return [ImageSource(spec, path=path)]
+        return [ImageSource(spec, path=os.path.abspath(path))]
     if glob.has_magic(spec):
         matches = sorted(Path(m) for m in glob.glob(str(path), recursive=True))
         files = [m for m in matches if m.is_file() and m.suffix.lower() in IMAGE_SUFFIXES]
         if not files:
             raise BtError(f"no image files match {spec}", "check the pattern; quote it to let bt expand it")
-        return [ImageSource(str(m), path=m) for m in files]
+        return [ImageSource(str(m), path=os.path.abspath(m)) for m in files]
     if path.exists():
         raise BtError(f"{spec} is not a regular file or directory", "pass image files, directories, globs or URLs")
     raise BtError(f"no such file or directory: {spec}", "check the path")
@@ -94,7 +104,8 @@ def read_bytes(source: ImageSource) -> bytes:
     """The raw bytes of a source; a URL is fetched with a timeout and a size cap."""
     if not source.is_url:
         try:
-            return source.path.read_bytes()
+            with open(source.path, "rb") as file:
+                return file.read()
         except OSError as error:
             raise InputError(f"cannot read {source.name}: {error.strerror or error}") from None
     import requests

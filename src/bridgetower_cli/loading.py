@@ -169,13 +169,17 @@ def load_model(
     torch_device = select_device(device)
     torch_dtype = select_dtype(dtype, torch_device)
     try:
+        model_type = json.loads((path / "config.json").read_text()).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        raise BtError(f"{model} has an unreadable config.json", "point --model at a BridgeTower checkpoint") from None
+    if model_type != "bridgetower":
+        raise BtError(f"{model} is a {model_type!r} checkpoint, not BridgeTower", "see `bt models`")
+    try:
         config = BridgeTowerConfig.from_pretrained(path)
     except (OSError, ValueError, TypeError) as error:
         raise BtError(
             f"{model} is not a BridgeTower checkpoint: {error}", "point --model at a checkpoint directory"
         ) from None
-    if config.model_type != "bridgetower":
-        raise BtError(f"{model} is a {config.model_type!r} checkpoint, not BridgeTower", "see `bt models`")
     _check_supported(config)
     heads = heads_in(path, config)
     if "itc" in heads and not config.share_cross_modal_transformer_layers:

@@ -236,22 +236,22 @@ def refresh_index(
     ``folders``. Each batch is committed on its own, so an interrupted refresh keeps what it finished."""
     reporter = reporter or Reporter()
     outcome = outcome if outcome is not None else Outcome()
-    states = {source.path: file_state(source.path) for source in sources}
-    plan = index.plan(states.values(), folders)
+    states = [file_state(source.path) for source in sources]
+    plan = index.plan(states, folders)
     index.drop(plan.to_drop)
     stats = RefreshStats(len(plan.to_embed) - plan.changed, plan.changed, len(plan.to_drop), plan.unchanged)
-    wanted = set(plan.to_embed)
-    todo = [source for source in sources if states[source.path] in wanted]
+    pending = {state.path for state in plan.to_embed}
+    todo = [(source, state) for source, state in zip(sources, states) if state.path in pending]
     with reporter.progress(len(todo), "indexing images") as advance:
         for chunk in chunks(todo, batch_size):
+            state_of = {source.name: state for source, state in chunk}
             skipped_before = len(outcome.skipped)
             rows = [
-                (states[source.path], image.itc_embedding.float().cpu().tolist())
-                for batch in encode_image_batches(runtime, chunk, batch_size, outcome, reporter)
+                (state_of[source.name], image.itc_embedding.float().cpu().tolist())
+                for batch in encode_image_batches(runtime, [s for s, _ in chunk], batch_size, outcome, reporter)
                 for source, image in batch
             ]
-            by_name = {source.name: source for source in chunk}
-            failures = [(states[by_name[s.name].path], s.reason) for s in outcome.skipped[skipped_before:]]
+            failures = [(state_of[s.name], s.reason) for s in outcome.skipped[skipped_before:]]
             index.store(rows, failures)
             stats.failed += len(failures)
             advance(len(chunk))
@@ -305,7 +305,7 @@ def retrieve_images(
         outcome.records = _records([(r.image, None, None, (r.logit, r.probability)) for r in best])
         return outcome
     (text,) = encode_text_batches(runtime, [query], 1, reporter)
-    by_path = {str(source.path.resolve()): source for source in sources}
+    by_path = {source.path: source for source in sources}
     paths, matrix = index.embeddings(by_path)
     if not paths:
         raise BtError("none of the images could be indexed", "see the warnings above")
