@@ -131,7 +131,7 @@ def score(
     model: Model = DEFAULT_MATCHING_MODEL,
     device: Device = "auto",
     dtype: DtypeOpt = "auto",
-    batch_size: BatchSize = 8,
+    batch_size: BatchSize = None,
     top_k: TopK = None,
     fmt: FormatOpt = "auto",
     quiet: Quiet = False,
@@ -142,6 +142,7 @@ def score(
     sources = expand_image_sources(image_specs)
     reporter = StderrReporter(quiet)
     runtime = _runtime(model, device, dtype, needs=("itm",))
+    batch_size = batch_size or runtime.default_batch_size
     from . import tasks
 
     _finish(tasks.score(runtime, sources, texts, batch_size, top_k, reporter), fmt, reporter)
@@ -161,7 +162,7 @@ def fill_mask(
     model: Model = DEFAULT_MATCHING_MODEL,
     device: Device = "auto",
     dtype: DtypeOpt = "auto",
-    batch_size: BatchSize = 8,
+    batch_size: BatchSize = None,
     top_k: CandidatesK = 5,
     fmt: FormatOpt = "auto",
     quiet: Quiet = False,
@@ -173,6 +174,7 @@ def fill_mask(
     target_words = [w.strip() for w in targets.split(",") if w.strip()] if targets else None
     reporter = StderrReporter(quiet)
     runtime = _runtime(model, device, dtype, needs=("mlm",))
+    batch_size = batch_size or runtime.default_batch_size
     from . import tasks
 
     _finish(tasks.fill_mask(runtime, sources, texts, batch_size, top_k, target_words, reporter), fmt, reporter)
@@ -194,7 +196,7 @@ def embed(
     model: Model = DEFAULT_CONTRASTIVE_MODEL,
     device: Device = "auto",
     dtype: DtypeOpt = "auto",
-    batch_size: BatchSize = 8,
+    batch_size: BatchSize = None,
     fmt: FormatOpt = "auto",
     quiet: Quiet = False,
 ) -> None:
@@ -214,6 +216,7 @@ def embed(
         raise BtError(f"cannot write {output}: unknown format", "use a file name ending in .npy or .npz")
     reporter = StderrReporter(quiet)
     runtime = _runtime(model, device, dtype, needs=("itc",))
+    batch_size = batch_size or runtime.default_batch_size
     from . import tasks
 
     outcome = tasks.Outcome()
@@ -272,7 +275,7 @@ def retrieve(
     model: Model = DEFAULT_CONTRASTIVE_MODEL,
     device: Device = "auto",
     dtype: DtypeOpt = "auto",
-    batch_size: BatchSize = 8,
+    batch_size: BatchSize = None,
     fmt: RetrieveFormatOpt = "auto",
     quiet: Quiet = False,
 ) -> None:
@@ -287,6 +290,7 @@ def retrieve(
             raise BtError(f"--image takes one image; {image} holds {len(sources)}", "name a single image file")
         (source,) = sources
         runtime = _runtime(model, device, dtype, needs=("itm",))
+        batch_size = batch_size or runtime.default_batch_size
         from . import tasks
 
         outcome = tasks.retrieve_texts(runtime, source, texts, top_k, rerank_k, batch_size, reporter)
@@ -296,6 +300,7 @@ def retrieve(
         query = read_texts(inputs[:1], None)[0]
         sources, folders = _indexable(inputs[1:])
         runtime = _runtime(model, device, dtype, needs=("itm",))
+        batch_size = batch_size or runtime.default_batch_size
         from . import tasks
 
         index = None
@@ -321,7 +326,7 @@ def index_command(
     model: Model = DEFAULT_CONTRASTIVE_MODEL,
     device: Device = "auto",
     dtype: DtypeOpt = "auto",
-    batch_size: BatchSize = 8,
+    batch_size: BatchSize = None,
     fmt: FormatOpt = "auto",
     quiet: Quiet = False,
 ) -> None:
@@ -329,6 +334,7 @@ def index_command(
     sources, folders = _indexable(images)
     reporter = StderrReporter(quiet)
     runtime = _runtime(model, device, dtype, needs=("itc",))
+    batch_size = batch_size or runtime.default_batch_size
     from . import tasks
 
     index = _open_index(runtime, index_file, rebuild)

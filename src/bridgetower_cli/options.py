@@ -66,7 +66,12 @@ DtypeOpt = Annotated[
         case_sensitive=False,
     ),
 ]
-BatchSize = Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Texts, images or pairs per forward pass.")]
+BatchSize = Annotated[
+    Optional[int],
+    typer.Option(
+        "--batch-size", "-b", min=1, help="Texts, images or pairs per forward pass. Default: 8 on CPU, 16 on a GPU."
+    ),
+]
 TopK = Annotated[Optional[int], typer.Option("--top-k", "-k", min=1, help="Keep the best k results.")]
 TextsFile = Annotated[
     Optional[str],

@@ -90,7 +90,8 @@ def fill_mask_tables(records: list) -> Iterator[Table]:
         for number, candidates in enumerate(record.masks, start=1):
             for rank, candidate in enumerate(candidates):
                 label = str(number) if rank == 0 else ""
-                table.add_row(label, candidate.token_str, f"{candidate.score:.4f}", _bar(candidate.score))
+                shown = candidate.token_str or "␣"  # a whitespace token
+                table.add_row(label, shown, f"{candidate.score:.4f}", _bar(candidate.score))
             table.add_section()
         yield table
 
