@@ -222,3 +222,27 @@ def test_similarities_are_cosines(full_checkpoint, photos, tmp_path):
     _, matrix = index.embeddings(s.path for s in sources)
     assert matrix.shape == (5, 32)
     assert np.allclose(np.linalg.norm(matrix, axis=1), 1, atol=1e-5)
+
+
+def test_ctrl_c_mid_build_rolls_back_cleanly(full_checkpoint, samples, tmp_path):
+    folder = many_photos(samples, tmp_path / "many", 400)
+    index = tmp_path / "ix.sqlite"
+    env = dict(os.environ, BT_DEVICE=DEVICE, BT_DTYPE="float32")
+    command = [*BT_INDEX, folder, "-m", full_checkpoint, "--index", index, "-b", "4", "-q"]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.05)
+        try:
+            with sqlite3.connect(index, timeout=5) as db:
+                if db.execute("SELECT COUNT(*) FROM images").fetchone()[0] >= 8:
+                    break
+        except sqlite3.OperationalError:
+            continue
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode != 0 and "Traceback" not in stderr
+    with sqlite3.connect(index) as db:
+        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        kept = db.execute("SELECT COUNT(*) FROM images").fetchone()[0]
+    assert 8 <= kept < 400

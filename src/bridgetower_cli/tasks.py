@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -269,17 +269,36 @@ def _rerank(
     return scores
 
 
-def _ranked(similarities: np.ndarray, top_k: int, rerank_k: int) -> tuple[list[int], list[int]]:
-    """Indices of the shortlist to rerank (best similarity first) and of the hits kept without reranking."""
-    order = np.argsort(-similarities, kind="stable").tolist()
-    return order[:rerank_k], order[rerank_k:top_k]
+Score = tuple[float, float]  # ITM (logit, probability)
 
 
-def _records(hits: list[tuple[str | None, str | None, float | None, tuple | None]]) -> list[RetrievalRecord]:
-    return [
-        RetrievalRecord(rank, image, text, similarity, *(score or (None, None)))
-        for rank, (image, text, similarity, score) in enumerate(hits, start=1)
-    ]
+def _two_stage(
+    similarities: np.ndarray | None,
+    count: int,
+    top_k: int,
+    rerank_k: int,
+    rescore: Callable[[list[int]], dict[int, Score]],
+) -> list[tuple[int, float | None, Score | None]]:
+    """Hits as (item, similarity, ITM score or None): the ``rerank_k`` most similar items rescored by ``rescore`` and
+    ordered by ITM logit, then the next ones by similarity, ``top_k`` in all. Without similarities (no ITC heads)
+    every item is rescored."""
+    if similarities is None:
+        shortlist, rest = list(range(count)), []
+    else:
+        order = np.argsort(-similarities, kind="stable").tolist()
+        shortlist, rest = order[:rerank_k], order[rerank_k:top_k]
+    scores = rescore(shortlist)
+    reranked = sorted(scores, key=lambda item: scores[item][0], reverse=True)
+
+    def similarity(item: int) -> float | None:
+        return None if similarities is None else float(similarities[item])
+
+    hits = [(item, similarity(item), scores[item]) for item in reranked]
+    return (hits + [(item, similarity(item), None) for item in rest])[:top_k]
+
+
+def _record(rank: int, image: str | None, text: str | None, similarity, score: Score | None) -> RetrievalRecord:
+    return RetrievalRecord(rank, image, text, similarity, *(score or (None, None)))
 
 
 def retrieve_images(
@@ -294,36 +313,40 @@ def retrieve_images(
 ) -> Outcome:
     """Rank images for a text: ITC similarity over the index, then the ITM head reranks the best ``rerank_k``.
 
-    Without ITC heads (``index`` None) every image is scored by ITM, the text encoded once."""
+    Without ITC heads (``index`` None) every image is scored by ITM; the text is encoded once either way."""
     reporter = reporter or Reporter()
     outcome = Outcome()
+    (text,) = encode_text_batches(runtime, [query], 1, reporter)
     if index is None:
         reporter.warn("this checkpoint has no ITC heads: scoring every image with the ITM head (slow)")
-        scored = score(runtime, sources, [query], batch_size, None, reporter)
-        outcome.skipped = scored.skipped
-        best = sorted(scored.records, key=lambda r: r.logit, reverse=True)[:top_k]
-        outcome.records = _records([(r.image, None, None, (r.logit, r.probability)) for r in best])
-        return outcome
-    (text,) = encode_text_batches(runtime, [query], 1, reporter)
-    by_path = {source.path: source for source in sources}
-    paths, matrix = index.embeddings(by_path)
-    if not paths:
-        raise BtError("none of the images could be indexed", "see the warnings above")
-    similarities = matrix @ text.itc_embedding.float().cpu().numpy()
-    shortlist, rest = _ranked(similarities, top_k, rerank_k)
-    candidates = [by_path[paths[i]] for i in shortlist]
-    images = [
-        image for batch in encode_image_batches(runtime, candidates, batch_size, outcome, reporter) for image in batch
+        candidates, similarities = list(sources), None
+    else:
+        by_path = {source.path: source for source in sources}
+        paths, matrix = index.embeddings(by_path)
+        if not paths:
+            raise BtError("none of the images could be indexed", "see the warnings above")
+        candidates = [by_path[path] for path in paths]
+        similarities = matrix @ text.itc_embedding.float().cpu().numpy()
+
+    def rescore(shortlist: list[int]) -> dict[int, Score]:
+        chosen = [candidates[item] for item in shortlist]
+        item_of = {source.name: item for item, source in zip(shortlist, chosen)}
+        scores = {}
+        with reporter.progress(len(chosen), "reranking images") as advance:
+            for batch in encode_image_batches(runtime, chosen, batch_size, outcome, reporter):
+                pairs = [(text, image) for _, image in batch]
+                for (source, _), itm in zip(batch, _rerank(runtime, pairs, batch_size)):
+                    scores[item_of[source.name]] = itm
+                advance(len(batch))
+        return scores
+
+    hits = _two_stage(similarities, len(candidates), top_k, rerank_k, rescore)
+    if not hits:
+        raise BtError("none of the images could be read", "see the warnings above")
+    outcome.records = [
+        _record(rank, candidates[item].name, None, similarity, itm)
+        for rank, (item, similarity, itm) in enumerate(hits, start=1)
     ]
-    scores = _rerank(runtime, [(text, state) for _, state in images], batch_size)
-    similarity = {by_path[p].name: float(s) for p, s in zip(paths, similarities)}
-    reranked = sorted(
-        ((source.name, None, similarity[source.name], s) for (source, _), s in zip(images, scores)),
-        key=lambda hit: hit[3][0],
-        reverse=True,
-    )
-    kept = [(by_path[paths[i]].name, None, float(similarities[i]), None) for i in rest]
-    outcome.records = _records((reranked + kept)[:top_k])
     return outcome
 
 
@@ -346,22 +369,21 @@ def retrieve_texts(
         raise BtError(f"cannot read {source.name}: {outcome.skipped[0].reason}", "check the image")
     ((_, image),) = batches[0]
     states = encode_text_batches(runtime, texts, batch_size, reporter)
+    similarities = None
     if image.itc_embedding is None:
         reporter.warn("this checkpoint has no ITC heads: scoring every text with the ITM head (slow)")
-        similarities = np.zeros(len(texts), dtype=np.float32)
-        shortlist, rest = list(range(len(texts))), []
     else:
-        matrix = torch.stack([s.itc_embedding for s in states]).float().cpu().numpy()
+        matrix = torch.stack([state.itc_embedding for state in states]).float().cpu().numpy()
         similarities = matrix @ image.itc_embedding.float().cpu().numpy()
-        shortlist, rest = _ranked(similarities, top_k, rerank_k)
-    with reporter.progress(len(shortlist), "reranking texts"):
-        scores = _rerank(runtime, [(states[j], image) for j in shortlist], batch_size)
-    has_similarity = image.itc_embedding is not None
-    reranked = sorted(
-        ((None, texts[j], float(similarities[j]) if has_similarity else None, s) for j, s in zip(shortlist, scores)),
-        key=lambda hit: hit[3][0],
-        reverse=True,
-    )
-    kept = [(None, texts[j], float(similarities[j]), None) for j in rest]
-    outcome.records = _records((reranked + kept)[:top_k])
+
+    def rescore(shortlist: list[int]) -> dict[int, Score]:
+        with reporter.progress(len(shortlist), "reranking texts") as advance:
+            scores = _rerank(runtime, [(states[item], image) for item in shortlist], batch_size)
+            advance(len(shortlist))
+        return dict(zip(shortlist, scores))
+
+    hits = _two_stage(similarities, len(texts), top_k, rerank_k, rescore)
+    outcome.records = [
+        _record(rank, None, texts[item], similarity, itm) for rank, (item, similarity, itm) in enumerate(hits, start=1)
+    ]
     return outcome
