@@ -84,3 +84,26 @@ def test_debug_shows_the_traceback(tmp_path):
     result = subprocess.run([BT, "score", tmp_path / "missing.jpg", "a cat"], capture_output=True, text=True, env=env)
     assert result.returncode == 1
     assert "Traceback" in result.stderr and "BtError" in result.stderr
+
+
+@pytest.mark.skipif(BT is None, reason="the bt entry point is not installed")
+def test_hub_id_is_served_from_the_local_cache_without_network(tmp_path, full_checkpoint, samples):
+    """A hub id already in the Hugging Face cache loads with no hub reachable (the default model's path)."""
+    repo = tmp_path / "hf" / "hub" / "models--BridgeTower--bridgetower-base-itm-mlm"
+    revision = "0123456789abcdef0123456789abcdef01234567"
+    shutil.copytree(full_checkpoint, repo / "snapshots" / revision)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(revision)
+    env = dict(os.environ, HF_ENDPOINT=f"http://127.0.0.1:{closed_port()}", HF_HOME=str(tmp_path / "hf"))
+    env.pop("BT_MODEL", None)
+    result = subprocess.run(
+        [BT, "score", samples / "cat.jpg", "two cats", "-f", "json", "-d", "cpu"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)[0]["text"] == "two cats"
+    models = subprocess.run([BT, "models", "-f", "json"], capture_output=True, text=True, env=env)
+    cached = {m["id"] for m in json.loads(models.stdout) if m["cached"]}
+    assert cached == {"BridgeTower/bridgetower-base-itm-mlm"}

@@ -62,7 +62,7 @@ DtypeOpt = Annotated[
     typer.Option(
         "--dtype",
         envvar="BT_DTYPE",
-        help="Weights and compute dtype; auto = float32, bfloat16 on CUDA.",
+        help="Weights and compute dtype; auto = float32 (exact). bfloat16 is faster on GPUs.",
         case_sensitive=False,
     ),
 ]

@@ -87,8 +87,13 @@ class Runtime:
     def tokenize(self, texts: list[str]) -> tuple[list[list[int]], list[bool]]:
         """Token ids per text (truncated to the model's limit) and whether each was truncated."""
         ids = self.tokenizer(texts, truncation=True, max_length=self.max_length)["input_ids"]
-        full = self.tokenizer(texts, truncation=False)["input_ids"]
-        return ids, [len(a) < len(b) for a, b in zip(ids, full)]
+        at_limit = [k for k, tokens in enumerate(ids) if len(tokens) == self.max_length]
+        truncated = [False] * len(texts)
+        if at_limit:  # only a text that filled the limit can have been cut
+            full = self.tokenizer([texts[k] for k in at_limit])["input_ids"]
+            for k, tokens in zip(at_limit, full):
+                truncated[k] = len(tokens) > self.max_length
+        return ids, truncated
 
     def _mask(self, attention_mask: torch.Tensor, like: torch.Tensor):
         return create_bidirectional_mask(
