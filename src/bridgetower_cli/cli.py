@@ -40,7 +40,7 @@ from .options import (
     TopK,
 )
 from .output import StderrReporter, render, render_stream, stderr_console, write_embeddings
-from .records import ModelRecord
+from .records import ModelRecord, Outcome
 
 DEFAULT_FOR = {DEFAULT_MATCHING_MODEL, DEFAULT_CONTRASTIVE_MODEL}
 
@@ -219,7 +219,7 @@ def embed(
     batch_size = batch_size or runtime.default_batch_size
     from . import tasks
 
-    outcome = tasks.Outcome()
+    outcome = Outcome()
     records = Tally(
         itertools.chain.from_iterable(
             tasks.embed(runtime, k, sources, texts, batch_size, outcome, reporter) for k in kinds
@@ -303,15 +303,13 @@ def retrieve(
         batch_size = batch_size or runtime.default_batch_size
         from . import tasks
 
-        index = None
+        index, refreshed = None, Outcome()
         if "itc" in runtime.loaded.heads:
             index = _open_index(runtime, index_file, rebuild)
-            refreshed = tasks.Outcome()
             stats = tasks.refresh_index(runtime, index, sources, folders, batch_size, refreshed, reporter)
             reporter.info(stats.line())
         outcome = tasks.retrieve_images(runtime, index, query, sources, top_k, rerank_k, batch_size, reporter)
-        if index is not None:
-            outcome.skipped = refreshed.skipped + outcome.skipped
+        outcome.skipped = refreshed.skipped + outcome.skipped
     _finish(outcome, fmt, reporter)
 
 
@@ -338,7 +336,7 @@ def index_command(
     from . import tasks
 
     index = _open_index(runtime, index_file, rebuild)
-    outcome = tasks.Outcome()
+    outcome = Outcome()
     stats = tasks.refresh_index(runtime, index, sources, folders, batch_size, outcome, reporter)
     outcome.records = [stats]
     reporter.info(f"{stats.line()}; {index.count()} images in {index.path}")

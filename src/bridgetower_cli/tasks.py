@@ -21,7 +21,9 @@ from .records import (
     ScoreRecord,
     Skipped,
 )
-from .runtime import ImageStates, Runtime, TextStates
+from .runtime import Fused, ImageStates, Runtime, TextStates
+
+Score = tuple[float, float]  # ITM (match logit, match probability)
 
 
 def chunks(items: Sequence, size: int) -> Iterator[Sequence]:
@@ -73,6 +75,23 @@ def encode_image_batches(
         yield flush()
 
 
+def fused_pairs(
+    runtime: Runtime, batch: list[tuple[ImageSource, ImageStates]], text_states: list[TextStates], batch_size: int
+) -> Iterator[tuple[list[tuple[ImageSource, int]], Fused]]:
+    """Every image of ``batch`` with every text, fused ``batch_size`` pairs at a time: ((source, text index) per
+    pair, the fused batch)."""
+    pairs = [(source, image, j) for source, image in batch for j in range(len(text_states))]
+    for chunk in chunks(pairs, batch_size):
+        fused = runtime.fuse([text_states[j] for _, _, j in chunk], [image for _, image, _ in chunk])
+        yield [(source, j) for source, _, j in chunk], fused
+
+
+def itm_scores(runtime: Runtime, fused: Fused) -> list[Score]:
+    """ITM (match logit, match probability) per fused pair."""
+    logits = runtime.itm_logits(fused).float()
+    return list(zip(logits[:, 1].tolist(), logits.softmax(dim=-1)[:, 1].tolist()))
+
+
 def score(
     runtime: Runtime,
     sources: Sequence[ImageSource],
@@ -91,14 +110,10 @@ def score(
     per_image: dict[str, list[ScoreRecord]] = {}
     with reporter.progress(len(sources) * len(texts), "scoring pairs") as advance:
         for batch in encode_image_batches(runtime, sources, batch_size, outcome, reporter):
-            pairs = [(source, image, j) for source, image in batch for j in range(len(texts))]
-            for chunk in chunks(pairs, batch_size):
-                fused = runtime.fuse([text_states[j] for _, _, j in chunk], [image for _, image, _ in chunk])
-                logits = runtime.itm_logits(fused).float()
-                probabilities = logits.softmax(dim=-1)[:, 1]
-                for (source, _, j), logit, probability in zip(chunk, logits[:, 1].tolist(), probabilities.tolist()):
+            for pairs, fused in fused_pairs(runtime, batch, text_states, batch_size):
+                for (source, j), (logit, probability) in zip(pairs, itm_scores(runtime, fused)):
                     per_image.setdefault(source.name, []).append(ScoreRecord(source.name, texts[j], logit, probability))
-                advance(len(chunk))
+                advance(len(pairs))
     if not per_image:
         raise BtError("none of the images could be read", "see the warnings above")
     for records in per_image.values():
@@ -156,10 +171,8 @@ def fill_mask(
     decode = runtime.tokenizer.decode
     with reporter.progress(len(sources) * len(texts), "filling masks") as advance:
         for batch in encode_image_batches(runtime, sources, batch_size, outcome, reporter):
-            pairs = [(source, image, j) for source, image in batch for j in range(len(texts))]
-            for chunk in chunks(pairs, batch_size):
-                fused = runtime.fuse([text_states[j] for _, _, j in chunk], [image for _, image, _ in chunk])
-                for k, (source, _, j) in enumerate(chunk):
+            for pairs, fused in fused_pairs(runtime, batch, text_states, batch_size):
+                for k, (source, j) in enumerate(pairs):
                     probabilities = runtime.mlm_logits(fused, k, positions[j]).float().softmax(dim=-1).cpu()
                     ids = torch.tensor(allowed) if allowed else torch.arange(probabilities.shape[-1])
                     scores, order = probabilities[:, ids].topk(min(top_k, len(ids)), dim=-1)
@@ -171,13 +184,10 @@ def fill_mask(
                     filled[positions[j]] = torch.tensor([candidates[0].token for candidates in masks])
                     sequence = " ".join(decode(filled.tolist(), skip_special_tokens=True).split())
                     outcome.records.append(FillMaskRecord(source.name, texts[j], sequence, masks))
-                advance(len(chunk))
+                advance(len(pairs))
     if not outcome.records:
         raise BtError("none of the images could be read", "see the warnings above")
     return outcome
-
-
-EMBEDDING_KINDS = ("image", "text", "cross")
 
 
 def embed(
@@ -215,12 +225,10 @@ def embed(
                     yield record(source.name, None, state.itc_embedding)
                 advance(len(batch))
                 continue
-            pairs = [(source, image, j) for source, image in batch for j in range(len(texts))]
-            for chunk in chunks(pairs, batch_size):
-                fused = runtime.fuse([text_states[j] for _, _, j in chunk], [image for _, image, _ in chunk])
-                for (source, _, j), vector in zip(chunk, runtime.cross_embeddings(fused)):
+            for pairs, fused in fused_pairs(runtime, batch, text_states, batch_size):
+                for (source, j), vector in zip(pairs, runtime.cross_embeddings(fused)):
                     yield record(source.name, texts[j], vector)
-                advance(len(chunk))
+                advance(len(pairs))
 
 
 def refresh_index(
@@ -258,18 +266,12 @@ def refresh_index(
     return stats
 
 
-def _rerank(
-    runtime: Runtime, pairs: list[tuple[TextStates, ImageStates]], batch_size: int
-) -> list[tuple[float, float]]:
-    """ITM (logit, probability) for (text, image) state pairs."""
+def _rerank(runtime: Runtime, pairs: list[tuple[TextStates, ImageStates]], batch_size: int) -> list[Score]:
+    """ITM scores for (text, image) state pairs."""
     scores = []
     for chunk in chunks(pairs, batch_size):
-        logits = runtime.itm_logits(runtime.fuse([t for t, _ in chunk], [i for _, i in chunk])).float()
-        scores += list(zip(logits[:, 1].tolist(), logits.softmax(dim=-1)[:, 1].tolist()))
+        scores += itm_scores(runtime, runtime.fuse([t for t, _ in chunk], [i for _, i in chunk]))
     return scores
-
-
-Score = tuple[float, float]  # ITM (logit, probability)
 
 
 def _two_stage(
