@@ -113,3 +113,17 @@ def test_checkpoint_without_itc_is_refused(bt, checkpoints, samples):
 def test_usage_problems(bt, full_checkpoint, args, message):
     result = bt("embed", *args, "-m", full_checkpoint)
     assert result.code == 1 and message in result.stderr
+
+
+def test_csv_of_mixed_kinds(bt, full_checkpoint, samples):
+    result = bt("embed", samples / "cat.jpg", "--text", "a cat", "-m", full_checkpoint, "-f", "csv")
+    assert result.code == 0, result.stderr
+    import csv
+    import io
+
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+    assert [(r["image"], r["text"], r["kind"]) for r in rows] == [
+        (str(samples / "cat.jpg"), "", "image"),
+        ("", "a cat", "text"),
+    ]
+    assert len(json.loads(rows[0]["embedding"])) == 32

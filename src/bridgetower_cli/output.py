@@ -20,8 +20,6 @@ from rich.text import Text
 from .errors import BtError
 from .records import EmbeddingRecord, EmbeddingsWritten, FillMaskRecord, Reporter, RetrievalRecord, ScoreRecord
 
-FORMATS = ("auto", "table", "json", "jsonl", "csv")
-
 
 def stderr_console() -> Console:
     return Console(stderr=True, no_color="NO_COLOR" in os.environ, highlight=False)
@@ -51,16 +49,18 @@ def write_jsonl(records: Iterable, stream: TextIO) -> None:
 
 
 def write_csv(records: Iterable, stream: TextIO) -> None:
+    """One header (every field of the record type) and a row per record; lists as JSON, missing values empty."""
     writer = None
     for record in records:
         row = {
             k: json.dumps(v, ensure_ascii=False) if isinstance(v, (list, dict)) else v
-            for k, v in _plain(record).items()
+            for k, v in asdict(record).items()
         }
         if writer is None:
             writer = csv.DictWriter(stream, fieldnames=list(row), lineterminator="\n")
             writer.writeheader()
         writer.writerow(row)
+        stream.flush()
 
 
 def _bar(probability: float, width: int = 20) -> Text:
