@@ -346,10 +346,11 @@ def index_command(
 @app.command(epilog="Examples:\n\n  bt models\n\n  bt models -f json | jq -r '.[] | select(.cached) | .id'")
 def models(fmt: FormatOpt = "auto") -> None:
     """The public BridgeTower checkpoints: their heads, image size, and whether they are in the local cache."""
-    from .hub import cache_has
+    from .hub import cached_snapshot
 
     records = [
-        ModelRecord(c.id, list(c.heads), c.image_size, cache_has(c.id), c.id in DEFAULT_FOR) for c in KNOWN_CHECKPOINTS
+        ModelRecord(c.id, list(c.heads), c.image_size, cached_snapshot(c.id) is not None, c.id in DEFAULT_FOR)
+        for c in KNOWN_CHECKPOINTS
     ]
     render(records, fmt.value)
 

@@ -32,14 +32,11 @@ def resolve_checkpoint(model: str) -> Path:
 def _hub_snapshot(repo_id: str) -> Path:
     import requests
     from huggingface_hub import constants, snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+    from huggingface_hub.errors import HfHubHTTPError
 
-    try:
-        cached = Path(snapshot_download(repo_id, local_files_only=True))
-        if (cached / "config.json").is_file() and weight_files(cached):
-            return cached
-    except LocalEntryNotFoundError:
-        pass
+    cached = cached_snapshot(repo_id)
+    if cached is not None:
+        return cached
     hint = "download it once where the Hugging Face Hub is reachable, or pass --model DIR"
     if constants.HF_HUB_OFFLINE:
         raise BtError(f"{repo_id} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set", hint)
@@ -68,16 +65,16 @@ def weight_files(path: Path) -> list[Path]:
     return []
 
 
-def cache_has(repo_id: str) -> bool:
-    """Whether a hub checkpoint is in the local Hugging Face cache (no network)."""
+def cached_snapshot(repo_id: str) -> Path | None:
+    """The complete local Hugging Face cache snapshot of a hub checkpoint (config and weights), if any; no network."""
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 
     try:
         path = Path(snapshot_download(repo_id, local_files_only=True))
     except LocalEntryNotFoundError:
-        return False
-    return (path / "config.json").is_file() and bool(weight_files(path))
+        return None
+    return path if (path / "config.json").is_file() and weight_files(path) else None
 
 
 def fingerprint(path: Path) -> str:

@@ -132,12 +132,19 @@ def weight_names(path: Path) -> set[str]:
 def heads_in(path: Path, config: BridgeTowerConfig) -> tuple[str, ...]:
     names = weight_names(path)
     heads = [head for head, required in HEAD_WEIGHTS.items() if all(name in names for name in required)]
-    if "itc" in heads and getattr(config, "contrastive_hidden_size", None) is None:
+    usable_itc = getattr(config, "contrastive_hidden_size", None) is not None
+    # The stock contrastive class raises with separate per-layer transforms: no ITC there either.
+    if "itc" in heads and not (usable_itc and config.share_cross_modal_transformer_layers):
         heads.remove("itc")
     return tuple(heads)
 
 
-def _check_supported(config: BridgeTowerConfig) -> None:
+def _check_supported(config: BridgeTowerConfig, needs: tuple[str, ...]) -> None:
+    if "itc" in needs and not config.share_cross_modal_transformer_layers:
+        raise BtError(
+            "ITC embeddings are undefined for share_cross_modal_transformer_layers=False (transformers raises)",
+            f"use a checkpoint such as {checkpoint_with('itc')}",
+        )
     if config.share_link_tower_layers:
         raise BtError(
             "share_link_tower_layers=True: transformers itself cannot run this config (TypeError upstream)",
@@ -177,15 +184,8 @@ def load_model(
         raise BtError(
             f"{model} is not a BridgeTower checkpoint: {error}", "point --model at a checkpoint directory"
         ) from None
-    _check_supported(config)
+    _check_supported(config, needs)
     heads = heads_in(path, config)
-    if "itc" in heads and not config.share_cross_modal_transformer_layers:
-        heads = tuple(h for h in heads if h != "itc")  # the stock contrastive class raises on this config
-        if "itc" in needs:
-            raise BtError(
-                "ITC embeddings are undefined for share_cross_modal_transformer_layers=False (transformers raises)",
-                f"use a checkpoint such as {checkpoint_with('itc')}",
-            )
     require_heads(heads, needs, model)
     try:
         network, info = BridgeTowerWithHeads.from_pretrained(
