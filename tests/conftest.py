@@ -39,6 +39,25 @@ def checkpoints(tmp_path_factory) -> dict[str, Path]:
     }
 
 
+# The four public checkpoints' layouts (see bridgetower_cli.testing): name -> (size, heads).
+PUBLISHED = {
+    "bridgetower-base": ("tiny", ()),
+    "bridgetower-base-itm-mlm": ("tiny", ("itm", "mlm")),
+    "bridgetower-large-itm-mlm": ("tiny-large", ("itm", "mlm")),
+    "bridgetower-large-itm-mlm-itc": ("tiny-large", ("itm", "mlm", "itc")),
+}
+
+
+@pytest.fixture(scope="session")
+def published(tmp_path_factory) -> dict[str, Path]:
+    """Tiny checkpoints in the files of each public hub repo, as transformers 4.26-4.30 wrote them."""
+    root = tmp_path_factory.mktemp("published")
+    return {
+        name: build_checkpoint(root / name, size, heads, seed=20 + k, layout="published")
+        for k, (name, (size, heads)) in enumerate(PUBLISHED.items())
+    }
+
+
 @pytest.fixture(scope="session")
 def full_checkpoint(checkpoints) -> Path:
     return checkpoints["full"]

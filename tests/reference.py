@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from functools import cache
 from pathlib import Path
 
@@ -17,7 +18,18 @@ from transformers import (
 
 @cache
 def processor(path: Path) -> BridgeTowerProcessor:
-    return BridgeTowerProcessor.from_pretrained(path)
+    """The checkpoint's processor. transformers 5 cannot load the public checkpoints' processor files; for those it
+    is built as transformers 4.x built it: ``BridgeTowerImageProcessor(**preprocessor_config.json)`` (an integer
+    ``size``: resize the shortest edge to it and centre-crop to the same; its default was 288, the base models'
+    size, which is the vision config's size here) and the RoBERTa tokenizer from tokenizer.json."""
+    if (path / "processor_config.json").is_file():
+        return BridgeTowerProcessor.from_pretrained(path)
+    from transformers import BridgeTowerConfig, BridgeTowerImageProcessorPil, RobertaTokenizer
+
+    size = json.loads((path / "preprocessor_config.json").read_text()).get("size")
+    size = {"shortest_edge": size or BridgeTowerConfig.from_pretrained(path).vision_config.image_size}
+    image_processor = BridgeTowerImageProcessorPil(size=size, crop_size=size, size_divisor=32)
+    return BridgeTowerProcessor(image_processor, RobertaTokenizer.from_pretrained(path))
 
 
 @cache

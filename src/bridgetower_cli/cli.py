@@ -31,6 +31,7 @@ from .options import (
     QueryImage,
     Quiet,
     Rebuild,
+    Revision,
     RerankK,
     RetrieveFormatOpt,
     RetrieveInputs,
@@ -103,9 +104,9 @@ class Tally:
             yield item
 
 
-def _runtime(model: str, device: str, dtype, needs: tuple[str, ...]):
+def _runtime(model: str, revision: str | None, device: str, dtype, needs: tuple[str, ...]):
     """Resolve the checkpoint first (fast, no torch), then import torch and load it."""
-    path = resolve_checkpoint(model)
+    path = resolve_checkpoint(model, revision)
     from .loading import load_model
     from .runtime import Runtime
 
@@ -129,6 +130,7 @@ def score(
     inputs: Inputs,
     texts_file: TextsFile = None,
     model: Model = DEFAULT_MATCHING_MODEL,
+    revision: Revision = None,
     device: Device = "auto",
     dtype: DtypeOpt = "auto",
     batch_size: BatchSize = None,
@@ -141,7 +143,7 @@ def score(
     texts = read_texts(text_args, texts_file)
     sources = expand_image_sources(image_specs)
     reporter = StderrReporter(quiet)
-    runtime = _runtime(model, device, dtype, needs=("itm",))
+    runtime = _runtime(model, revision, device, dtype, needs=("itm",))
     batch_size = batch_size or runtime.default_batch_size
     from . import tasks
 
@@ -160,6 +162,7 @@ def fill_mask(
     texts_file: TextsFile = None,
     targets: Targets = None,
     model: Model = DEFAULT_MATCHING_MODEL,
+    revision: Revision = None,
     device: Device = "auto",
     dtype: DtypeOpt = "auto",
     batch_size: BatchSize = None,
@@ -173,7 +176,7 @@ def fill_mask(
     sources = expand_image_sources(image_specs)
     target_words = [w.strip() for w in targets.split(",") if w.strip()] if targets else None
     reporter = StderrReporter(quiet)
-    runtime = _runtime(model, device, dtype, needs=("mlm",))
+    runtime = _runtime(model, revision, device, dtype, needs=("mlm",))
     batch_size = batch_size or runtime.default_batch_size
     from . import tasks
 
@@ -194,6 +197,7 @@ def embed(
     texts_file: TextsFile = None,
     output: OutputFile = None,
     model: Model = DEFAULT_CONTRASTIVE_MODEL,
+    revision: Revision = None,
     device: Device = "auto",
     dtype: DtypeOpt = "auto",
     batch_size: BatchSize = None,
@@ -215,7 +219,7 @@ def embed(
     if output is not None and output.suffix not in (".npy", ".npz"):
         raise BtError(f"cannot write {output}: unknown format", "use a file name ending in .npy or .npz")
     reporter = StderrReporter(quiet)
-    runtime = _runtime(model, device, dtype, needs=("itc",))
+    runtime = _runtime(model, revision, device, dtype, needs=("itc",))
     batch_size = batch_size or runtime.default_batch_size
     from . import tasks
 
@@ -273,6 +277,7 @@ def retrieve(
     rerank_k: RerankK = 5,
     no_rerank: NoRerank = False,
     model: Model = DEFAULT_CONTRASTIVE_MODEL,
+    revision: Revision = None,
     device: Device = "auto",
     dtype: DtypeOpt = "auto",
     batch_size: BatchSize = None,
@@ -289,7 +294,7 @@ def retrieve(
         if len(sources) != 1:
             raise BtError(f"--image takes one image; {image} holds {len(sources)}", "name a single image file")
         (source,) = sources
-        runtime = _runtime(model, device, dtype, needs=("itm",))
+        runtime = _runtime(model, revision, device, dtype, needs=("itm",))
         batch_size = batch_size or runtime.default_batch_size
         from . import tasks
 
@@ -299,7 +304,7 @@ def retrieve(
             raise BtError("retrieve needs a query text and image sources", "e.g. bt retrieve 'a cat' ~/Pictures")
         query = read_texts(inputs[:1], None)[0]
         sources, folders = _indexable(inputs[1:])
-        runtime = _runtime(model, device, dtype, needs=("itm",))
+        runtime = _runtime(model, revision, device, dtype, needs=("itm",))
         batch_size = batch_size or runtime.default_batch_size
         from . import tasks
 
@@ -322,6 +327,7 @@ def index_command(
     index_file: IndexFile = None,
     rebuild: Rebuild = False,
     model: Model = DEFAULT_CONTRASTIVE_MODEL,
+    revision: Revision = None,
     device: Device = "auto",
     dtype: DtypeOpt = "auto",
     batch_size: BatchSize = None,
@@ -331,7 +337,7 @@ def index_command(
     """Build or refresh the retrieval index for image folders without querying it."""
     sources, folders = _indexable(images)
     reporter = StderrReporter(quiet)
-    runtime = _runtime(model, device, dtype, needs=("itc",))
+    runtime = _runtime(model, revision, device, dtype, needs=("itc",))
     batch_size = batch_size or runtime.default_batch_size
     from . import tasks
 

@@ -5,17 +5,26 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from urllib.parse import quote
 
 from .errors import BtError
 
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
-_HUB_FILES = ["*.json", "*.txt", "*.safetensors"]
+# What bt reads from a repo: configs, tokenizer files (tokenizer.json, vocab.json, merges.txt, ...) and the weights.
+_SIDE_FILES = re.compile(r"[^/]+\.(json|txt)")
+_WEIGHTS = (
+    re.compile(r"model(-\d+-of-\d+)?\.safetensors(\.index\.json)?"),
+    re.compile(r"pytorch_model.*\.bin(\.index\.json)?"),
+)
 
 
-def resolve_checkpoint(model: str) -> Path:
-    """A local checkpoint directory for ``model`` (a directory, or a hub id: cache first, then a quick download)."""
+def resolve_checkpoint(model: str, revision: str | None = None) -> Path:
+    """A local checkpoint directory for ``model`` (a directory, or a hub id at ``revision``: cache first, then a
+    quick download)."""
     path = Path(model).expanduser()
     if path.is_dir():
+        if revision:
+            raise BtError(f"--revision {revision} applies to hub ids; {model} is a local directory", "drop --revision")
         if not (path / "config.json").is_file():
             raise BtError(
                 f"{model} is not a BridgeTower checkpoint (no config.json)", "point --model at a checkpoint directory"
@@ -26,32 +35,61 @@ def resolve_checkpoint(model: str) -> Path:
             f"no checkpoint directory {model}",
             "pass --model DIR or a hub id such as BridgeTower/bridgetower-base-itm-mlm",
         )
-    return _hub_snapshot(model)
+    return _hub_snapshot(model, revision)
 
 
-def _hub_snapshot(repo_id: str) -> Path:
+def download_command(repo_id: str, revision: str | None = None) -> str:
+    """The command that puts ``repo_id`` into the local cache, on a machine that reaches the hub."""
+    command = f"hf download {repo_id} --include '*.json' '*.txt' '*.bin' '*.safetensors'"
+    return command + (f" --revision {revision}" if revision else "")
+
+
+def files_to_fetch(repo_files: list[str]) -> list[str]:
+    """The files of a repo that bt needs: top-level configs and tokenizer files, and one set of weights
+    (safetensors when the repo has them, else the pytorch_model*.bin the public BridgeTower repos hold)."""
+    side = [name for name in repo_files if _SIDE_FILES.fullmatch(name)]
+    for pattern in _WEIGHTS:
+        weights = [name for name in repo_files if pattern.fullmatch(name)]
+        if weights:
+            return sorted({*side, *weights})
+    return []
+
+
+def _hub_snapshot(repo_id: str, revision: str | None) -> Path:
     import requests
     from huggingface_hub import constants, snapshot_download
     from huggingface_hub.errors import HfHubHTTPError
 
-    cached = cached_snapshot(repo_id)
+    cached = cached_snapshot(repo_id, revision)
     if cached is not None:
         return cached
-    hint = "download it once where the Hugging Face Hub is reachable, or pass --model DIR"
+    at = f" at revision {revision}" if revision else ""
+    hint = f"where the Hugging Face Hub is reachable, run `{download_command(repo_id, revision)}`; or pass --model DIR"
     if constants.HF_HUB_OFFLINE:
-        raise BtError(f"{repo_id} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set", hint)
+        raise BtError(f"{repo_id}{at} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set", hint)
+    info_url = f"{constants.ENDPOINT}/api/models/{repo_id}/revision/{quote(revision or 'main', safe='')}"
     try:
-        response = requests.get(f"{constants.ENDPOINT}/api/models/{repo_id}", timeout=(3, 5))
+        response = requests.get(info_url, timeout=(3, 5))
     except requests.RequestException:
         raise BtError(
             f"{repo_id} is not in the local Hugging Face cache and {constants.ENDPOINT} cannot be reached", hint
         ) from None
     if response.status_code in (401, 403, 404):
-        raise BtError(f"{repo_id} was not found on {constants.ENDPOINT}", "check the id; `bt models` lists known ones")
+        raise BtError(
+            f"{repo_id}{at} was not found on {constants.ENDPOINT}",
+            "check the id and revision; `bt models` lists known ones",
+        )
     try:
-        path = Path(snapshot_download(repo_id, allow_patterns=_HUB_FILES, etag_timeout=5))
-        if not weight_files(path):
-            path = Path(snapshot_download(repo_id, allow_patterns=["*.bin", "*.bin.index.json"], etag_timeout=5))
+        listed = [sibling["rfilename"] for sibling in response.json()["siblings"]]
+    except (ValueError, KeyError, TypeError):
+        raise BtError(f"{constants.ENDPOINT} gave no file list for {repo_id}", hint) from None
+    wanted = files_to_fetch(listed)
+    if not wanted:
+        raise BtError(
+            f"{repo_id}{at} holds no model weights bt can read", "it needs model.safetensors or pytorch_model.bin"
+        )
+    try:
+        path = Path(snapshot_download(repo_id, revision=revision, allow_patterns=wanted, etag_timeout=5))
     except (HfHubHTTPError, OSError, requests.RequestException) as error:
         raise BtError(f"downloading {repo_id} failed: {error}", hint) from None
     return path
@@ -65,16 +103,16 @@ def weight_files(path: Path) -> list[Path]:
     return []
 
 
-def cached_snapshot(repo_id: str) -> Path | None:
-    """The complete local Hugging Face cache snapshot of a hub checkpoint (config and weights), if any; no network."""
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import LocalEntryNotFoundError
+def cached_snapshot(repo_id: str, revision: str | None = None) -> Path | None:
+    """The local Hugging Face cache snapshot of a hub checkpoint at ``revision`` (a branch, tag, commit or
+    ``refs/pr/N``), if it holds a config and weights; no network."""
+    from huggingface_hub import try_to_load_from_cache
 
-    try:
-        path = Path(snapshot_download(repo_id, local_files_only=True))
-    except LocalEntryNotFoundError:
+    config = try_to_load_from_cache(repo_id, "config.json", revision=revision)
+    if not isinstance(config, str):
         return None
-    return path if (path / "config.json").is_file() and weight_files(path) else None
+    path = Path(config).parent
+    return path if weight_files(path) else None
 
 
 def fingerprint(path: Path) -> str:

@@ -110,7 +110,7 @@ def select_dtype(name: str) -> torch.dtype:
 
 
 def weight_names(path: Path) -> set[str]:
-    """The tensor names stored in a checkpoint directory, read without loading any tensor."""
+    """The tensor names stored in a checkpoint directory, read without loading any tensor data."""
     for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
         if (path / index).is_file():
             return set(json.loads((path / index).read_text())["weight_map"])
@@ -125,8 +125,27 @@ def weight_names(path: Path) -> set[str]:
             with safe_open(str(file), framework="pt") as handle:
                 names.update(handle.keys())
         else:
-            names.update(torch.load(file, map_location="meta", weights_only=True, mmap=True))
+            names.update(read_pickled_state(file, map_location="meta"))
     return names
+
+
+def read_pickled_state(file: Path, map_location: str = "cpu") -> dict:
+    """A ``torch.save``d state dict, unpickled with ``weights_only`` (tensors and plain containers, never code).
+    Zip files are memory-mapped; the legacy (pre-1.6, non-zip) format is read whole."""
+    import pickle
+    import zipfile
+
+    try:
+        return torch.load(file, map_location=map_location, weights_only=True, mmap=zipfile.is_zipfile(file))
+    except pickle.UnpicklingError as error:
+        found = re.search(r"GLOBAL (\S+)", str(error))
+        reason = f"it calls {found.group(1)}" if found else str(error).splitlines()[0]
+        raise BtError(
+            f"refusing to load {file}: it is not plain weights ({reason})",
+            "only tensors are unpickled (weights_only); get the checkpoint from a trusted source or as safetensors",
+        ) from None
+    except (RuntimeError, EOFError, OSError) as error:
+        raise BtError(f"cannot read {file}: {error}", "re-download the checkpoint") from None
 
 
 def heads_in(path: Path, config: BridgeTowerConfig) -> tuple[str, ...]:
@@ -165,6 +184,65 @@ def require_heads(available: tuple[str, ...], needed: tuple[str, ...], name: str
         )
 
 
+# Keys only BridgeTower's configuration has: how a config.json without "model_type" (the public checkpoints, written
+# by transformers 4.26-4.30) is recognised.
+BRIDGETOWER_KEYS = ("link_tower_type", "share_link_tower_layers", "share_cross_modal_transformer_layers")
+
+
+def read_config(path: Path, model: str) -> BridgeTowerConfig:
+    """The checkpoint's BridgeTowerConfig; another architecture is refused by what it is."""
+    try:
+        fields = json.loads((path / "config.json").read_text())
+        model_type = fields.get("model_type")
+    except (OSError, ValueError, AttributeError):
+        raise BtError(f"{model} has an unreadable config.json", "point --model at a BridgeTower checkpoint") from None
+    if model_type is None:
+        if not ({"text_config", "vision_config"} <= fields.keys() and any(k in fields for k in BRIDGETOWER_KEYS)):
+            raise BtError(
+                f"{model} is not a BridgeTower checkpoint (its config.json names no model type and has no "
+                "BridgeTower fields)",
+                "see `bt models`",
+            )
+    elif model_type != "bridgetower":
+        raise BtError(f"{model} is a {model_type!r} checkpoint, not BridgeTower", "see `bt models`")
+    try:
+        return BridgeTowerConfig.from_pretrained(path)
+    except (OSError, ValueError, TypeError) as error:
+        raise BtError(
+            f"{model} is not a BridgeTower checkpoint: {error}", "point --model at a checkpoint directory"
+        ) from None
+
+
+def processor_image_size(path: Path, config: BridgeTowerConfig) -> int:
+    """The image size of a checkpoint without a transformers 5 processor config: its preprocessor_config.json
+    ``size`` (an integer in the public large repos), else the vision config's (the public base repos)."""
+    try:
+        size = json.loads((path / "preprocessor_config.json").read_text()).get("size")
+    except (OSError, ValueError, AttributeError):
+        size = None
+    if isinstance(size, dict):
+        size = size.get("shortest_edge")
+    return size if isinstance(size, int) and size > 0 else config.vision_config.image_size
+
+
+def load_processor(path: Path, config: BridgeTowerConfig) -> BridgeTowerProcessor:
+    """The checkpoint's processor. A transformers 5 one (processor_config.json, or an image processor config naming
+    its type) loads as saved; for the public checkpoints it is assembled as transformers 4.x read their files: the
+    RoBERTa tokenizer from tokenizer.json, and the image processor resizing the shortest edge to the checkpoint's
+    size and centre-cropping to the same (PIL backend, as 4.x's image processor)."""
+    try:
+        saved = json.loads((path / "preprocessor_config.json").read_text())
+    except (OSError, ValueError):
+        saved = {}
+    if (path / "processor_config.json").is_file() or "image_processor_type" in saved:
+        return BridgeTowerProcessor.from_pretrained(path)
+    from transformers import BridgeTowerImageProcessorPil, RobertaTokenizer
+
+    size = {"shortest_edge": processor_image_size(path, config)}
+    image_processor = BridgeTowerImageProcessorPil(size=size, crop_size=size, size_divisor=32)
+    return BridgeTowerProcessor(image_processor, RobertaTokenizer.from_pretrained(path))
+
+
 def load_model(
     path: Path, model: str, device: str = "auto", dtype: str = "auto", needs: tuple[str, ...] = ()
 ) -> LoadedModel:
@@ -172,18 +250,7 @@ def load_model(
     one backbone plus every head it holds; refuse if a head in ``needs`` is missing."""
     torch_device = select_device(device)
     torch_dtype = select_dtype(dtype)
-    try:
-        model_type = json.loads((path / "config.json").read_text()).get("model_type")
-    except (OSError, ValueError, AttributeError):
-        raise BtError(f"{model} has an unreadable config.json", "point --model at a BridgeTower checkpoint") from None
-    if model_type != "bridgetower":
-        raise BtError(f"{model} is a {model_type!r} checkpoint, not BridgeTower", "see `bt models`")
-    try:
-        config = BridgeTowerConfig.from_pretrained(path)
-    except (OSError, ValueError, TypeError) as error:
-        raise BtError(
-            f"{model} is not a BridgeTower checkpoint: {error}", "point --model at a checkpoint directory"
-        ) from None
+    config = read_config(path, model)
     _check_supported(config, needs)
     heads = heads_in(path, config)
     require_heads(heads, needs, model)
@@ -191,7 +258,7 @@ def load_model(
         network, info = BridgeTowerWithHeads.from_pretrained(
             path, config=config, heads=heads, dtype=torch_dtype, output_loading_info=True
         )
-        processor = BridgeTowerProcessor.from_pretrained(path)
+        processor = load_processor(path, config)
     except (OSError, ValueError) as error:
         raise BtError(f"cannot load {model}: {error}", "is it a complete BridgeTower checkpoint?") from None
     if info["missing_keys"]:

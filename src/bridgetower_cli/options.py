@@ -51,6 +51,16 @@ Model = Annotated[
     str,
     typer.Option("--model", "-m", envvar="BT_MODEL", help="Hub id or local checkpoint directory."),
 ]
+Revision = Annotated[
+    Optional[str],
+    typer.Option(
+        "--revision",
+        envvar="BT_REVISION",
+        help="Hub revision of --model: a branch, tag, commit or refs/pr/N. Default: main.",
+        metavar="REV",
+        show_default=False,
+    ),
+]
 Device = Annotated[
     str,
     typer.Option(

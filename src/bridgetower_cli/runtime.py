@@ -62,7 +62,7 @@ class Runtime:
         self.device = loaded.device
         text_layers = len(self.tower.text_model.encoder.layer)
         self.split = text_layers - self.tower.config.num_hidden_layers + 1
-        self.image_size = self.tower.config.vision_config.image_size
+        self.image_size = self.processor.image_processor.size["shortest_edge"]  # the resize target's short side
         self.max_length = min(
             self.tokenizer.model_max_length, self.tower.config.text_config.max_position_embeddings - 2
         )
