@@ -41,7 +41,7 @@ def main() -> None:
 
     tasks.score(Runtime(loaded), expand_image_sources([str(SAMPLES / "cat.jpg")]), ["a cat"])
     forward = peak_mib()
-    params = sum(p.numel() for p in loaded.model.parameters()) / 1e6
+    params = sum(p.numel() for p in loaded.network.parameters()) / 1e6
     print(f"checkpoint {path.name}: {size:.0f} MiB safetensors, {params:.0f} M parameters, heads {loaded.heads}")
     print(
         f"peak RSS after imports {imports:.0f} MiB; after bt's load {after:.0f} MiB; after a first score "

@@ -36,7 +36,7 @@ QUERY = "two cats sitting on a couch"
 
 def open_index(runtime, path: Path, rebuild=False) -> EmbeddingIndex:
     loaded = runtime.loaded
-    return EmbeddingIndex(path, fingerprint(loaded.path), loaded.model.config.contrastive_hidden_size, rebuild)
+    return EmbeddingIndex(path, fingerprint(loaded.path), loaded.network.config.contrastive_hidden_size, rebuild)
 
 
 def query(runtime, index, folder, rerank_k):

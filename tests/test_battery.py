@@ -69,7 +69,7 @@ GOOD_IMAGES = {
 }
 # Files a command must skip in batch work (name -> bytes, suffix, what stderr says).
 BAD_IMAGES = {
-    "0-byte file": (lambda: b"", ".jpg", "is empty"),
+    "0-byte file": (lambda: b"", ".jpg", "empty (0 bytes)"),
     "truncated JPEG": (lambda: jpeg(photo())[:600], ".jpg", "damaged image"),
     "text file named .jpg": (lambda: b"just some text\n", ".jpg", "not an image file"),
 }
@@ -140,7 +140,9 @@ def test_bad_image_in_a_batch_is_skipped(bt, full_checkpoint, samples, tmp_path,
     result = bt(*commands(folder, tmp_path)[command], "-m", full_checkpoint, "-f", "json")
     assert result.code == 3, result.stderr
     assert {r.get("image") for r in records_of(result)} == {str(folder / "cat.jpg")}
-    assert message in result.stderr and "1 input(s) skipped" in result.stderr
+    assert f"skipped: {folder / f'bad{suffix}'}: {message}" in result.stderr
+    assert result.stderr.count(f"bad{suffix}") == 1  # each skipped file is reported once
+    assert "1 input(s) skipped" in result.stderr
     assert "Traceback" not in result.stderr
 
 
@@ -167,7 +169,7 @@ def test_bad_sources_are_one_line_errors(bt, full_checkpoint, tmp_path, command,
 
 
 def test_decompression_bomb(bt, full_checkpoint, tmp_path, monkeypatch):
-    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    monkeypatch.setenv("BT_MAX_IMAGE_PIXELS", "1000")
     bomb = tmp_path / "bomb.png"
     bomb.write_bytes(png(Image.new("RGB", (100, 100))))
     result = bt("score", bomb, "a cat", "-m", full_checkpoint)

@@ -12,6 +12,7 @@ from reference import contrastive, rgb
 from bridgetower_cli import tasks
 from bridgetower_cli.inputs import expand_image_sources
 from bridgetower_cli.loading import load_model
+from bridgetower_cli.records import Outcome
 from bridgetower_cli.runtime import Runtime
 
 TEXTS = ["a cat", "a rocket launch at night over the water"]
@@ -59,10 +60,10 @@ def test_unimodal_embeddings_run_no_cross_modal_layer(full_checkpoint, samples):
     for layer in [*tower.cross_modal_text_layers, *tower.cross_modal_image_layers]:
         layer.register_forward_hook(lambda *args: calls.append(1))
     sources = expand_image_sources([str(samples)])
-    assert len(list(tasks.embed(runtime, "image", sources))) == 5
-    assert len(list(tasks.embed(runtime, "text", texts=TEXTS))) == 2
+    assert len(list(tasks.embed(runtime, "image", Outcome(), sources))) == 5
+    assert len(list(tasks.embed(runtime, "text", Outcome(), texts=TEXTS))) == 2
     assert calls == []
-    list(tasks.embed(runtime, "cross", sources[:1], TEXTS))
+    list(tasks.embed(runtime, "cross", Outcome(), sources[:1], TEXTS))
     assert calls
 
 
@@ -71,7 +72,7 @@ def test_output_file(bt, full_checkpoint, samples, tmp_path, suffix):
     target = tmp_path / f"out{suffix}"
     result = bt("embed", samples, "-m", full_checkpoint, "-o", target, "-f", "json")
     assert result.code == 0
-    assert result.json() == [{"output": str(target), "count": 5, "dim": 32, "model": str(full_checkpoint)}]
+    assert result.json() == {"output": str(target), "count": 5, "dim": 32, "model": str(full_checkpoint)}
     jsonl = bt("embed", samples, "-m", full_checkpoint, "-f", "jsonl").stdout.splitlines()
     expected = np.array([json.loads(line)["embedding"] for line in jsonl], dtype=np.float32)
     if suffix == ".npy":
@@ -93,7 +94,7 @@ def test_bad_image_in_folder_is_skipped(bt, full_checkpoint, samples, tmp_path):
     result = bt("embed", tmp_path, "-m", full_checkpoint, "-f", "jsonl")
     assert result.code == 3
     assert len(result.stdout.splitlines()) == 2
-    assert "zero.png is empty" in result.stderr and "1 input(s) skipped" in result.stderr
+    assert "zero.png: empty (0 bytes)" in result.stderr and "1 input(s) skipped" in result.stderr
 
 
 def test_checkpoint_without_itc_is_refused(bt, checkpoints, samples):

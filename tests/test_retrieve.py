@@ -18,6 +18,7 @@ from reference import contrastive, itm_logits, rgb
 from bridgetower_cli import tasks
 from bridgetower_cli.inputs import expand_image_sources
 from bridgetower_cli.loading import load_model
+from bridgetower_cli.records import Outcome
 from bridgetower_cli.runtime import Runtime
 from bridgetower_cli.testing import build_checkpoint
 
@@ -48,7 +49,7 @@ def test_text_to_images_equals_stock(bt, full_checkpoint, photos, tmp_path):
     for record in records:
         image = rgb(record["image"])
         logits = itm_logits(full_checkpoint, image, QUERY)
-        expected[record["image"]] = logits[1].item()
+        expected[record["image"]] = logits.softmax(-1)[1].item()
         assert abs(record["logit"] - logits[1].item()) <= 1e-5
         assert abs(record["probability"] - logits.softmax(-1)[1].item()) <= 1e-5
         stock = contrastive(full_checkpoint, image, QUERY)
@@ -121,13 +122,15 @@ def test_image_to_texts_runs_the_vision_tower_once(full_checkpoint, samples):
     calls = []
     runtime.tower.vision_model.visual.embeddings.register_forward_hook(lambda *args: calls.append(1))
     (source,) = expand_image_sources([str(samples / "cat.jpg")])
-    records = tasks.retrieve_texts(runtime, source, CAPTIONS, top_k=10, rerank_k=10).records
+    records = tasks.retrieve_texts(runtime, source, CAPTIONS, top_k=10, rerank_k=10)
     assert calls == [1]
     image = rgb(samples / "cat.jpg")
-    expected = {t: itm_logits(full_checkpoint, image, t)[1].item() for t in CAPTIONS}
-    assert [r.text for r in records] == sorted(CAPTIONS, key=expected.get, reverse=True)
+    expected = {t: itm_logits(full_checkpoint, image, t) for t in CAPTIONS}
+    probability = {t: logits.softmax(-1)[1].item() for t, logits in expected.items()}
+    assert [r.text for r in records] == sorted(CAPTIONS, key=probability.get, reverse=True)
     for record in records:
-        assert abs(record.logit - expected[record.text]) <= 1e-5
+        assert abs(record.logit - expected[record.text][1].item()) <= 1e-5
+        assert abs(record.probability - probability[record.text]) <= 1e-5
         stock = contrastive(full_checkpoint, image, record.text)
         assert abs(record.similarity - (stock.text_embeds[0] @ stock.image_embeds[0]).item()) <= 1e-5
 
@@ -147,10 +150,11 @@ def test_without_itc_heads_falls_back_to_itm_over_all(bt, checkpoints, photos, t
     result = bt("retrieve", QUERY, photos, "-m", path, "--index", tmp_path / "ix.sqlite", "-f", "json", "-k", "3")
     assert result.code == 0 and "no ITC heads" in result.stderr
     records = result.json()
-    expected = {str(p): itm_logits(path, rgb(p), QUERY)[1].item() for p in sorted(photos.iterdir())}
-    assert [r["image"] for r in records] == sorted(expected, key=expected.get, reverse=True)[:3]
+    expected = {str(p): itm_logits(path, rgb(p), QUERY) for p in sorted(photos.iterdir())}
+    probability = {image: logits.softmax(-1)[1].item() for image, logits in expected.items()}
+    assert [r["image"] for r in records] == sorted(probability, key=probability.get, reverse=True)[:3]
     for record in records:
-        assert "similarity" not in record and abs(record["logit"] - expected[record["image"]]) <= 1e-5
+        assert "similarity" not in record and abs(record["logit"] - expected[record["image"]][1].item()) <= 1e-5
     assert not (tmp_path / "ix.sqlite").exists()
 
 
@@ -218,7 +222,7 @@ def test_similarities_are_cosines(full_checkpoint, photos, tmp_path):
     runtime = Runtime(load_model(full_checkpoint, "full", DEVICE, "float32"))
     index = EmbeddingIndex(tmp_path / "ix.sqlite", "m", 32)
     sources = expand_image_sources([str(photos)])
-    tasks.refresh_index(runtime, index, sources)
+    tasks.refresh_index(runtime, index, sources, Outcome())
     _, matrix = index.embeddings(s.path for s in sources)
     assert matrix.shape == (5, 32)
     assert np.allclose(np.linalg.norm(matrix, axis=1), 1, atol=1e-5)

@@ -84,7 +84,7 @@ def test_heads_are_read_from_the_weights(checkpoints):
 def test_one_backbone_for_all_heads(full_checkpoint):
     from transformers import BridgeTowerModel
 
-    model = load(full_checkpoint).model
+    model = load(full_checkpoint).network
     backbone = sum(p.numel() for p in BridgeTowerModel.from_pretrained(full_checkpoint).parameters())
     heads = sum(p.numel() for n, p in model.named_parameters() if not n.startswith("bridgetower."))
     assert sum(p.numel() for p in model.parameters()) == backbone + heads

@@ -32,9 +32,9 @@ def test_records_are_grouped_by_image_and_sorted(bt, full_checkpoint, samples):
     result = bt("score", samples / "coffee.jpg", samples / "cat.jpg", *TEXTS, "-m", full_checkpoint, "-f", "json")
     records = result.json()
     assert [r["image"] for r in records] == [str(samples / "coffee.jpg")] * 3 + [str(samples / "cat.jpg")] * 3
-    for start in (0, 3):
-        logits = [r["logit"] for r in records[start : start + 3]]
-        assert logits == sorted(logits, reverse=True)
+    for start in (0, 3):  # best first by match probability, the number printed beside each text
+        probabilities = [r["probability"] for r in records[start : start + 3]]
+        assert probabilities == sorted(probabilities, reverse=True)
 
 
 def test_top_k_keeps_best_texts_per_image(bt, full_checkpoint, samples):
@@ -108,7 +108,7 @@ def test_unreadable_image_is_skipped_and_reported(bt, full_checkpoint, samples, 
     result = bt("score", broken, samples / "cat.jpg", "a cat", "-m", full_checkpoint, "-f", "json")
     assert result.code == 3
     assert [r["image"] for r in result.json()] == [str(samples / "cat.jpg")]
-    assert "broken.jpg is not an image file" in result.stderr
+    assert "broken.jpg: not an image file" in result.stderr
 
 
 def test_only_unreadable_image_is_an_error(bt, full_checkpoint, tmp_path):

@@ -28,6 +28,13 @@ HEAD_DESCRIPTIONS = {
 }
 
 
-def checkpoint_with(head: str) -> str:
-    """The smallest public checkpoint holding ``head``."""
-    return next(c.id for c in KNOWN_CHECKPOINTS if head in c.heads)
+def checkpoint_with(*heads: str) -> str:
+    """The smallest public checkpoint holding every one of ``heads``."""
+    return next(c.id for c in KNOWN_CHECKPOINTS if set(heads) <= set(c.heads))
+
+
+def retrieval_heads(rerank_k: int) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The heads retrieval needs, and those it works best with. Ranking by ITC similarity alone (``rerank_k`` 0)
+    needs the ITC heads; reranking needs ITM, and uses ITC for the shortlist when the checkpoint has it (without,
+    every candidate is scored by ITM)."""
+    return (("itc",), ("itc",)) if rerank_k == 0 else (("itm",), ("itm", "itc"))

@@ -2,48 +2,65 @@
 
 from __future__ import annotations
 
-import glob
-import itertools
 import os
+import signal
 import sys
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import typer
+from typer.core import TyperArgument
+
+from typer import Abort
+
+try:  # the click that Typer runs on: its own vendored copy in recent versions
+    from typer._click.exceptions import ClickException, UsageError
+except ImportError:  # pragma: no cover - older Typer
+    from click.exceptions import ClickException, UsageError
 
 from . import __version__
-from .catalog import DEFAULT_CONTRASTIVE_MODEL, DEFAULT_MATCHING_MODEL, KNOWN_CHECKPOINTS
-from .errors import BtError
+from .catalog import DEFAULT_CONTRASTIVE_MODEL, DEFAULT_MATCHING_MODEL, KNOWN_CHECKPOINTS, retrieval_heads
+from .errors import BtError, PartialSuccess
 from .hub import resolve_checkpoint
-from .inputs import IMAGE_SUFFIXES, expand_image_sources, read_texts
+from .inputs import ImageSource, expand_image_sources, read_texts, split_arguments
 from .options import (
     BatchSize,
     CandidatesK,
     Device,
+    Dtype,
     DtypeOpt,
     FormatOpt,
+    HitsK,
     ImageArgs,
+    ImagesAndTexts,
     IndexFile,
-    Inputs,
+    IndexImages,
     Kind,
     Model,
     NoRerank,
     OutputFile,
+    Print0,
     QueryImage,
     Quiet,
     Rebuild,
-    Revision,
     RerankK,
     RetrieveFormatOpt,
     RetrieveInputs,
+    Revision,
+    ScoreTopK,
     Targets,
     TextOpt,
     TextsFile,
-    TopK,
+    Threads,
 )
-from .output import StderrReporter, render, render_stream, stderr_console, write_embeddings
+from .output import STREAMED, Format, StderrReporter, render, render_object, resolve_format, stderr_console
 from .records import ModelRecord, Outcome
 
 DEFAULT_FOR = {DEFAULT_MATCHING_MODEL, DEFAULT_CONTRASTIVE_MODEL}
+SHELLS = ("bash", "zsh", "fish", "powershell", "pwsh")
+# Help shows each option's metavar; an argument's type column would read "<list[str]>": leave it out.
+TyperArgument.display_type_rich = lambda self, ctx: None
 
 app = typer.Typer(
     name="bt",
@@ -64,90 +81,98 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def root(
-    version: bool = typer.Option(False, "--version", "-V", callback=_version, is_eager=True, help="Show the version."),
+    version: bool = typer.Option(
+        False, "--version", "-V", callback=_version, is_eager=True, help="Show the version.", metavar=""
+    ),
 ) -> None:
     """BridgeTower vision-language model at the shell prompt."""
 
 
-def _is_image_source(item: str) -> bool:
-    if not item.strip():
-        return False
-    if item == "-" or "://" in item:
-        return True
-    path = Path(item).expanduser()
-    try:
-        return (
-            path.exists() or path.suffix.lower() in IMAGE_SUFFIXES or (glob.has_magic(item) and bool(glob.glob(item)))
+@dataclass
+class ModelOptions:
+    """The options every model command takes, and the one way they become a loaded runtime."""
+
+    model: str
+    revision: str | None
+    device: str
+    dtype: Dtype
+    threads: int | None
+    batch_size: int | None
+
+    def load(self, reporter: StderrReporter, needs: tuple[str, ...], preferred: tuple[str, ...] = ()):
+        """Resolve the checkpoint first (fast, no torch), then import torch and load it; (runtime, batch size)."""
+        path = resolve_checkpoint(self.model, self.revision)
+        with reporter.status(f"loading {self.model} ..."):
+            from .loading import load_model
+            from .runtime import Runtime
+
+            loaded = load_model(path, self.model, self.device, self.dtype.value, needs, preferred, self.threads)
+            runtime = Runtime(loaded)
+        return runtime, self.batch_size or runtime.default_batch_size
+
+
+def _emit(records: Iterable, fmt: Format, outcome: Outcome, reporter: StderrReporter, separator: str = "\n") -> None:
+    """Render the records (streamed formats as they come), then report: none readable is an error, some skipped
+    a partial success (exit 3)."""
+    if resolve_format(fmt.value) not in STREAMED:
+        records = list(records)
+        if not records and outcome.skipped:
+            raise BtError("none of the images could be read", "see the warnings above")
+    if render(records, fmt.value, separator=separator) == 0 and outcome.skipped:
+        raise BtError("none of the images could be read", "see the warnings above")
+    reporter.finish(outcome)
+
+
+def _images_and_texts(
+    arguments: list[str], text: list[str] | None, texts_file: str | None
+) -> tuple[list[ImageSource], list[str]]:
+    """Images and texts from arguments in any order, -t/--text and --texts-file."""
+    image_specs, text_arguments = split_arguments(arguments)
+    if "-" in image_specs and texts_file == "-":
+        raise BtError(
+            "standard input cannot hold both image paths and texts",
+            "pass the texts with --texts-file FILE, or the images as arguments",
         )
-    except OSError:  # e.g. a long text is no valid file name
-        return False
+    texts = read_texts([*text_arguments, *(text or [])], texts_file)
+    return expand_image_sources(image_specs), texts
 
 
-def split_inputs(items: list[str]) -> tuple[list[str], list[str]]:
-    """Leading items that name image sources are images; the rest are texts (the first item is always an image)."""
-    count = 1
-    while count < len(items) and _is_image_source(items[count]):
-        count += 1
-    return items[:count], items[count:]
-
-
-class Tally:
-    """Iterate over ``items``, counting them."""
-
-    def __init__(self, items):
-        self.items = items
-        self.count = 0
-
-    def __iter__(self):
-        for item in self.items:
-            self.count += 1
-            yield item
-
-
-def _runtime(model: str, revision: str | None, device: str, dtype, needs: tuple[str, ...]):
-    """Resolve the checkpoint first (fast, no torch), then import torch and load it."""
-    path = resolve_checkpoint(model, revision)
-    from .loading import load_model
-    from .runtime import Runtime
-
-    return Runtime(load_model(path, model, device, dtype.value, needs))
-
-
-def _finish(outcome, fmt, reporter: StderrReporter) -> None:
-    render(outcome.records, fmt.value)
-    reporter.summary(outcome.skipped)
-    if outcome.skipped:
-        raise typer.Exit(3)
+def _only_images(specs: list[str], what: str) -> list[str]:
+    images, texts = split_arguments(specs)
+    if texts:
+        raise BtError(f"{texts[0]!r} is not an image {what}", "pass texts with -t TEXT (or --texts-file FILE)")
+    return images
 
 
 @app.command(
     epilog="Examples:\n\n"
     "  bt score samples/cat.jpg 'a cat lying on a couch' 'a rocket launch'\n\n"
     "  bt score samples/ 'a cup of coffee' -k 1 -f json | jq '.[] | {image, probability}'\n\n"
-    "  bt score 'photos/*.jpg' --texts-file captions.txt -f csv > scores.csv",
+    "  bt score 'photos/*.jpg' --texts-file captions.txt -f csv > scores.csv\n\n"
+    "Default model: BridgeTower/bridgetower-base-itm-mlm.",
 )
 def score(
-    inputs: Inputs,
+    inputs: ImagesAndTexts,
+    text: TextOpt = None,
     texts_file: TextsFile = None,
     model: Model = DEFAULT_MATCHING_MODEL,
     revision: Revision = None,
     device: Device = "auto",
-    dtype: DtypeOpt = "auto",
+    dtype: DtypeOpt = Dtype.auto,
+    threads: Threads = None,
     batch_size: BatchSize = None,
-    top_k: TopK = None,
-    fmt: FormatOpt = "auto",
+    top_k: ScoreTopK = None,
+    fmt: FormatOpt = Format.auto,
     quiet: Quiet = False,
 ) -> None:
-    """Image-text matching scores (ITM head) for every image x text pair, best first per image."""
-    image_specs, text_args = split_inputs(inputs)
-    texts = read_texts(text_args, texts_file)
-    sources = expand_image_sources(image_specs)
+    """Image-text matching (ITM head) for every image x text pair; per image, the best match probability first."""
+    sources, texts = _images_and_texts(inputs, text, texts_file)
     reporter = StderrReporter(quiet)
-    runtime = _runtime(model, revision, device, dtype, needs=("itm",))
-    batch_size = batch_size or runtime.default_batch_size
+    runtime, batch_size = ModelOptions(model, revision, device, dtype, threads, batch_size).load(reporter, ("itm",))
     from . import tasks
 
-    _finish(tasks.score(runtime, sources, texts, batch_size, top_k, reporter), fmt, reporter)
+    outcome = Outcome()
+    _emit(tasks.score(runtime, sources, texts, outcome, batch_size, top_k, reporter), fmt, outcome, reporter)
 
 
 @app.command(
@@ -155,32 +180,34 @@ def score(
     epilog="Examples:\n\n"
     "  bt fill-mask samples/cat.jpg 'a <mask> lying on a couch'\n\n"
     "  bt fill-mask samples/coffee.jpg 'a cup of <mask> on a <mask>' -k 3 -f json | jq '.[0].sequence'\n\n"
-    "  bt fill-mask samples/ 'a photo of a <mask>' --targets cat,rocket,coffee,astronaut",
+    "  bt fill-mask samples/ 'a photo of a <mask>' --targets cat,rocket,coffee,astronaut\n\n"
+    "Default model: BridgeTower/bridgetower-base-itm-mlm.",
 )
 def fill_mask(
-    inputs: Inputs,
+    inputs: ImagesAndTexts,
+    text: TextOpt = None,
     texts_file: TextsFile = None,
     targets: Targets = None,
     model: Model = DEFAULT_MATCHING_MODEL,
     revision: Revision = None,
     device: Device = "auto",
-    dtype: DtypeOpt = "auto",
+    dtype: DtypeOpt = Dtype.auto,
+    threads: Threads = None,
     batch_size: BatchSize = None,
     top_k: CandidatesK = 5,
-    fmt: FormatOpt = "auto",
+    fmt: FormatOpt = Format.auto,
     quiet: Quiet = False,
 ) -> None:
     """Predict the <mask> words of each text, conditioned on each image (MLM head)."""
-    image_specs, text_args = split_inputs(inputs)
-    texts = read_texts(text_args, texts_file)
-    sources = expand_image_sources(image_specs)
+    sources, texts = _images_and_texts(inputs, text, texts_file)
     target_words = [w.strip() for w in targets.split(",") if w.strip()] if targets else None
     reporter = StderrReporter(quiet)
-    runtime = _runtime(model, revision, device, dtype, needs=("mlm",))
-    batch_size = batch_size or runtime.default_batch_size
+    runtime, batch_size = ModelOptions(model, revision, device, dtype, threads, batch_size).load(reporter, ("mlm",))
     from . import tasks
 
-    _finish(tasks.fill_mask(runtime, sources, texts, batch_size, top_k, target_words, reporter), fmt, reporter)
+    outcome = Outcome()
+    records = tasks.fill_mask(runtime, sources, texts, outcome, batch_size, top_k, target_words, reporter)
+    _emit(records, fmt, outcome, reporter)
 
 
 @app.command(
@@ -188,7 +215,8 @@ def fill_mask(
     "  bt embed samples/ -f jsonl > images.jsonl\n\n"
     "  bt embed --text 'a cat' --text 'a dog' -f json | jq '.[].dim'\n\n"
     "  bt embed 'photos/*.jpg' --output photos.npz\n\n"
-    "  bt embed samples/cat.jpg --kind cross --text 'a cat on a couch'",
+    "  bt embed samples/cat.jpg --kind cross --text 'a cat on a couch'\n\n"
+    "Default model: BridgeTower/bridgetower-large-itm-mlm-itc.",
 )
 def embed(
     images: ImageArgs = None,
@@ -199,16 +227,20 @@ def embed(
     model: Model = DEFAULT_CONTRASTIVE_MODEL,
     revision: Revision = None,
     device: Device = "auto",
-    dtype: DtypeOpt = "auto",
+    dtype: DtypeOpt = Dtype.auto,
+    threads: Threads = None,
     batch_size: BatchSize = None,
-    fmt: FormatOpt = "auto",
+    fmt: FormatOpt = Format.auto,
     quiet: Quiet = False,
 ) -> None:
     """L2-normalised ITC embeddings of images, texts, or (image, text) pairs (--kind cross).
 
     Image and text embeddings come from the unimodal towers alone; cross embeddings need both an image and a text."""
+    specs = _only_images(images or [], "(embed texts with -t)")
+    if "-" in specs and texts_file == "-":
+        raise BtError("standard input cannot hold both image paths and texts", "pass the texts with --texts-file FILE")
     texts = read_texts(text or [], texts_file) if (text or texts_file) else []
-    sources = expand_image_sources(images) if images else []
+    sources = expand_image_sources(specs) if specs else []
     kinds = [kind.value] if kind else [k for k, given in (("image", sources), ("text", texts)) if given]
     if not kinds:
         raise BtError("nothing to embed", "pass image sources, or texts with --text / --texts-file")
@@ -219,38 +251,23 @@ def embed(
     if output is not None and output.suffix not in (".npy", ".npz"):
         raise BtError(f"cannot write {output}: unknown format", "use a file name ending in .npy or .npz")
     reporter = StderrReporter(quiet)
-    runtime = _runtime(model, revision, device, dtype, needs=("itc",))
-    batch_size = batch_size or runtime.default_batch_size
+    runtime, batch_size = ModelOptions(model, revision, device, dtype, threads, batch_size).load(reporter, ("itc",))
     from . import tasks
 
     outcome = Outcome()
-    records = Tally(
-        itertools.chain.from_iterable(
-            tasks.embed(runtime, k, sources, texts, batch_size, outcome, reporter) for k in kinds
-        )
+    records = (
+        record for k in kinds for record in tasks.embed(runtime, k, outcome, sources, texts, batch_size, reporter)
     )
     if output is None:
-        render_stream(records, fmt.value)
-    else:
-        summary = write_embeddings(records, output, runtime.loaded.name)
-        render([summary], fmt.value)
-    if not records.count:
-        raise BtError("none of the images could be read", "see the warnings above")
-    reporter.summary(outcome.skipped)
-    if outcome.skipped:
-        raise typer.Exit(3)
+        _emit(records, fmt, outcome, reporter)
+        return
+    from .output import write_embeddings
+
+    render_object(write_embeddings(records, output, runtime.loaded.name), fmt.value)
+    reporter.finish(outcome)
 
 
-def _open_index(runtime, index_file, rebuild: bool):
-    from .hub import fingerprint
-    from .index import EmbeddingIndex, default_index_path
-
-    loaded = runtime.loaded
-    dim = loaded.model.config.contrastive_hidden_size
-    return EmbeddingIndex(index_file or default_index_path(), fingerprint(loaded.path), dim, rebuild, loaded.name)
-
-
-def _indexable(specs: list[str]):
+def _indexable(specs: list[str]) -> tuple[list[ImageSource], list[Path]]:
     sources = expand_image_sources(specs)
     urls = [s.name for s in sources if s.is_url]
     if urls:
@@ -261,10 +278,11 @@ def _indexable(specs: list[str]):
 @app.command(
     epilog="Examples:\n\n"
     "  bt retrieve 'two cats on a couch' ~/Pictures\n\n"
-    "  bt retrieve 'a rocket launch' samples/ -k 3 -f paths | xargs open\n\n"
+    "  bt retrieve 'a rocket launch' samples/ -k 3 -f paths -0 | xargs -0 ls -l\n\n"
     "  bt retrieve --image samples/cat.jpg --texts-file captions.txt -k 5\n\n"
     "Text queries search an index of ITC image embeddings (built and refreshed as needed: new and changed files "
-    "are embedded, deleted ones dropped), then the ITM head reranks the best --rerank-k hits.",
+    "are embedded, deleted ones dropped), then the ITM head reranks the best --rerank-k hits, best match "
+    "probability first. Default model: BridgeTower/bridgetower-large-itm-mlm-itc.",
 )
 def retrieve(
     inputs: RetrieveInputs = None,
@@ -273,84 +291,97 @@ def retrieve(
     texts_file: TextsFile = None,
     index_file: IndexFile = None,
     rebuild: Rebuild = False,
-    top_k: TopK = 10,
+    top_k: HitsK = 10,
     rerank_k: RerankK = 5,
     no_rerank: NoRerank = False,
     model: Model = DEFAULT_CONTRASTIVE_MODEL,
     revision: Revision = None,
     device: Device = "auto",
-    dtype: DtypeOpt = "auto",
+    dtype: DtypeOpt = Dtype.auto,
+    threads: Threads = None,
     batch_size: BatchSize = None,
-    fmt: RetrieveFormatOpt = "auto",
+    fmt: RetrieveFormatOpt = Format.auto,
+    print0: Print0 = False,
     quiet: Quiet = False,
 ) -> None:
     """Rank images for a text over a persistent index, or texts for an image (--image): ITC shortlist, ITM rerank."""
     inputs = inputs or []
     rerank_k = 0 if no_rerank else rerank_k
+    options = ModelOptions(model, revision, device, dtype, threads, batch_size)
     reporter = StderrReporter(quiet)
+    outcome = Outcome()
     if image is not None:
+        images, _ = split_arguments(inputs)
+        if images:
+            raise BtError(f"with --image the arguments are texts to rank; {images[0]} is an image", "pass texts")
         texts = read_texts([*inputs, *(text or [])], texts_file)
         sources = expand_image_sources([image])
         if len(sources) != 1:
             raise BtError(f"--image takes one image; {image} holds {len(sources)}", "name a single image file")
-        (source,) = sources
-        runtime = _runtime(model, revision, device, dtype, needs=("itm",))
-        batch_size = batch_size or runtime.default_batch_size
+        runtime, batch_size = options.load(reporter, *retrieval_heads(rerank_k))
         from . import tasks
 
-        outcome = tasks.retrieve_texts(runtime, source, texts, top_k, rerank_k, batch_size, reporter)
+        records = tasks.retrieve_texts(runtime, sources[0], texts, top_k, rerank_k, batch_size, reporter)
     else:
+        if text or texts_file:
+            raise BtError(
+                "--text and --texts-file give the texts to rank for an --image; a text query is the first argument",
+                "bt retrieve 'QUERY' DIR..., or bt retrieve --image IMAGE --texts-file FILE",
+            )
         if len(inputs) < 2:
             raise BtError("retrieve needs a query text and image sources", "e.g. bt retrieve 'a cat' ~/Pictures")
-        query = read_texts(inputs[:1], None)[0]
-        sources, folders = _indexable(inputs[1:])
-        runtime = _runtime(model, revision, device, dtype, needs=("itm",))
-        batch_size = batch_size or runtime.default_batch_size
+        (query,), specs = read_texts(inputs[:1], None), inputs[1:]
+        if split_arguments([query])[0]:
+            raise BtError(
+                f"the query {query} is an image: searching images by an image is not supported yet",
+                f"to rank texts for it: bt retrieve --image {query} --texts-file FILE",
+            )
+        sources, folders = _indexable(_only_images(specs, "or folder to search"))
+        runtime, batch_size = options.load(reporter, *retrieval_heads(rerank_k))
         from . import tasks
 
-        index, refreshed = None, Outcome()
-        if "itc" in runtime.loaded.heads:
-            index = _open_index(runtime, index_file, rebuild)
-            stats = tasks.refresh_index(runtime, index, sources, folders, batch_size, refreshed, reporter)
-            reporter.info(stats.line())
-        outcome = tasks.retrieve_images(runtime, index, query, sources, top_k, rerank_k, batch_size, reporter)
-        outcome.skipped = refreshed.skipped + outcome.skipped
-    _finish(outcome, fmt, reporter)
+        records = tasks.retrieve_images(
+            runtime, query, sources, outcome, folders, index_file, rebuild, top_k, rerank_k, batch_size, reporter
+        )
+    _emit(records, fmt, outcome, reporter, "\0" if print0 else "\n")
 
 
 @app.command(
     "index",
-    epilog="Examples:\n\n  bt index ~/Pictures\n\n  bt index photos/ --index photos.sqlite --rebuild",
+    epilog="Examples:\n\n  bt index ~/Pictures\n\n  bt index photos/ --index photos.sqlite --rebuild\n\n"
+    "Default model: BridgeTower/bridgetower-large-itm-mlm-itc.",
 )
 def index_command(
-    images: Inputs,
+    images: IndexImages,
     index_file: IndexFile = None,
     rebuild: Rebuild = False,
     model: Model = DEFAULT_CONTRASTIVE_MODEL,
     revision: Revision = None,
     device: Device = "auto",
-    dtype: DtypeOpt = "auto",
+    dtype: DtypeOpt = Dtype.auto,
+    threads: Threads = None,
     batch_size: BatchSize = None,
-    fmt: FormatOpt = "auto",
+    fmt: FormatOpt = Format.auto,
     quiet: Quiet = False,
 ) -> None:
-    """Build or refresh the retrieval index for image folders without querying it."""
-    sources, folders = _indexable(images)
+    """Build or refresh the retrieval index of local images without querying it."""
+    sources, folders = _indexable(_only_images(images, "file or folder"))
     reporter = StderrReporter(quiet)
-    runtime = _runtime(model, revision, device, dtype, needs=("itc",))
-    batch_size = batch_size or runtime.default_batch_size
+    runtime, batch_size = ModelOptions(model, revision, device, dtype, threads, batch_size).load(reporter, ("itc",))
     from . import tasks
 
-    index = _open_index(runtime, index_file, rebuild)
     outcome = Outcome()
-    stats = tasks.refresh_index(runtime, index, sources, folders, batch_size, outcome, reporter)
-    outcome.records = [stats]
-    reporter.info(f"{stats.line()}; {index.count()} images in {index.path}")
-    _finish(outcome, fmt, reporter)
+    index = tasks.open_index(runtime, index_file, rebuild)
+    try:
+        stats = tasks.refresh_index(runtime, index, sources, outcome, folders, batch_size, reporter)
+        reporter.info(f"{stats.line()}; {index.count()} images in {index.path}")
+    finally:
+        index.close()
+    _emit([stats], fmt, outcome, reporter)
 
 
 @app.command(epilog="Examples:\n\n  bt models\n\n  bt models -f json | jq -r '.[] | select(.cached) | .id'")
-def models(fmt: FormatOpt = "auto") -> None:
+def models(fmt: FormatOpt = Format.auto) -> None:
     """The public BridgeTower checkpoints: their heads, image size, and whether they are in the local cache."""
     from .hub import cached_snapshot
 
@@ -361,26 +392,71 @@ def models(fmt: FormatOpt = "auto") -> None:
     render(records, fmt.value)
 
 
-def _report(error: BtError) -> None:
+@app.command(epilog="Examples:\n\n  bt doctor\n\n  bt doctor -f json | jq .device")
+def doctor(device: Device = "auto", dtype: DtypeOpt = Dtype.auto, fmt: FormatOpt = Format.auto) -> None:
+    """What bt runs on: versions, device and dtype, threads, the cache and index paths, the cached checkpoints."""
+    from .doctor import environment
+
+    render_object(environment(device, dtype.value), fmt.value)
+
+
+def _report(error: BtError, label: str = "error: ") -> None:
     message = error.message if len(error.message) <= 300 else error.message[:300] + "…"
-    message = f"bt: error: {message}"
+    message = f"bt: {label}{message}"
     if error.hint:
         message += f" (hint: {error.hint})"
     stderr_console().print(message, markup=False, highlight=False, soft_wrap=True)
 
 
+def _usage_error(error: UsageError) -> BtError:
+    """Click's usage message as one of bt's lines: lower case, one line, the help to see as the hint."""
+    message = " ".join(error.format_message().replace("Value error, ", "").split())
+    command = error.ctx.command_path if error.ctx is not None else "bt"
+    return BtError(message[:1].lower() + message[1:], f"see {command} --help")
+
+
+def _end_of_pipe() -> None:
+    """stdout's reader has gone (``bt ... | head -1``): end as standard filters do, killed by SIGPIPE (status 141
+    in a shell), without a word."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGPIPE)
+
+
 def main(argv: list[str] | None = None) -> None:
-    """The entry point and the one error boundary: usage errors exit 2 (Typer), bt's errors 1, partial work 3;
-    never a traceback unless BT_DEBUG=1."""
+    """The entry point and the one error boundary: bt's errors exit 1, usage errors 2 (the same one line), partial
+    work 3, Ctrl-C 130; never a traceback unless BT_DEBUG=1."""
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) == 2 and argv[0] in ("--install-completion", "--show-completion") and argv[1] in SHELLS:
+        # Typer takes a shell name there only with its shell detection off; without a name it detects the shell.
+        os.environ["_TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION"] = "1"
+    debug = os.environ.get("BT_DEBUG") == "1"
     try:
-        app(args=argv, prog_name="bt")
+        code = app(args=argv, prog_name="bt", standalone_mode=False)
+    except BrokenPipeError:
+        _end_of_pipe()
+    except PartialSuccess as partial:
+        _report(partial, label="")
+        sys.exit(partial.exit_code)
     except BtError as error:
-        if os.environ.get("BT_DEBUG") == "1":
+        if debug:
             raise
         _report(error)
         sys.exit(error.exit_code)
+    except UsageError as error:
+        if error.format_message():  # (empty after `bt` alone, which shows the help)
+            _report(_usage_error(error))
+        sys.exit(2)
+    except ClickException as error:
+        _report(BtError(error.format_message()))
+        sys.exit(error.exit_code)
+    except (KeyboardInterrupt, Abort):
+        _report(BtError("interrupted"), label="")
+        sys.exit(130)
     except Exception as error:  # anything unexpected is still one line
-        if os.environ.get("BT_DEBUG") == "1":
+        if debug:
             raise
         _report(BtError(f"unexpected {type(error).__name__}: {error}", "run again with BT_DEBUG=1 for the traceback"))
         sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)

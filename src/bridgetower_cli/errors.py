@@ -19,3 +19,9 @@ class BtError(Exception):
 
 class InputError(BtError):
     """One input (an image or a text) cannot be used; batch work skips it and goes on."""
+
+
+class PartialSuccess(BtError):
+    """The work is done, but some inputs were skipped (each reported as it happened): exit status 3."""
+
+    exit_code = 3

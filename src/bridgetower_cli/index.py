@@ -85,11 +85,11 @@ def file_state(path: str) -> FileState:
 class EmbeddingIndex:
     """A SQLite file of image embeddings for one model."""
 
-    def __init__(self, path: Path, model: str, dim: int, rebuild: bool = False, label: str | None = None):
-        """``model`` identifies the checkpoint (its fingerprint); ``label`` is how messages name it."""
+    def __init__(self, path: Path, fingerprint: str, dim: int, rebuild: bool = False, label: str | None = None):
+        """``fingerprint`` identifies the checkpoint (``hub.fingerprint``); ``label`` is how messages name it."""
         self.path = path
-        self.model = model
-        self.label = label or model
+        self.fingerprint = fingerprint
+        self.label = label or fingerprint
         self.dim = dim
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -118,7 +118,7 @@ class EmbeddingIndex:
             if not meta:
                 rows = [
                     ("schema", SCHEMA_VERSION),
-                    ("model", self.model),
+                    ("model", self.fingerprint),
                     ("dim", str(self.dim)),
                     ("label", self.label),
                 ]
@@ -126,7 +126,7 @@ class EmbeddingIndex:
                 return
         if meta.get("schema") != SCHEMA_VERSION:
             raise BtError(f"the index {self.path} has an unknown schema", "rebuild it with --rebuild")
-        if meta.get("model") != self.model or meta.get("dim") != str(self.dim):
+        if meta.get("model") != self.fingerprint or meta.get("dim") != str(self.dim):
             raise BtError(
                 f"the index {self.path} was built with another model ({meta.get('label')}), not {self.label}",
                 "rebuild it with --rebuild, or pass --index FILE for a separate index",
@@ -165,7 +165,10 @@ class EmbeddingIndex:
         with self.transaction():
             self.db.executemany(
                 "INSERT OR REPLACE INTO images VALUES (?, ?, ?, ?, ?)",
-                [(s.path, s.size, s.mtime_ns, self.model, np.asarray(e, dtype=np.float32).tobytes()) for s, e in rows],
+                [
+                    (s.path, s.size, s.mtime_ns, self.fingerprint, np.asarray(e, dtype=np.float32).tobytes())
+                    for s, e in rows
+                ],
             )
             self.db.executemany("DELETE FROM failures WHERE path = ?", [(s.path,) for s, _ in rows])
             self.db.executemany(

@@ -5,8 +5,8 @@ from __future__ import annotations
 import glob
 import io
 import os
+import re
 import sys
-import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +17,7 @@ from .errors import BtError, InputError
 IMAGE_SUFFIXES = frozenset(
     {".jpg", ".jpeg", ".jfif", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
 )
+TEXT_FILE_SUFFIXES = frozenset({".txt", ".text", ".csv", ".tsv", ".md", ".json", ".jsonl", ".lst"})
 URL_TIMEOUT_S = (5.0, 20.0)  # connect, read
 URL_MAX_BYTES = 50 * 1024 * 1024
 
@@ -36,6 +37,48 @@ class ImageSource:
 
 def _is_url(spec: str) -> bool:
     return "://" in spec
+
+
+_URL = re.compile(r"[A-Za-z][\w+.-]*://\S+")
+# No white space, and a path separator or a file suffix: "photos/typo/", "cat.jgp", "captions.txt".
+_PATH_LIKE = re.compile(r"\S*[/\\]\S*|\S+\.[A-Za-z][A-Za-z0-9]{0,4}")
+
+
+def split_arguments(items: Iterable[str]) -> tuple[list[str], list[str]]:
+    """Sort command-line arguments, in any order, into image sources and texts. An existing image file or directory,
+    a URL, a glob that matches and ``-`` are images; an argument that looks like a path but names nothing, or a
+    file that is no image (``captions.txt``), is an error; the rest (anything with a space) are texts."""
+    images, texts = [], []
+    for item in items:
+        kind = _kind_of(item)
+        (images if kind == "image" else texts).append(item)
+    return images, texts
+
+
+def _kind_of(item: str) -> str:
+    if not item.strip():
+        return "text"  # an empty text, refused as such
+    if item == "-" or _URL.fullmatch(item):
+        return "image"
+    path = Path(item).expanduser()
+    try:
+        if path.is_dir():
+            return "image"
+        if path.is_file():
+            if path.suffix.lower() in TEXT_FILE_SUFFIXES:
+                raise BtError(
+                    f"{item} is a text file, not an image",
+                    f"read texts from it with --texts-file {item}, or pass a caption with -t {item!r}",
+                )
+            return "image"
+        if glob.has_magic(item) and glob.glob(str(path), recursive=True):
+            return "image"
+    except OSError:  # a long text is no valid file name
+        return "text"
+    if _PATH_LIKE.fullmatch(item):
+        what = "no image files match" if glob.has_magic(item) else "no such file or directory:"
+        raise BtError(f"{what} {item}", f"check the path; to use it as a caption, pass -t {item!r}")
+    return "text"
 
 
 def _walk(directory: Path) -> list[ImageSource]:
@@ -107,51 +150,76 @@ def read_bytes(source: ImageSource) -> bytes:
             with open(source.path, "rb") as file:
                 return file.read()
         except OSError as error:
-            raise InputError(f"cannot read {source.name}: {error.strerror or error}") from None
+            raise InputError(f"cannot read it: {error.strerror or error}") from None
     import requests
 
+    too_large = f"larger than {URL_MAX_BYTES // 2**20} MiB"
     try:
         with requests.get(source.url, timeout=URL_TIMEOUT_S, stream=True) as response:
             if response.status_code != 200:
-                raise InputError(f"{source.name}: HTTP {response.status_code} {response.reason}")
+                raise InputError(f"HTTP {response.status_code} {response.reason}")
             content_type = response.headers.get("Content-Type", "").split(";")[0].strip().lower()
             if content_type and not content_type.startswith("image/") and content_type != "application/octet-stream":
-                raise InputError(f"{source.name} is not an image (Content-Type {content_type})")
+                raise InputError(f"not an image (Content-Type {content_type})")
             declared = int(response.headers.get("Content-Length") or 0)
             if declared > URL_MAX_BYTES:
-                raise InputError(f"{source.name} is larger than {URL_MAX_BYTES // 2**20} MiB")
+                raise InputError(too_large)
             chunks, size = [], 0
             for chunk in response.iter_content(64 * 1024):
                 size += len(chunk)
                 if size > URL_MAX_BYTES:
-                    raise InputError(f"{source.name} is larger than {URL_MAX_BYTES // 2**20} MiB")
+                    raise InputError(too_large)
                 chunks.append(chunk)
             return b"".join(chunks)
     except requests.Timeout:
-        raise InputError(f"{source.name}: no answer within {URL_TIMEOUT_S[1]:.0f} s") from None
+        raise InputError(f"no answer within {URL_TIMEOUT_S[1]:.0f} s") from None
     except requests.RequestException as error:
-        raise InputError(f"cannot fetch {source.name}: {type(error).__name__}") from None
+        raise InputError(f"cannot fetch it: {type(error).__name__}") from None
 
 
-def decode_image(data: bytes, name: str):
-    """Decode bytes to an RGB PIL image: EXIF orientation applied, first frame, any mode made RGB."""
+# Decoded images above this many pixels are refused (env BT_MAX_IMAGE_PIXELS): Pillow's own bomb limit. A larger JPEG
+# is decoded at 1/2, 1/4 or 1/8 scale (JPEG draft mode) to fit under it: a 108-megapixel phone photo is read at
+# 27 megapixels, still far above what the model sees, with a quarter of the memory.
+DEFAULT_MAX_IMAGE_PIXELS = 89_478_485
+
+
+def max_image_pixels() -> int:
+    value = os.environ.get("BT_MAX_IMAGE_PIXELS", "")
+    if not value:
+        return DEFAULT_MAX_IMAGE_PIXELS
+    if not value.isdigit() or int(value) < 1:
+        raise BtError(
+            f"BT_MAX_IMAGE_PIXELS={value} is not a positive whole number", "e.g. BT_MAX_IMAGE_PIXELS=200000000"
+        )
+    return int(value)
+
+
+def decode_image(data: bytes, max_pixels: int | None = None):
+    """Decode bytes to an RGB PIL image: EXIF orientation applied, first frame, any mode made RGB; images over
+    ``max_pixels`` are read at a reduced JPEG scale, or refused."""
     from PIL import Image, ImageOps, UnidentifiedImageError
 
+    limit = max_pixels or max_image_pixels()
     if not data:
-        raise InputError(f"{name} is empty (0 bytes)")
+        raise InputError("empty (0 bytes)")
+    Image.MAX_IMAGE_PIXELS = None  # bt applies its own limit, after any reduced-scale decoding
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-            image.seek(0)
-            image.load()
-            image = ImageOps.exif_transpose(image)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise InputError(f"{name} is too large to decode safely (over {Image.MAX_IMAGE_PIXELS} pixels)") from None
+        image = Image.open(io.BytesIO(data))  # reads the header only
+        width, height = image.size
+        if width * height > limit:
+            scale = next((s for s in (2, 4, 8) if image.format == "JPEG" and width * height <= limit * s * s), None)
+            if scale is None:
+                raise InputError(
+                    f"too large to decode safely ({width}x{height} pixels, over {limit}; BT_MAX_IMAGE_PIXELS raises it)"
+                )
+            image.draft("RGB", (width // scale, height // scale))
+        image.seek(0)
+        image.load()
+        image = ImageOps.exif_transpose(image)
     except UnidentifiedImageError:
-        raise InputError(f"{name} is not an image file bt can read") from None
-    except (OSError, SyntaxError, ValueError) as error:
-        raise InputError(f"{name} is a damaged image ({error})") from None
+        raise InputError("not an image file bt can read") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as error:
+        raise InputError(f"damaged image ({error})") from None
     return to_rgb(image)
 
 
@@ -176,12 +244,12 @@ def to_rgb(image):
 
 
 def load_image(source: ImageSource):
-    """Read and decode one source to an RGB PIL image (raises InputError)."""
-    return decode_image(read_bytes(source), source.name)
+    """Read and decode one source to an RGB PIL image (raises InputError with the reason)."""
+    return decode_image(read_bytes(source))
 
 
 def read_texts(arguments: Iterable[str], texts_file: str | None, stdin: TextIO | None = None) -> list[str]:
-    """Texts from arguments and/or a file with one text per line (``-`` = stdin; blank lines skipped)."""
+    """Texts from arguments and/or a file with one text per line (``-`` = stdin; blank lines skipped), each once."""
     texts = list(arguments)
     if texts_file is not None:
         if texts_file == "-":
@@ -200,8 +268,8 @@ def read_texts(arguments: Iterable[str], texts_file: str | None, stdin: TextIO |
         if not text.strip():
             raise BtError("a text is empty", "give every text some words")
     if not texts:
-        raise BtError("no texts given", "pass texts as arguments or with --texts-file FILE")
-    return texts
+        raise BtError("no texts given", "pass texts as arguments, with -t TEXT or with --texts-file FILE")
+    return list(dict.fromkeys(texts))  # a repeated text counts once, as a repeated image does
 
 
 def fit_aspect(image, size: int):

@@ -35,9 +35,6 @@ HEAD_WEIGHTS = {
     ),
 }
 
-hf_logging.set_verbosity_error()
-hf_logging.disable_progress_bar()
-
 
 class BridgeTowerWithHeads(BridgeTowerPreTrainedModel):
     """The stock backbone with any subset of the ITM, MLM and ITC heads, under their stock weight names."""
@@ -63,18 +60,19 @@ class BridgeTowerWithHeads(BridgeTowerPreTrainedModel):
 
 @dataclass
 class LoadedModel:
-    """A loaded checkpoint: the model (backbone + heads), its processor, and where it runs."""
+    """A loaded checkpoint: ``name`` (as the user gave it; records carry it), where it was read from, the network
+    (backbone + heads), its processor, and where it runs."""
 
     name: str
     path: Path
-    model: BridgeTowerWithHeads
+    network: BridgeTowerWithHeads
     processor: BridgeTowerProcessor
     device: torch.device
     dtype: torch.dtype
 
     @property
     def heads(self) -> tuple[str, ...]:
-        return self.model.heads
+        return self.network.heads
 
 
 def select_device(name: str) -> torch.device:
@@ -173,14 +171,18 @@ def _check_supported(config: BridgeTowerConfig, needs: tuple[str, ...]) -> None:
         raise BtError("this checkpoint sets vision remove_last_layer=True, which the BridgeTower forward cannot run")
 
 
-def require_heads(available: tuple[str, ...], needed: tuple[str, ...], name: str) -> None:
+def require_heads(
+    available: tuple[str, ...], needed: tuple[str, ...], name: str, preferred: tuple[str, ...] = ()
+) -> None:
+    """Refuse a checkpoint that lacks a head in ``needed``, naming a public checkpoint that holds every head in
+    ``needed`` and ``preferred``."""
     missing = [head for head in needed if head not in available]
     if missing:
-        head = missing[0]
         have = ", ".join(available) or "no heads"
+        heads = " or ".join(f"{HEAD_DESCRIPTIONS[head]} head" for head in missing)
         raise BtError(
-            f"{name} has no {HEAD_DESCRIPTIONS[head]} head (it holds {have})",
-            f"use a checkpoint that has it, e.g. --model {checkpoint_with(head)}",
+            f"{name} has no {heads} (it holds {have})",
+            f"use a checkpoint that has it, e.g. --model {checkpoint_with(*needed, *preferred)}",
         )
 
 
@@ -244,34 +246,43 @@ def load_processor(path: Path, config: BridgeTowerConfig) -> BridgeTowerProcesso
 
 
 def load_model(
-    path: Path, model: str, device: str = "auto", dtype: str = "auto", needs: tuple[str, ...] = ()
+    path: Path,
+    name: str,
+    device: str = "auto",
+    dtype: str = "auto",
+    needs: tuple[str, ...] = (),
+    preferred: tuple[str, ...] = (),
+    threads: int | None = None,
 ) -> LoadedModel:
-    """Load the checkpoint at ``path`` (see ``hub.resolve_checkpoint``; ``model`` is the name the user gave):
-    one backbone plus every head it holds; refuse if a head in ``needs`` is missing."""
+    """Load the checkpoint at ``path`` (see ``hub.resolve_checkpoint``; ``name`` is how the user named it): one
+    backbone plus every head it holds; refuse if a head in ``needs`` is missing (the hint names a public checkpoint
+    with ``needs`` and ``preferred``). ``threads`` sets PyTorch's CPU threads."""
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     torch_device = select_device(device)
     torch_dtype = select_dtype(dtype)
-    config = read_config(path, model)
+    if threads:
+        torch.set_num_threads(threads)
+    config = read_config(path, name)
     _check_supported(config, needs)
     heads = heads_in(path, config)
-    require_heads(heads, needs, model)
+    require_heads(heads, needs, name, preferred)
     try:
         network, info = BridgeTowerWithHeads.from_pretrained(
             path, config=config, heads=heads, dtype=torch_dtype, output_loading_info=True
         )
         processor = load_processor(path, config)
     except (OSError, ValueError) as error:
-        raise BtError(f"cannot load {model}: {error}", "is it a complete BridgeTower checkpoint?") from None
+        raise BtError(f"cannot load {name}: {error}", "is it a complete BridgeTower checkpoint?") from None
     if info["missing_keys"]:
         missing = ", ".join(sorted(info["missing_keys"])[:3])
         raise BtError(
-            f"{model} lacks weights ({missing}, ...): refusing to run with random ones", "re-download the checkpoint"
+            f"{name} lacks weights ({missing}, ...): refusing to run with random ones", "re-download the checkpoint"
         )
     if torch_device.type == "cuda" and torch_dtype == torch.float32:
         # Exact float32: no TF32 in convolutions (cuDNN's default) or matmuls.
         torch.backends.cudnn.allow_tf32 = False
         torch.backends.cuda.matmul.allow_tf32 = False
     network.eval().to(torch_device)
-    return LoadedModel(model, path, network, processor, torch_device, torch_dtype)
-
-
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return LoadedModel(name, path, network, processor, torch_device, torch_dtype)

@@ -1,4 +1,5 @@
-"""Options shared by the commands, each declared once as an ``Annotated`` alias."""
+"""Options shared by the commands, each declared once as an ``Annotated`` alias. Every option names its metavar
+(flags an empty one), so help shows ``N`` or ``FILE``, never a type placeholder."""
 
 from __future__ import annotations
 
@@ -8,22 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-
-class Format(str, Enum):
-    auto = "auto"
-    table = "table"
-    json = "json"
-    jsonl = "jsonl"
-    csv = "csv"
-
-
-class RetrieveFormat(str, Enum):
-    auto = "auto"
-    table = "table"
-    json = "json"
-    jsonl = "jsonl"
-    csv = "csv"
-    paths = "paths"
+from .output import Format
 
 
 class EmbeddingKind(str, Enum):
@@ -39,17 +25,26 @@ class Dtype(str, Enum):
     float16 = "float16"
 
 
-Inputs = Annotated[
+SOURCES = "files, directories (walked), quoted globs, http(s) URLs, '-' = paths on stdin"
+
+ImagesAndTexts = Annotated[
     list[str],
     typer.Argument(
-        help="Image sources (files, directories, quoted globs, http(s) URLs, '-' = paths on stdin), then texts.",
+        help=f"Images ({SOURCES}) and texts, in any order. An argument that names an existing image or directory is "
+        "an image; one that looks like a path but names nothing is an error; anything else is a text.",
         show_default=False,
-        metavar="IMAGE... TEXT...",
+        metavar="IMAGE|TEXT...",
+    ),
+]
+IndexImages = Annotated[
+    list[str],
+    typer.Argument(
+        help="Local images: files, directories (walked), quoted globs, '-' = paths on stdin.", metavar="IMAGE..."
     ),
 ]
 Model = Annotated[
     str,
-    typer.Option("--model", "-m", envvar="BT_MODEL", help="Hub id or local checkpoint directory."),
+    typer.Option("--model", "-m", envvar="BT_MODEL", help="Hub id or local checkpoint directory.", metavar="ID|DIR"),
 ]
 Revision = Annotated[
     Optional[str],
@@ -64,7 +59,11 @@ Revision = Annotated[
 Device = Annotated[
     str,
     typer.Option(
-        "--device", "-d", envvar="BT_DEVICE", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps."
+        "--device",
+        "-d",
+        envvar="BT_DEVICE",
+        help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps.",
+        metavar="DEVICE",
     ),
 ]
 DtypeOpt = Annotated[
@@ -74,51 +73,95 @@ DtypeOpt = Annotated[
         envvar="BT_DTYPE",
         help="Weights and compute dtype; auto = float32 (exact). bfloat16 is faster on GPUs.",
         case_sensitive=False,
+        metavar="auto|float32|bfloat16|float16",
+    ),
+]
+Threads = Annotated[
+    Optional[int],
+    typer.Option(
+        "--threads",
+        envvar="BT_THREADS",
+        min=1,
+        help="CPU threads for the model. Default: PyTorch's (one per core).",
+        metavar="N",
+        show_default=False,
     ),
 ]
 BatchSize = Annotated[
     Optional[int],
     typer.Option(
-        "--batch-size", "-b", min=1, help="Texts, images or pairs per forward pass. Default: 8 on CPU, 16 on a GPU."
+        "--batch-size",
+        "-b",
+        min=1,
+        help="Texts, images or pairs per forward pass. Default: 8 on a CPU, 16 on a GPU.",
+        metavar="N",
     ),
 ]
-TopK = Annotated[Optional[int], typer.Option("--top-k", "-k", min=1, help="Keep the best k results.")]
 TextsFile = Annotated[
     Optional[str],
     typer.Option("--texts-file", "-T", help="Read texts from a file, one per line ('-' = stdin).", metavar="FILE"),
 ]
+FORMATS = "auto = a table on a terminal, JSON in a pipe or file; jsonl and csv stream record by record"
 FormatOpt = Annotated[
     Format,
-    typer.Option("--format", "-f", help="auto = table on a terminal, JSON in a pipe or file.", case_sensitive=False),
+    typer.Option("--format", "-f", help=f"{FORMATS}.", case_sensitive=False, metavar="auto|table|json|jsonl|csv"),
 ]
-Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or warnings (errors still show).")]
-ImageArgs = Annotated[
-    Optional[list[str]],
-    typer.Argument(
-        help="Image sources: files, directories, quoted globs, http(s) URLs, '-' = paths on stdin.",
-        show_default=False,
-        metavar="[IMAGE]...",
+RetrieveFormatOpt = Annotated[
+    Format,
+    typer.Option(
+        "--format",
+        "-f",
+        help=f"{FORMATS}; paths = one image path (or text) per line.",
+        case_sensitive=False,
+        metavar="auto|table|json|jsonl|csv|paths",
     ),
 ]
-TextOpt = Annotated[Optional[list[str]], typer.Option("--text", "-t", help="A text (repeat for several).")]
+Print0 = Annotated[
+    bool,
+    typer.Option("--print0", "-0", help="With -f paths: end each path with NUL, for xargs -0.", metavar=""),
+]
+Quiet = Annotated[
+    bool,
+    typer.Option("--quiet", "-q", help="No progress, status or warnings (skips and errors still show).", metavar=""),
+]
+ImageArgs = Annotated[
+    Optional[list[str]],
+    typer.Argument(help=f"Images: {SOURCES}.", show_default=False, metavar="[IMAGE]..."),
+]
+TextOpt = Annotated[
+    Optional[list[str]], typer.Option("--text", "-t", help="A text (repeat for several).", metavar="TEXT")
+]
 Kind = Annotated[
     Optional[EmbeddingKind],
-    typer.Option("--kind", help="image, text or cross; default: whatever was given (images and/or texts)."),
+    typer.Option(
+        "--kind",
+        help="Default: whatever was given (images and/or texts); cross = (image, text) pairs.",
+        metavar="image|text|cross",
+    ),
 ]
 OutputFile = Annotated[
     Optional[Path],
-    typer.Option("--output", "-o", help="Write a float32 matrix to FILE.npy, or FILE.npz with ids and model name."),
+    typer.Option(
+        "--output",
+        "-o",
+        help="Write a float32 matrix to FILE.npy, or FILE.npz with ids and model name; stdout gets a summary.",
+        metavar="FILE",
+    ),
 ]
 Targets = Annotated[
     Optional[str],
     typer.Option("--targets", help="Comma-separated words: restrict the candidates to these.", metavar="W1,W2"),
 ]
-CandidatesK = Annotated[int, typer.Option("--top-k", "-k", min=1, help="Candidates per mask.")]
+ScoreTopK = Annotated[
+    Optional[int],
+    typer.Option("--top-k", "-k", min=1, help="Keep the best k texts per image. Default: all.", metavar="K"),
+]
+CandidatesK = Annotated[int, typer.Option("--top-k", "-k", min=1, help="Candidates per mask.", metavar="K")]
+HitsK = Annotated[int, typer.Option("--top-k", "-k", min=1, help="How many hits.", metavar="K")]
 RetrieveInputs = Annotated[
     Optional[list[str]],
     typer.Argument(
-        help="The query text, then image sources (files, directories, quoted globs, '-' = paths on stdin). "
-        "With --image: the texts to rank.",
+        help=f"The query text, then the images to search ({SOURCES}). With --image: the texts to rank.",
         show_default=False,
         metavar="QUERY [IMAGE]...",
     ),
@@ -136,14 +179,11 @@ IndexFile = Annotated[
         metavar="FILE",
     ),
 ]
-Rebuild = Annotated[bool, typer.Option("--rebuild", help="Start the index afresh (after another model, or damage).")]
+Rebuild = Annotated[
+    bool, typer.Option("--rebuild", help="Start the index afresh (after another model, or damage).", metavar="")
+]
 RerankK = Annotated[
-    int, typer.Option("--rerank-k", "-r", min=0, help="How many of the best ITC hits the ITM head rescores.")
+    int,
+    typer.Option("--rerank-k", "-r", min=0, help="How many of the best ITC hits the ITM head rescores.", metavar="K"),
 ]
-NoRerank = Annotated[bool, typer.Option("--no-rerank", help="Rank by ITC similarity alone (fastest).")]
-RetrieveFormatOpt = Annotated[
-    RetrieveFormat,
-    typer.Option(
-        "--format", "-f", help="As elsewhere, plus paths: one image path (or text) per line.", case_sensitive=False
-    ),
-]
+NoRerank = Annotated[bool, typer.Option("--no-rerank", help="Rank by ITC similarity alone (fastest).", metavar="")]

@@ -1,4 +1,4 @@
-"""Rendering: records to stdout as table / json / jsonl / csv; messages and progress to stderr."""
+"""Rendering: records to stdout as table / json / jsonl / csv / paths; messages and progress to stderr."""
 
 from __future__ import annotations
 
@@ -7,8 +7,10 @@ import csv
 import json
 import os
 import sys
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, is_dataclass
+from enum import Enum
 from itertools import groupby
 from pathlib import Path
 from typing import TextIO
@@ -17,8 +19,22 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from .errors import BtError
-from .records import EmbeddingRecord, EmbeddingsWritten, FillMaskRecord, Reporter, RetrievalRecord, ScoreRecord
+from .errors import BtError, PartialSuccess
+from .records import EmbeddingRecord, EmbeddingsWritten, FillMaskRecord, Outcome, Reporter, RetrievalRecord, ScoreRecord
+
+
+class Format(str, Enum):
+    """How records are written to stdout."""
+
+    auto = "auto"
+    table = "table"
+    json = "json"
+    jsonl = "jsonl"
+    csv = "csv"
+    paths = "paths"
+
+
+STREAMED = ("jsonl", "csv", "paths")  # formats written record by record, as the work goes on
 
 
 def stderr_console() -> Console:
@@ -69,15 +85,22 @@ def _bar(probability: float, width: int = 20) -> Text:
 
 
 def score_tables(records: list) -> Iterator[Table]:
-    for image, group in groupby(records, key=lambda r: r.image):
-        table = Table(title=image, title_justify="left", title_style="bold")
-        table.add_column("text")
-        table.add_column("logit", justify="right")
-        table.add_column("probability", justify="right")
-        table.add_column("")
-        for record in group:
-            table.add_row(record.text, f"{record.logit:.4f}", f"{record.probability:.4f}", _bar(record.probability))
-        yield table
+    """One table: titled by the image when there is one, else with an image column and a rule between images."""
+    groups = [(image, list(group)) for image, group in groupby(records, key=lambda r: r.image)]
+    single = len(groups) == 1
+    table = Table(title=groups[0][0] if single else None, title_justify="left", title_style="bold")
+    if not single:
+        table.add_column("image", overflow="fold")
+    table.add_column("text")
+    table.add_column("logit", justify="right")
+    table.add_column("probability", justify="right")
+    table.add_column("")
+    for image, group in groups:
+        for rank, record in enumerate(group):
+            cells = [record.text, f"{record.logit:.4f}", f"{record.probability:.4f}", _bar(record.probability)]
+            table.add_row(*([] if single else [image if rank == 0 else ""]), *cells)
+        table.add_section()
+    yield table
 
 
 def fill_mask_tables(records: list) -> Iterator[Table]:
@@ -137,36 +160,64 @@ TABLES = {
 }
 
 
-def render(records: list, fmt: str, stream: TextIO | None = None) -> None:
-    """Write records to ``stream`` (stdout) in ``fmt``."""
+def write_paths(records: Iterable, stream: TextIO, separator: str = "\n") -> None:
+    """One image path (or text) per record; ``separator`` NUL for ``xargs -0``."""
+    for record in records:
+        stream.write(f"{record.image if record.image is not None else record.text}{separator}")
+        stream.flush()
+
+
+def render(records: Iterable, fmt: str, stream: TextIO | None = None, separator: str = "\n") -> int:
+    """Write records to ``stream`` (stdout) in ``fmt``: jsonl, csv and paths record by record as they arrive, a table
+    or JSON once all are in. Returns how many records were written."""
+    stream = stream or sys.stdout
+    fmt = resolve_format(fmt, stream)
+    counted = _Counted(records)
+    if fmt == "jsonl":
+        write_jsonl(counted, stream)
+    elif fmt == "csv":
+        write_csv(counted, stream)
+    elif fmt == "paths":
+        write_paths(counted, stream, separator)
+    else:
+        collected = list(counted)
+        if fmt == "json":
+            write_json(collected, stream)
+        elif collected:
+            console = Console(file=stream, no_color="NO_COLOR" in os.environ, highlight=False)
+            for table in TABLES.get(type(collected[0]), record_tables)(collected):
+                console.print(table)
+    stream.flush()
+    return counted.count
+
+
+def render_object(record, fmt: str, stream: TextIO | None = None) -> None:
+    """One record (a summary, a report) as a JSON object, a line of JSONL, CSV, or a two-column table."""
     stream = stream or sys.stdout
     fmt = resolve_format(fmt, stream)
     if fmt == "json":
-        write_json(records, stream)
-    elif fmt == "paths":
-        for record in records:
-            stream.write(f"{record.image if record.image is not None else record.text}\n")
-    elif fmt == "jsonl":
-        write_jsonl(records, stream)
-    elif fmt == "csv":
-        write_csv(records, stream)
-    elif records:
-        console = Console(file=stream, no_color="NO_COLOR" in os.environ, highlight=False)
-        for table in TABLES.get(type(records[0]), record_tables)(records):
-            console.print(table)
+        stream.write(json.dumps(_plain(record), indent=2, ensure_ascii=False) + "\n")
+    elif fmt == "table":
+        table = Table(show_header=False)
+        table.add_column(style="bold")
+        table.add_column(overflow="fold")
+        for key, value in asdict(record).items():
+            table.add_row(key, ", ".join(map(str, value)) if isinstance(value, list) else str(value))
+        Console(file=stream, no_color="NO_COLOR" in os.environ, highlight=False).print(table)
+    else:
+        render([record], fmt, stream)
     stream.flush()
 
 
-def render_stream(records: Iterable, fmt: str, stream: TextIO | None = None) -> None:
-    """Like ``render``, but jsonl and csv write each record as it arrives (flat memory on long runs)."""
-    stream = stream or sys.stdout
-    fmt = resolve_format(fmt, stream)
-    if fmt == "jsonl":
-        write_jsonl(records, stream)
-    elif fmt == "csv":
-        write_csv(records, stream)
-    else:
-        render(list(records), fmt, stream)
+class _Counted:
+    def __init__(self, items: Iterable):
+        self.items = items
+        self.count = 0
+
+    def __iter__(self):
+        for item in self.items:
+            self.count += 1
+            yield item
 
 
 def write_embeddings(records: Iterable[EmbeddingRecord], path: Path, model: str) -> EmbeddingsWritten:
@@ -199,33 +250,66 @@ def write_embeddings(records: Iterable[EmbeddingRecord], path: Path, model: str)
 
 
 class StderrReporter(Reporter):
-    """Reports warnings, skips and progress on stderr (progress only on a terminal, never with --quiet)."""
+    """Warnings, skips, status and progress on one stderr console, so a warning never lands inside a progress bar
+    and no stale bar stays behind. Progress and status only on a terminal; ``quiet`` keeps only skips and errors.
+    A warning of a repeating ``kind`` is shown ``SHOWN`` times, then counted and summarised at the end."""
 
-    def __init__(self, quiet: bool = False):
+    SHOWN = 3
+
+    def __init__(self, quiet: bool = False, console: Console | None = None):
         self.quiet = quiet
-        self.console = stderr_console()
+        self.console = console or stderr_console()
+        self.repeats: Counter[str] = Counter()
 
-    def warn(self, message: str) -> None:
-        if not self.quiet:
-            self.console.print(f"[yellow]warning:[/yellow] {message}", markup=True, soft_wrap=True)
+    def _print(self, label: str, message: str) -> None:
+        self.console.print(Text.assemble((label, "yellow"), message), soft_wrap=True)
+
+    def warn(self, message: str, kind: str | None = None) -> None:
+        if self.quiet:
+            return
+        if kind is not None:
+            self.repeats[kind] += 1
+            if self.repeats[kind] > self.SHOWN:
+                return
+        self._print("warning: ", message)
 
     def info(self, message: str) -> None:
         if not self.quiet:
-            self.console.print(message, markup=False, soft_wrap=True)
+            self.console.print(message, markup=False, highlight=False, soft_wrap=True)
 
     def skipped(self, name: str, reason: str) -> None:
-        self.console.print(f"[yellow]skipped:[/yellow] {reason}", markup=True, soft_wrap=True)
+        self._print("skipped: ", f"{name}: {reason}")
+
+    @property
+    def _live(self) -> bool:
+        return not self.quiet and self.console.is_terminal
 
     @contextlib.contextmanager
     def progress(self, total: int, description: str):
-        from tqdm import tqdm
+        if not self._live or total < 2:
+            yield lambda n=1: None
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-        disable = self.quiet or not sys.stderr.isatty() or total < 2
-        with tqdm(total=total, desc=description, file=sys.stderr, disable=disable, leave=False) as bar:
-            yield bar.update
+        columns = (TextColumn(description), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+        with Progress(*columns, console=self.console, transient=True) as bar:
+            task = bar.add_task(description, total=total)
+            yield lambda n=1: bar.advance(task, n)
 
-    def summary(self, skipped: list) -> None:
-        if skipped:
-            self.console.print(f"[yellow]{len(skipped)} input(s) skipped:[/yellow]", markup=True)
-            for item in skipped:
-                self.console.print(f"  {item.name}: {item.reason}", markup=False, soft_wrap=True)
+    @contextlib.contextmanager
+    def status(self, message: str):
+        if not self._live:
+            yield
+            return
+        with self.console.status(message):
+            yield
+
+    def finish(self, outcome: Outcome) -> None:
+        """Summarise repeated warnings; with skipped inputs, raise PartialSuccess (exit status 3)."""
+        for kind, count in self.repeats.items():
+            if count > self.SHOWN and not self.quiet:
+                self._print("warning: ", f"{count - self.SHOWN} more {kind} (not shown)")
+        if outcome.skipped:
+            raise PartialSuccess(
+                f"{len(outcome.skipped)} input(s) skipped (each named above); the records of the others are complete"
+            )

@@ -36,18 +36,24 @@ class Outcome:
 class Reporter:
     """Where a task reports progress and problems. The base class is silent; the CLI's prints to stderr."""
 
-    def warn(self, message: str) -> None:
-        pass
+    def warn(self, message: str, kind: str | None = None) -> None:
+        """A warning; ``kind`` names warnings that may repeat many times (a reporter may summarise them)."""
 
     def skipped(self, name: str, reason: str) -> None:
-        pass
+        """An input left out of batch work, and why."""
 
     def info(self, message: str) -> None:
-        pass
+        """A note for the user (never data)."""
 
     @contextlib.contextmanager
     def progress(self, total: int, description: str) -> Iterator[Callable[[int], None]]:
+        """Long work: yields the function that advances it by n items."""
         yield lambda n=1: None
+
+    @contextlib.contextmanager
+    def status(self, message: str) -> Iterator[None]:
+        """Work of unknown length (loading a model)."""
+        yield
 
 
 @dataclass

@@ -55,8 +55,8 @@ class Runtime:
 
     def __init__(self, loaded: LoadedModel):
         self.loaded = loaded
-        self.model = loaded.model
-        self.tower = loaded.model.bridgetower
+        self.network = loaded.network
+        self.tower = loaded.network.bridgetower
         self.processor = loaded.processor
         self.tokenizer = loaded.processor.tokenizer
         self.device = loaded.device
@@ -81,7 +81,7 @@ class Runtime:
                 images=image, do_normalize=True, do_center_crop=True, return_tensors="pt"
             )
         except ValueError as error:
-            raise InputError(f"the image processor cannot handle this image ({error})") from None
+            raise InputError(f"the image processor cannot handle it ({error})") from None
         return encoding["pixel_values"][0]
 
     def tokenize(self, texts: list[str]) -> tuple[list[list[int]], list[bool]]:
@@ -122,7 +122,7 @@ class Runtime:
             hidden = layer(hidden, mask)
             states.append(tower._apply_text_transform(hidden, link) + type_embedding.expand_as(first))
         stacked = torch.stack(states, dim=1)  # [batch, cross_layers, length, hidden]
-        itc = self._normalize(self.model.itc_text_head(hidden[:, 0, :])) if "itc" in self.loaded.heads else None
+        itc = self._normalize(self.network.itc_text_head(hidden[:, 0, :])) if "itc" in self.loaded.heads else None
         lengths = attention_mask.sum(dim=1).tolist()
         return [
             TextStates(input_ids[i, :n], stacked[i, :, :n], None if itc is None else itc[i], truncated[i])
@@ -149,7 +149,7 @@ class Runtime:
         stacked = torch.stack(states, dim=1)
         itc = None
         if "itc" in self.loaded.heads:
-            itc = self._normalize(self.model.itc_image_head(states[-1][:, 0, :]))
+            itc = self._normalize(self.network.itc_image_head(states[-1][:, 0, :]))
         return [ImageStates(stacked[i], None if itc is None else itc[i]) for i in range(stacked.shape[0])]
 
     @staticmethod
@@ -184,15 +184,15 @@ class Runtime:
     @torch.inference_mode()
     def itm_logits(self, fused: Fused) -> torch.Tensor:
         """ITM logits [pairs, 2] (no-match, match)."""
-        return self.model.itm_score(self.tower.get_cls_features(fused.text_features, fused.image_features))
+        return self.network.itm_score(self.tower.get_cls_features(fused.text_features, fused.image_features))
 
     @torch.inference_mode()
     def mlm_logits(self, fused: Fused, pair: int, positions: list[int]) -> torch.Tensor:
         """MLM logits [len(positions), vocab] for one pair of the batch."""
-        return self.model.mlm_score(fused.text_features[pair, positions])
+        return self.network.mlm_score(fused.text_features[pair, positions])
 
     @torch.inference_mode()
     def cross_embeddings(self, fused: Fused) -> torch.Tensor:
         """The L2-normalised cross-modal ITC embedding [pairs, contrastive]."""
         pooled = self.tower.get_cls_features(fused.text_features, fused.image_features)
-        return self._normalize(self.model.itc_cross_modal_head(pooled))
+        return self._normalize(self.network.itc_cross_modal_head(pooled))

@@ -9,7 +9,8 @@ import numpy as np
 import torch
 
 from .errors import BtError, InputError
-from .index import EmbeddingIndex, RefreshStats, file_state
+from .hub import fingerprint
+from .index import EmbeddingIndex, RefreshStats, default_index_path, file_state
 from .inputs import ImageSource, fit_aspect, load_image
 from .records import (
     Candidate,
@@ -37,7 +38,7 @@ def encode_text_batches(runtime: Runtime, texts: list[str], batch_size: int, rep
         states += runtime.encode_texts(list(batch))
     for text, state in zip(texts, states):
         if state.truncated:
-            reporter.warn(f"text truncated to {runtime.max_length} tokens: {text[:40]!r}...")
+            reporter.warn(f"text truncated to {runtime.max_length} tokens: {text[:40]!r}...", kind="texts truncated")
     return states
 
 
@@ -49,7 +50,10 @@ def read_images(
         try:
             image, padded = fit_aspect(load_image(source), runtime.image_size)
             if padded:
-                reporter.warn(f"{source.name} is too elongated for the image processor: padded to a wider frame")
+                reporter.warn(
+                    f"{source.name} is too elongated for the image processor: padded to a wider frame",
+                    kind="elongated images padded",
+                )
             yield source, runtime.pixel_values(image)
         except InputError as error:
             outcome.skipped.append(Skipped(source.name, error.message))
@@ -92,34 +96,36 @@ def itm_scores(runtime: Runtime, fused: Fused) -> list[Score]:
     return list(zip(logits[:, 1].tolist(), logits.softmax(dim=-1)[:, 1].tolist()))
 
 
+def best_first(records: list) -> list:
+    """Records in the order of their ITM match probability (softmax over both logits), the highest first."""
+    return sorted(records, key=lambda record: record.probability, reverse=True)
+
+
 def score(
     runtime: Runtime,
     sources: Sequence[ImageSource],
     texts: list[str],
+    outcome: Outcome,
     batch_size: int = 8,
     top_k: int | None = None,
     reporter: Reporter | None = None,
-) -> Outcome:
+) -> Iterator[ScoreRecord]:
     """ITM scores for every (image, text) pair: each image and each text encoded once, then fused per pair.
 
-    Records come grouped by image (in input order), best text first; ``top_k`` keeps the best k per image.
+    Yields each image's records (in input order) as soon as the image is done, best match probability first;
+    ``top_k`` keeps the best k per image. Unreadable images go to ``outcome.skipped``.
     """
     reporter = reporter or Reporter()
-    outcome = Outcome()
     text_states = encode_text_batches(runtime, texts, batch_size, reporter)
-    per_image: dict[str, list[ScoreRecord]] = {}
+    pending: dict[str, list[ScoreRecord]] = {}
     with reporter.progress(len(sources) * len(texts), "scoring pairs") as advance:
         for batch in encode_image_batches(runtime, sources, batch_size, outcome, reporter):
             for pairs, fused in fused_pairs(runtime, batch, text_states, batch_size):
                 for (source, j), (logit, probability) in zip(pairs, itm_scores(runtime, fused)):
-                    per_image.setdefault(source.name, []).append(ScoreRecord(source.name, texts[j], logit, probability))
+                    pending.setdefault(source.name, []).append(ScoreRecord(source.name, texts[j], logit, probability))
                 advance(len(pairs))
-    if not per_image:
-        raise BtError("none of the images could be read", "see the warnings above")
-    for records in per_image.values():
-        records.sort(key=lambda r: r.logit, reverse=True)
-        outcome.records += records[:top_k] if top_k else records
-    return outcome
+                for name in [name for name, records in pending.items() if len(records) == len(texts)]:
+                    yield from best_first(pending.pop(name))[:top_k]
 
 
 def mask_positions(runtime: Runtime, texts: list[str]) -> list[list[int]]:
@@ -156,15 +162,16 @@ def fill_mask(
     runtime: Runtime,
     sources: Sequence[ImageSource],
     texts: list[str],
+    outcome: Outcome,
     batch_size: int = 8,
     top_k: int = 5,
     targets: list[str] | None = None,
     reporter: Reporter | None = None,
-) -> Outcome:
+) -> Iterator[FillMaskRecord]:
     """Masked-word predictions conditioned on each image: every mask's top-k candidates (softmax over the vocabulary,
-    restricted to ``targets`` when given) and the text with each mask filled by its best candidate."""
+    restricted to ``targets`` when given) and the text with each mask filled by its best candidate. Yields each
+    (image, text) record as soon as it is done; unreadable images go to ``outcome.skipped``."""
     reporter = reporter or Reporter()
-    outcome = Outcome()
     positions = mask_positions(runtime, texts)
     allowed = target_ids(runtime, targets, reporter) if targets else None
     text_states = encode_text_batches(runtime, texts, batch_size, reporter)
@@ -183,26 +190,22 @@ def fill_mask(
                     filled = text_states[j].input_ids.cpu().clone()
                     filled[positions[j]] = torch.tensor([candidates[0].token for candidates in masks])
                     sequence = " ".join(decode(filled.tolist(), skip_special_tokens=True).split())
-                    outcome.records.append(FillMaskRecord(source.name, texts[j], sequence, masks))
+                    yield FillMaskRecord(source.name, texts[j], sequence, masks)
                 advance(len(pairs))
-    if not outcome.records:
-        raise BtError("none of the images could be read", "see the warnings above")
-    return outcome
 
 
 def embed(
     runtime: Runtime,
     kind: str,
+    outcome: Outcome,
     sources: Sequence[ImageSource] = (),
     texts: Sequence[str] = (),
     batch_size: int = 8,
-    outcome: Outcome | None = None,
     reporter: Reporter | None = None,
 ) -> Iterator[EmbeddingRecord]:
     """ITC embeddings, yielded as they are computed: ``image`` and ``text`` from the unimodal passes alone (no
     cross-modal layers), ``cross`` from the fused (image, text) pairs. Skipped images go to ``outcome.skipped``."""
     reporter = reporter or Reporter()
-    outcome = outcome if outcome is not None else Outcome()
     name = runtime.loaded.name
 
     def record(image, text, vector):
@@ -231,19 +234,25 @@ def embed(
                 advance(len(pairs))
 
 
+def open_index(runtime: Runtime, index_file: Path | None = None, rebuild: bool = False) -> EmbeddingIndex:
+    """The embedding index for the loaded checkpoint (``index_file``, else the default path)."""
+    loaded = runtime.loaded
+    dim = loaded.network.config.contrastive_hidden_size
+    return EmbeddingIndex(index_file or default_index_path(), fingerprint(loaded.path), dim, rebuild, loaded.name)
+
+
 def refresh_index(
     runtime: Runtime,
     index: EmbeddingIndex,
     sources: Sequence[ImageSource],
+    outcome: Outcome,
     folders: Sequence[Path] = (),
     batch_size: int = 8,
-    outcome: Outcome | None = None,
     reporter: Reporter | None = None,
 ) -> RefreshStats:
     """Bring the index up to date for ``sources``: embed new and changed files, drop rows of files gone from
     ``folders``. Each batch is committed on its own, so an interrupted refresh keeps what it finished."""
     reporter = reporter or Reporter()
-    outcome = outcome if outcome is not None else Outcome()
     states = [file_state(source.path) for source in sources]
     plan = index.plan(states, folders)
     index.drop(plan.to_drop)
@@ -274,7 +283,7 @@ def _rerank(runtime: Runtime, pairs: list[tuple[TextStates, ImageStates]], batch
     return scores
 
 
-def _two_stage(
+def two_stage(
     similarities: np.ndarray | None,
     count: int,
     top_k: int,
@@ -282,15 +291,15 @@ def _two_stage(
     rescore: Callable[[list[int]], dict[int, Score]],
 ) -> list[tuple[int, float | None, Score | None]]:
     """Hits as (item, similarity, ITM score or None): the ``rerank_k`` most similar items rescored by ``rescore`` and
-    ordered by ITM logit, then the next ones by similarity, ``top_k`` in all. Without similarities (no ITC heads)
-    every item is rescored."""
+    ordered by match probability, then the next ones by similarity, ``top_k`` in all. Without similarities (no ITC
+    heads) every item is rescored."""
     if similarities is None:
         shortlist, rest = list(range(count)), []
     else:
         order = np.argsort(-similarities, kind="stable").tolist()
         shortlist, rest = order[:rerank_k], order[rerank_k:top_k]
-    scores = rescore(shortlist)
-    reranked = sorted(scores, key=lambda item: scores[item][0], reverse=True)
+    scores = rescore(shortlist) if shortlist else {}
+    reranked = sorted(scores, key=lambda item: scores[item][1], reverse=True)
 
     def similarity(item: int) -> float | None:
         return None if similarities is None else float(similarities[item])
@@ -299,36 +308,47 @@ def _two_stage(
     return (hits + [(item, similarity(item), None) for item in rest])[:top_k]
 
 
-def _record(rank: int, image: str | None, text: str | None, similarity, score: Score | None) -> RetrievalRecord:
-    return RetrievalRecord(rank, image, text, similarity, *(score or (None, None)))
+def _records(hits, image_of, text_of) -> list[RetrievalRecord]:
+    return [
+        RetrievalRecord(rank, image_of(item), text_of(item), similarity, *(score or (None, None)))
+        for rank, (item, similarity, score) in enumerate(hits, start=1)
+    ]
 
 
 def retrieve_images(
     runtime: Runtime,
-    index: EmbeddingIndex | None,
     query: str,
     sources: Sequence[ImageSource],
+    outcome: Outcome,
+    folders: Sequence[Path] = (),
+    index_file: Path | None = None,
+    rebuild: bool = False,
     top_k: int = 10,
     rerank_k: int = 5,
     batch_size: int = 8,
     reporter: Reporter | None = None,
-) -> Outcome:
-    """Rank images for a text: ITC similarity over the index, then the ITM head reranks the best ``rerank_k``.
-
-    Without ITC heads (``index`` None) every image is scored by ITM; the text is encoded once either way."""
+) -> list[RetrievalRecord]:
+    """Rank images for a text. With ITC heads: similarity over the index (refreshed for ``sources`` first: new and
+    changed files embedded, files gone from ``folders`` dropped), then the ITM head reranks the best ``rerank_k``.
+    Without: every image is scored by ITM. The text is encoded once either way."""
     reporter = reporter or Reporter()
-    outcome = Outcome()
     (text,) = encode_text_batches(runtime, [query], 1, reporter)
-    if index is None:
-        reporter.warn("this checkpoint has no ITC heads: scoring every image with the ITM head (slow)")
-        candidates, similarities = list(sources), None
-    else:
-        by_path = {source.path: source for source in sources}
-        paths, matrix = index.embeddings(by_path)
+    if "itc" in runtime.loaded.heads:
+        index = open_index(runtime, index_file, rebuild)
+        try:
+            stats = refresh_index(runtime, index, sources, outcome, folders, batch_size, reporter)
+            reporter.info(stats.line())
+            by_path = {source.path: source for source in sources}
+            paths, matrix = index.embeddings(by_path)
+        finally:
+            index.close()
         if not paths:
             raise BtError("none of the images could be indexed", "see the warnings above")
         candidates = [by_path[path] for path in paths]
         similarities = matrix @ text.itc_embedding.float().cpu().numpy()
+    else:
+        reporter.warn("this checkpoint has no ITC heads: scoring every image with the ITM head (slow)")
+        candidates, similarities = list(sources), None
 
     def rescore(shortlist: list[int]) -> dict[int, Score]:
         chosen = [candidates[item] for item in shortlist]
@@ -342,14 +362,8 @@ def retrieve_images(
                 advance(len(batch))
         return scores
 
-    hits = _two_stage(similarities, len(candidates), top_k, rerank_k, rescore)
-    if not hits:
-        raise BtError("none of the images could be read", "see the warnings above")
-    outcome.records = [
-        _record(rank, candidates[item].name, None, similarity, itm)
-        for rank, (item, similarity, itm) in enumerate(hits, start=1)
-    ]
-    return outcome
+    hits = two_stage(similarities, len(candidates), top_k, rerank_k, rescore)
+    return _records(hits, lambda item: candidates[item].name, lambda item: None)
 
 
 def retrieve_texts(
@@ -360,7 +374,7 @@ def retrieve_texts(
     rerank_k: int = 5,
     batch_size: int = 8,
     reporter: Reporter | None = None,
-) -> Outcome:
+) -> list[RetrievalRecord]:
     """Rank texts for an image: the vision tower runs once; ITC similarity shortlists, ITM reranks ``rerank_k``.
 
     Without ITC heads every text is scored by ITM."""
@@ -368,7 +382,7 @@ def retrieve_texts(
     outcome = Outcome()
     batches = list(encode_image_batches(runtime, [source], 1, outcome, reporter))
     if not batches:
-        raise BtError(f"cannot read {source.name}: {outcome.skipped[0].reason}", "check the image")
+        raise BtError(f"cannot use {source.name}: {outcome.skipped[0].reason}", "check the image")
     ((_, image),) = batches[0]
     states = encode_text_batches(runtime, texts, batch_size, reporter)
     similarities = None
@@ -384,8 +398,5 @@ def retrieve_texts(
             advance(len(shortlist))
         return dict(zip(shortlist, scores))
 
-    hits = _two_stage(similarities, len(texts), top_k, rerank_k, rescore)
-    outcome.records = [
-        _record(rank, None, texts[item], similarity, itm) for rank, (item, similarity, itm) in enumerate(hits, start=1)
-    ]
-    return outcome
+    hits = two_stage(similarities, len(texts), top_k, rerank_k, rescore)
+    return _records(hits, lambda item: None, lambda item: texts[item])

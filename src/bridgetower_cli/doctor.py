@@ -1,0 +1,68 @@
+"""``bt doctor``: the facts a bug report needs, like ``hf env``: versions, device, dtype, paths, cached checkpoints."""
+
+from __future__ import annotations
+
+import os
+import platform
+from dataclasses import dataclass
+from importlib import metadata
+
+from .catalog import KNOWN_CHECKPOINTS
+
+
+@dataclass
+class Environment:
+    bt: str
+    python: str
+    platform: str
+    torch: str
+    transformers: str
+    huggingface_hub: str
+    device: str
+    cuda_devices: list[str]
+    mps: bool
+    dtype: str
+    threads: int
+    hf_cache: str
+    hf_offline: bool
+    hf_endpoint: str
+    index: str
+    index_exists: bool
+    cached_checkpoints: list[str]
+
+
+def _version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def environment(device: str = "auto", dtype: str = "auto") -> Environment:
+    import torch
+    from huggingface_hub import constants
+
+    from .hub import cached_snapshot
+    from .index import default_index_path
+    from .loading import select_device, select_dtype
+
+    index = default_index_path()
+    return Environment(
+        bt=_version("bridgetower-cli"),
+        python=platform.python_version(),
+        platform=platform.platform(),
+        torch=torch.__version__,
+        transformers=_version("transformers"),
+        huggingface_hub=_version("huggingface-hub"),
+        device=str(select_device(device)),
+        cuda_devices=[torch.cuda.get_device_name(k) for k in range(torch.cuda.device_count())],
+        mps=torch.backends.mps.is_available(),
+        dtype=str(select_dtype(dtype)).removeprefix("torch."),
+        threads=torch.get_num_threads(),
+        hf_cache=str(constants.HF_HUB_CACHE),
+        hf_offline=bool(constants.HF_HUB_OFFLINE),
+        hf_endpoint=os.environ.get("HF_ENDPOINT", constants.ENDPOINT),
+        index=str(index),
+        index_exists=index.is_file(),
+        cached_checkpoints=[c.id for c in KNOWN_CHECKPOINTS if cached_snapshot(c.id) is not None],
+    )
