@@ -10,9 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import typer
-from typer.core import TyperArgument
-
 from typer import Abort
+from typer.core import TyperArgument
 
 try:  # the click that Typer runs on: its own vendored copy in recent versions
     from typer._click.exceptions import ClickException, UsageError
