@@ -22,6 +22,16 @@ DEVICE = os.environ.get("BT_TEST_DEVICE", "cpu")
 BT_ENV = {"BT_DEVICE": DEVICE, "BT_DTYPE": "float32", "BT_MODEL": None}
 
 
+# Tests that build or load a checkpoint, or run bt in a subprocess, are slow: `pytest -m "not slow"` is the fast layer.
+SLOW_FIXTURES = {"checkpoints", "full_checkpoint", "published"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if SLOW_FIXTURES & set(item.fixturenames):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def samples() -> Path:
     return SAMPLES
@@ -29,13 +39,15 @@ def samples() -> Path:
 
 @pytest.fixture(scope="session")
 def checkpoints(tmp_path_factory) -> dict[str, Path]:
-    """Tiny checkpoints: every head, the ITM+MLM pair of the public -itm-mlm ones, and ones lacking heads."""
+    """Tiny checkpoints: every head, the ITM+MLM pair of the public -itm-mlm ones, ITC alone (what the stock
+    contrastive class saves), and ones lacking heads."""
     root = tmp_path_factory.mktemp("checkpoints")
     return {
         "full": build_checkpoint(root / "full", "tiny", ("itm", "mlm", "itc")),
         "itm_mlm": build_checkpoint(root / "itm_mlm", "tiny", ("itm", "mlm"), seed=1),
         "mlm": build_checkpoint(root / "mlm", "tiny", ("mlm",), seed=2),
         "backbone": build_checkpoint(root / "backbone", "tiny", (), seed=3),
+        "itc": build_checkpoint(root / "itc", "tiny", ("itc",), seed=4),
     }
 
 

@@ -12,6 +12,8 @@ import time
 
 import pytest
 
+pytestmark = pytest.mark.slow  # every test here starts bt in a new process
+
 BT = shutil.which("bt")
 CHECK_IMPORTS = (
     "import sys; from bridgetower_cli.cli import main\n"

@@ -229,24 +229,40 @@ def test_similarities_are_cosines(full_checkpoint, photos, tmp_path):
 
 
 def test_ctrl_c_mid_build_rolls_back_cleanly(full_checkpoint, samples, tmp_path):
-    folder = many_photos(samples, tmp_path / "many", 400)
+    """SIGINT while a batch is being written (inside its transaction): that batch is rolled back, the ones before
+    are kept, exit status 130 without a traceback. A trigger makes inserting img0010 take seconds, so the signal
+    lands inside the third batch's transaction whatever the machine's load."""
+    folder = many_photos(samples, tmp_path / "many", 40)
     index = tmp_path / "ix.sqlite"
     env = dict(os.environ, BT_DEVICE=DEVICE, BT_DTYPE="float32")
-    command = [*BT_INDEX, folder, "-m", full_checkpoint, "--index", index, "-b", "4", "-q"]
+    command = [*BT_INDEX, folder, "-m", full_checkpoint, "--index", index, "-b", "4"]
+    first = many_photos(samples, tmp_path / "first", 1)
+    assert subprocess.run([*BT_INDEX, first, "-m", full_checkpoint, "--index", index, "-q"], env=env).returncode == 0
+    with sqlite3.connect(index) as db:
+        db.execute("CREATE TABLE slow (x INTEGER)")
+        db.executemany("INSERT INTO slow VALUES (?)", [(k,) for k in range(1000)])
+        db.execute(
+            "CREATE TRIGGER slow_insert AFTER INSERT ON images WHEN NEW.path LIKE '%many/img0010.jpg' "
+            "BEGIN SELECT count(*) FROM slow a, slow b, slow c; END"
+        )
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    in_transaction = False
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and process.poll() is None:
+    while not in_transaction and time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.05)
-        try:
-            with sqlite3.connect(index, timeout=5) as db:
-                if db.execute("SELECT COUNT(*) FROM images").fetchone()[0] >= 8:
-                    break
-        except sqlite3.OperationalError:
-            continue
+        with sqlite3.connect(index, timeout=0) as db:
+            if db.execute("SELECT COUNT(*) FROM images WHERE path LIKE '%many/%'").fetchone()[0] < 8:
+                continue
+            try:
+                db.execute("BEGIN IMMEDIATE")  # refused while bt's write transaction is open
+                db.rollback()
+            except sqlite3.OperationalError:
+                in_transaction = True
+    assert in_transaction, "never caught bt inside the slow batch's transaction"
     process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=60)
-    assert process.returncode != 0 and "Traceback" not in stderr
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 130 and "Traceback" not in stderr
     with sqlite3.connect(index) as db:
         assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-        kept = db.execute("SELECT COUNT(*) FROM images").fetchone()[0]
-    assert 8 <= kept < 400
+        kept = [p for (p,) in db.execute("SELECT path FROM images WHERE path LIKE '%many/%' ORDER BY path")]
+    assert kept == [str(folder / f"img{k:04d}.jpg") for k in range(8)]  # the two batches committed before

@@ -12,6 +12,8 @@ from bridgetower_cli.loading import load_model
 from bridgetower_cli.runtime import Runtime
 from bridgetower_cli.testing import build_checkpoint
 
+pytestmark = pytest.mark.slow  # builds checkpoints and compares with the stock classes
+
 TEXTS = [
     "a cat",
     "a <mask> looking out of the <mask>",

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import typer
 from typer import Abort
-from typer.core import TyperArgument
+from typer.core import TyperArgument, TyperOption
 
 try:  # the click that Typer runs on: its own vendored copy in recent versions
     from typer._click.exceptions import ClickException, UsageError
@@ -20,7 +20,7 @@ except ImportError:  # pragma: no cover - older Typer
 
 from . import __version__
 from .catalog import DEFAULT_CONTRASTIVE_MODEL, DEFAULT_MATCHING_MODEL, KNOWN_CHECKPOINTS, retrieval_heads
-from .errors import BtError, PartialSuccess
+from .errors import BtError, PartialSuccess, StdoutClosed
 from .hub import resolve_checkpoint
 from .inputs import ImageSource, expand_image_sources, read_texts, split_arguments
 from .options import (
@@ -58,7 +58,10 @@ from .records import ModelRecord, Outcome
 
 DEFAULT_FOR = {DEFAULT_MATCHING_MODEL, DEFAULT_CONTRASTIVE_MODEL}
 SHELLS = ("bash", "zsh", "fish", "powershell", "pwsh")
-# Help shows each option's metavar; an argument's type column would read "<list[str]>": leave it out.
+# Help shows each option's metavar (N, FILE, ...) and nothing for flags and arguments, never Typer's type
+# placeholders (<bool>, <str>, <list[str]>).
+_option_type = TyperOption.display_type_rich
+TyperOption.display_type_rich = lambda self, ctx: None if self.is_flag else _option_type(self, ctx)
 TyperArgument.display_type_rich = lambda self, ctx: None
 
 app = typer.Typer(
@@ -80,9 +83,7 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def root(
-    version: bool = typer.Option(
-        False, "--version", "-V", callback=_version, is_eager=True, help="Show the version.", metavar=""
-    ),
+    version: bool = typer.Option(False, "--version", "-V", callback=_version, is_eager=True, help="Show the version."),
 ) -> None:
     """BridgeTower vision-language model at the shell prompt."""
 
@@ -433,7 +434,7 @@ def main(argv: list[str] | None = None) -> None:
     debug = os.environ.get("BT_DEBUG") == "1"
     try:
         code = app(args=argv, prog_name="bt", standalone_mode=False)
-    except BrokenPipeError:
+    except (StdoutClosed, BrokenPipeError):
         _end_of_pipe()
     except PartialSuccess as partial:
         _report(partial, label="")
@@ -450,8 +451,7 @@ def main(argv: list[str] | None = None) -> None:
     except ClickException as error:
         _report(BtError(error.format_message()))
         sys.exit(error.exit_code)
-    except (KeyboardInterrupt, Abort):
-        _report(BtError("interrupted"), label="")
+    except (KeyboardInterrupt, Abort):  # (Typer itself ends a Ctrl-C in a command with status 130)
         sys.exit(130)
     except Exception as error:  # anything unexpected is still one line
         if debug:

@@ -25,3 +25,7 @@ class PartialSuccess(BtError):
     """The work is done, but some inputs were skipped (each reported as it happened): exit status 3."""
 
     exit_code = 3
+
+
+class StdoutClosed(Exception):
+    """Whoever read stdout has gone (``bt ... | head -1``): not an error, the end of the run."""

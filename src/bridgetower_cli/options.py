@@ -1,5 +1,5 @@
-"""Options shared by the commands, each declared once as an ``Annotated`` alias. Every option names its metavar
-(flags an empty one), so help shows ``N`` or ``FILE``, never a type placeholder."""
+"""Options shared by the commands, each declared once as an ``Annotated`` alias. Every option with a value names
+its metavar, so help shows ``N`` or ``FILE``, never a type placeholder."""
 
 from __future__ import annotations
 
@@ -118,11 +118,11 @@ RetrieveFormatOpt = Annotated[
 ]
 Print0 = Annotated[
     bool,
-    typer.Option("--print0", "-0", help="With -f paths: end each path with NUL, for xargs -0.", metavar=""),
+    typer.Option("--print0", "-0", help="With -f paths: end each path with NUL, for xargs -0."),
 ]
 Quiet = Annotated[
     bool,
-    typer.Option("--quiet", "-q", help="No progress, status or warnings (skips and errors still show).", metavar=""),
+    typer.Option("--quiet", "-q", help="No progress, status or warnings (skips and errors still show)."),
 ]
 ImageArgs = Annotated[
     Optional[list[str]],
@@ -179,11 +179,9 @@ IndexFile = Annotated[
         metavar="FILE",
     ),
 ]
-Rebuild = Annotated[
-    bool, typer.Option("--rebuild", help="Start the index afresh (after another model, or damage).", metavar="")
-]
+Rebuild = Annotated[bool, typer.Option("--rebuild", help="Start the index afresh (after another model, or damage).")]
 RerankK = Annotated[
     int,
     typer.Option("--rerank-k", "-r", min=0, help="How many of the best ITC hits the ITM head rescores.", metavar="K"),
 ]
-NoRerank = Annotated[bool, typer.Option("--no-rerank", help="Rank by ITC similarity alone (fastest).", metavar="")]
+NoRerank = Annotated[bool, typer.Option("--no-rerank", help="Rank by ITC similarity alone (fastest).")]

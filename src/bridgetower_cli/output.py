@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from .errors import BtError, PartialSuccess
+from .errors import BtError, PartialSuccess, StdoutClosed
 from .records import EmbeddingRecord, EmbeddingsWritten, FillMaskRecord, Outcome, Reporter, RetrievalRecord, ScoreRecord
 
 
@@ -85,7 +85,8 @@ def _bar(probability: float, width: int = 20) -> Text:
 
 
 def score_tables(records: list) -> Iterator[Table]:
-    """One table: titled by the image when there is one, else with an image column and a rule between images."""
+    """One table: titled by the image when there is one, else with an image column (and a rule between images
+    when they have several rows)."""
     groups = [(image, list(group)) for image, group in groupby(records, key=lambda r: r.image)]
     single = len(groups) == 1
     table = Table(title=groups[0][0] if single else None, title_justify="left", title_style="bold")
@@ -95,11 +96,13 @@ def score_tables(records: list) -> Iterator[Table]:
     table.add_column("logit", justify="right")
     table.add_column("probability", justify="right")
     table.add_column("")
+    ruled = any(len(group) > 1 for _, group in groups)
     for image, group in groups:
         for rank, record in enumerate(group):
             cells = [record.text, f"{record.logit:.4f}", f"{record.probability:.4f}", _bar(record.probability)]
             table.add_row(*([] if single else [image if rank == 0 else ""]), *cells)
-        table.add_section()
+        if ruled:
+            table.add_section()
     yield table
 
 
@@ -167,10 +170,23 @@ def write_paths(records: Iterable, stream: TextIO, separator: str = "\n") -> Non
         stream.flush()
 
 
+@contextlib.contextmanager
+def _writing():
+    """A closed stdout (a pipe whose reader has gone) ends the run as StdoutClosed, not as an OSError."""
+    try:
+        yield
+    except BrokenPipeError:
+        raise StdoutClosed() from None
+
+
 def render(records: Iterable, fmt: str, stream: TextIO | None = None, separator: str = "\n") -> int:
     """Write records to ``stream`` (stdout) in ``fmt``: jsonl, csv and paths record by record as they arrive, a table
     or JSON once all are in. Returns how many records were written."""
-    stream = stream or sys.stdout
+    with _writing():
+        return _render(records, fmt, stream or sys.stdout, separator)
+
+
+def _render(records: Iterable, fmt: str, stream: TextIO, separator: str) -> int:
     fmt = resolve_format(fmt, stream)
     counted = _Counted(records)
     if fmt == "jsonl":
@@ -195,6 +211,11 @@ def render_object(record, fmt: str, stream: TextIO | None = None) -> None:
     """One record (a summary, a report) as a JSON object, a line of JSONL, CSV, or a two-column table."""
     stream = stream or sys.stdout
     fmt = resolve_format(fmt, stream)
+    with _writing():
+        _render_object(record, fmt, stream)
+
+
+def _render_object(record, fmt: str, stream: TextIO) -> None:
     if fmt == "json":
         stream.write(json.dumps(_plain(record), indent=2, ensure_ascii=False) + "\n")
     elif fmt == "table":
@@ -205,7 +226,7 @@ def render_object(record, fmt: str, stream: TextIO | None = None) -> None:
             table.add_row(key, ", ".join(map(str, value)) if isinstance(value, list) else str(value))
         Console(file=stream, no_color="NO_COLOR" in os.environ, highlight=False).print(table)
     else:
-        render([record], fmt, stream)
+        _render([record], fmt, stream, "\n")
     stream.flush()
 
 
