@@ -24,6 +24,7 @@ from .errors import BtError, PartialSuccess, StdoutClosed
 from .hub import resolve_checkpoint
 from .inputs import ImageSource, expand_image_sources, read_texts, split_arguments
 from .options import (
+    Annotations,
     BatchSize,
     CandidatesK,
     Device,
@@ -33,9 +34,12 @@ from .options import (
     HitsK,
     ImageArgs,
     ImagesAndTexts,
+    ImagesRoot,
     IndexFile,
     IndexImages,
+    ItcOnly,
     Kind,
+    KTest,
     Model,
     NoRerank,
     OutputFile,
@@ -48,6 +52,7 @@ from .options import (
     RetrieveInputs,
     Revision,
     ScoreTopK,
+    Split,
     Targets,
     TextOpt,
     TextsFile,
@@ -378,6 +383,53 @@ def index_command(
     finally:
         index.close()
     _emit([stats], fmt, outcome, reporter)
+
+
+@app.command(
+    "eval",
+    epilog="Examples:\n\n"
+    "  bt eval samples/captions.json\n\n"
+    "  bt eval dataset_flickr30k.json --images flickr30k-images --k-test 128 -f json\n\n"
+    "  bt eval coco_karpathy_test.json --images coco/ --k-test 256 --itc-only\n\n"
+    "The BridgeTower paper's protocol: ITC similarities, the ITM head on each image's and each caption's k-test "
+    "most similar, the two merged by maximum; R@1/5/10 in percent. Default model: "
+    "BridgeTower/bridgetower-large-itm-mlm-itc.",
+)
+def eval_command(
+    annotations: Annotations,
+    images: ImagesRoot = None,
+    split: Split = "test",
+    k_test: KTest = 128,
+    itc_only: ItcOnly = False,
+    model: Model = DEFAULT_CONTRASTIVE_MODEL,
+    revision: Revision = None,
+    device: Device = "auto",
+    dtype: DtypeOpt = Dtype.auto,
+    threads: Threads = None,
+    batch_size: BatchSize = None,
+    fmt: FormatOpt = Format.auto,
+    quiet: Quiet = False,
+) -> None:
+    """Image-text retrieval recall (R@1/5/10) of a checkpoint on a caption set, by the BridgeTower protocol."""
+    from .evaluation import load_caption_set
+
+    caption_set = load_caption_set(annotations, images or annotations.parent, split)
+    reporter = StderrReporter(quiet)
+    needs = ("itc",) if itc_only else ("itm",)
+    runtime, batch_size = ModelOptions(model, revision, device, dtype, threads, batch_size).load(
+        reporter, needs, ("itm", "itc")
+    )
+    from .evaluation import evaluate
+
+    outcome = Outcome()
+    record = evaluate(runtime, caption_set, outcome, k_test, itc_only, batch_size, reporter)
+    render_object(record, fmt.value)
+    if outcome.skipped:
+        total = len(caption_set.images)
+        raise PartialSuccess(
+            f"{len(outcome.skipped)} of {total} images could not be read (named above): these recalls cover the "
+            f"other {record.images} and their {record.texts} captions, not comparable with figures on the full set"
+        )
 
 
 @app.command(epilog="Examples:\n\n  bt models\n\n  bt models -f json | jq -r '.[] | select(.cached) | .id'")

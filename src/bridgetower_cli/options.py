@@ -185,3 +185,32 @@ RerankK = Annotated[
     typer.Option("--rerank-k", "-r", min=0, help="How many of the best ITC hits the ITM head rescores.", metavar="K"),
 ]
 NoRerank = Annotated[bool, typer.Option("--no-rerank", help="Rank by ITC similarity alone (fastest).")]
+Annotations = Annotated[
+    Path,
+    typer.Argument(
+        help="Captions: the Karpathy split format (dataset_flickr30k.json, dataset_coco.json) or the LAVIS test "
+        'format ([{"image": ..., "caption": [...]}]).',
+        metavar="ANNOTATIONS",
+        show_default=False,
+    ),
+]
+ImagesRoot = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--images",
+        help="The folder the annotations' image paths start from. Default: the annotation file's folder.",
+        metavar="DIR",
+        show_default=False,
+    ),
+]
+Split = Annotated[str, typer.Option("--split", help="Karpathy split to evaluate.", metavar="SPLIT")]
+KTest = Annotated[
+    int,
+    typer.Option(
+        "--k-test",
+        min=1,
+        help="ITM rescores each image's and each caption's k most similar (paper: 128 for Flickr30K, 256 for COCO).",
+        metavar="K",
+    ),
+]
+ItcOnly = Annotated[bool, typer.Option("--itc-only", help="Rank by ITC similarity alone (no ITM).")]

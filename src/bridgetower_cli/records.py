@@ -119,3 +119,26 @@ class ModelRecord:
     image_size: int
     cached: bool
     default: bool
+
+
+@dataclass
+class EvalRecord:
+    """Image-text retrieval recall (percent, LAVIS names): text retrieval (txt_, per image) and image retrieval
+    (img_, per caption) at 1, 5 and 10, their means; what was evaluated, how, and in how long."""
+
+    txt_r1: float
+    txt_r5: float
+    txt_r10: float
+    txt_r_mean: float
+    img_r1: float
+    img_r5: float
+    img_r10: float
+    img_r_mean: float
+    r_mean: float
+    images: int
+    texts: int
+    k_test: int
+    protocol: str
+    pairs_scored: int
+    model: str
+    seconds: float
