@@ -47,7 +47,7 @@ def test_the_layouts_are_the_published_files(published):
         assert any(k.endswith("text_model.embeddings.position_ids") for k in keys)
         assert any(k.startswith("bridgetower.") for k in keys) == (name != "bridgetower-base")
     large = json.loads((published[ITC] / "preprocessor_config.json").read_text())
-    assert large == {"max_text_len": 50, "size": 70, "tokenizer": "roberta-large", "vocab_size": 50265}
+    assert large == {"max_text_len": 50, "size": 294, "tokenizer": "roberta-large", "vocab_size": 50265}
 
 
 def test_transformers_own_processor_cannot_load_them(published):
@@ -149,7 +149,7 @@ def test_missing_heads_are_refused_by_name(bt, published, samples, tmp_path, nam
 
 
 def test_the_image_size_comes_from_the_checkpoint(published, samples):
-    for name, expected in [("bridgetower-base-itm-mlm", 64), (ITC, 70)]:
+    for name, expected in [("bridgetower-base-itm-mlm", 64), (ITC, 294)]:
         runtime = Runtime(load_model(published[name], name, DEVICE, "float32"))
         assert runtime.image_size == expected
         assert tuple(runtime.pixel_values(rgb(samples / "coffee.jpg")).shape) == (3, expected, expected)

@@ -40,9 +40,12 @@ from .options import (
     ItcOnly,
     Kind,
     KTest,
+    Layer,
     Model,
     NoRerank,
     OutputFile,
+    PictureDir,
+    PictureFile,
     Print0,
     QueryImage,
     Quiet,
@@ -57,6 +60,7 @@ from .options import (
     TextOpt,
     TextsFile,
     Threads,
+    Words,
 )
 from .output import STREAMED, Format, StderrReporter, render, render_object, resolve_format, stderr_console
 from .records import ModelRecord, Outcome
@@ -383,6 +387,66 @@ def index_command(
     finally:
         index.close()
     _emit([stats], fmt, outcome, reporter)
+
+
+@app.command(
+    epilog="Examples:\n\n"
+    "  bt explain samples/cat.jpg 'a cat lying on a couch' -o cat.png\n\n"
+    "  bt explain samples/ 'a cup of coffee' 'a rocket' --output-dir maps/ --words\n\n"
+    "  bt explain samples/cat.jpg 'a cat' -f json | jq '.[0].tokens[].token'\n\n"
+    "The Grad-CAM of the ITM match logit over the cross-attention of one fusion layer (as LAVIS computes it): "
+    "brighter where the text's words attend and raise the match. Default model: "
+    "BridgeTower/bridgetower-base-itm-mlm.",
+)
+def explain(
+    inputs: ImagesAndTexts,
+    text: TextOpt = None,
+    texts_file: TextsFile = None,
+    layer: Layer = None,
+    words: Words = False,
+    output: PictureFile = None,
+    output_dir: PictureDir = None,
+    model: Model = DEFAULT_MATCHING_MODEL,
+    revision: Revision = None,
+    device: Device = "auto",
+    dtype: DtypeOpt = Dtype.auto,
+    threads: Threads = None,
+    batch_size: BatchSize = None,
+    fmt: FormatOpt = Format.auto,
+    quiet: Quiet = False,
+) -> None:
+    """Where in each image the model looks for each text: Grad-CAM heat maps (ITM head), as PNG and as numbers."""
+    sources, texts = _images_and_texts(inputs, text, texts_file)
+    if output is not None and output_dir is not None:
+        raise BtError("--output and --output-dir exclude each other", "--output for one pair, --output-dir for several")
+    if output is not None and len(sources) * len(texts) != 1:
+        raise BtError(
+            f"--output writes one picture; {len(sources)} image(s) x {len(texts)} text(s) make more",
+            "use --output-dir DIR",
+        )
+    reporter = StderrReporter(quiet)
+    runtime, batch_size = ModelOptions(model, revision, device, dtype, threads, batch_size).load(reporter, ("itm",))
+    from .explain import explain as explain_pairs
+    from .pictures import overlay, panels, picture_name, save_png
+
+    if output is None and output_dir is None and resolve_format(fmt.value) == "table":
+        reporter.info("no pictures written: pass --output FILE.png or --output-dir DIR")
+
+    def records():
+        for record, image in explain_pairs(runtime, sources, texts, outcome, layer, batch_size, reporter):
+            if output is not None or output_dir is not None:
+                caption = f"{record.text} | match {record.probability:.3f} | layer {record.layer}"
+                picture = overlay(image, record.grid, runtime.image_size, caption)
+                if words:
+                    tokens = [overlay(image, token.grid, runtime.image_size, token.token) for token in record.tokens]
+                    picture = panels([picture, *tokens])
+                path = output if output is not None else output_dir / picture_name(record.image, record.text)
+                save_png(picture, path)
+                record.picture = str(path)
+            yield record
+
+    outcome = Outcome()
+    _emit(records(), fmt, outcome, reporter)
 
 
 @app.command(

@@ -214,3 +214,24 @@ KTest = Annotated[
     ),
 ]
 ItcOnly = Annotated[bool, typer.Option("--itc-only", help="Rank by ITC similarity alone (no ITM).")]
+Layer = Annotated[
+    Optional[int],
+    typer.Option(
+        "--layer",
+        min=0,
+        help="Fusion layer whose cross-attention is explained. Default: the middle one (num_hidden_layers // 2 - 1).",
+        metavar="L",
+        show_default=False,
+    ),
+]
+Words = Annotated[bool, typer.Option("--words", help="Add one panel per word (token) to each picture.")]
+PictureFile = Annotated[
+    Optional[Path],
+    typer.Option("--output", "-o", help="Write the picture of one (image, text) pair here.", metavar="FILE.png"),
+]
+PictureDir = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--output-dir", help="Write one picture per (image, text) pair here, named after both.", metavar="DIR"
+    ),
+]

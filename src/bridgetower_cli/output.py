@@ -20,7 +20,16 @@ from rich.table import Table
 from rich.text import Text
 
 from .errors import BtError, PartialSuccess, StdoutClosed
-from .records import EmbeddingRecord, EmbeddingsWritten, FillMaskRecord, Outcome, Reporter, RetrievalRecord, ScoreRecord
+from .records import (
+    EmbeddingRecord,
+    EmbeddingsWritten,
+    ExplainRecord,
+    FillMaskRecord,
+    Outcome,
+    Reporter,
+    RetrievalRecord,
+    ScoreRecord,
+)
 
 
 class Format(str, Enum):
@@ -155,11 +164,21 @@ def retrieval_tables(records: list) -> Iterator[Table]:
     yield table
 
 
+def explain_tables(records: list) -> Iterator[Table]:
+    table = Table()
+    for column in ("image", "text", "layer", "probability", "picture"):
+        table.add_column(column, justify="right" if column in ("layer", "probability") else "left", overflow="fold")
+    for r in records:
+        table.add_row(r.image, r.text, str(r.layer), f"{r.probability:.4f}", r.picture or "")
+    yield table
+
+
 TABLES = {
     ScoreRecord: score_tables,
     FillMaskRecord: fill_mask_tables,
     EmbeddingRecord: embedding_tables,
     RetrievalRecord: retrieval_tables,
+    ExplainRecord: explain_tables,
 }
 
 

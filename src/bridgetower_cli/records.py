@@ -142,3 +142,26 @@ class EvalRecord:
     pairs_scored: int
     model: str
     seconds: float
+
+
+@dataclass
+class TokenMap:
+    """One text token and its Grad-CAM on the patch grid."""
+
+    token: str
+    grid: list[list[float]]
+
+
+@dataclass
+class ExplainRecord:
+    """Where the model looks for a text in an image: the Grad-CAM of the ITM match logit over the cross-attention of
+    fusion ``layer``, raw (before normalisation), on the patch grid: the text's (mean over its tokens) and each
+    token's. ``picture`` is the overlay PNG written, if any."""
+
+    image: str
+    text: str
+    layer: int
+    probability: float
+    grid: list[list[float]]
+    tokens: list[TokenMap]
+    picture: str | None = None

@@ -161,6 +161,10 @@ class Runtime:
     @torch.inference_mode()
     def fuse(self, texts: list[TextStates], images: list[ImageStates]) -> Fused:
         """The cross-modal stack over pairs (texts[k], images[k])."""
+        return self.fuse_states(texts, images)
+
+    def fuse_states(self, texts: list[TextStates], images: list[ImageStates]) -> Fused:
+        """``fuse`` in the caller's autograd mode (``bt explain`` differentiates it)."""
         tower = self.tower
         lengths = [t.length for t in texts]
         longest = max(lengths)
@@ -184,6 +188,10 @@ class Runtime:
     @torch.inference_mode()
     def itm_logits(self, fused: Fused) -> torch.Tensor:
         """ITM logits [pairs, 2] (no-match, match)."""
+        return self.itm_head(fused)
+
+    def itm_head(self, fused: Fused) -> torch.Tensor:
+        """``itm_logits`` in the caller's autograd mode."""
         return self.network.itm_score(self.tower.get_cls_features(fused.text_features, fused.image_features))
 
     @torch.inference_mode()

@@ -43,12 +43,15 @@ def encode_text_batches(runtime: Runtime, texts: list[str], batch_size: int, rep
 
 
 def read_images(
-    runtime: Runtime, sources: Sequence[ImageSource], outcome: Outcome, reporter: Reporter
+    runtime: Runtime, sources: Sequence[ImageSource], outcome: Outcome, reporter: Reporter, keep: dict | None = None
 ) -> Iterator[tuple[ImageSource, torch.Tensor]]:
-    """Pixel values per readable source; unreadable ones are reported and recorded as skipped."""
+    """Pixel values per readable source; unreadable ones are reported and recorded as skipped. ``keep`` collects
+    the RGB image the model sees, by source name."""
     for source in sources:
         try:
             image, padded = fit_aspect(load_image(source), runtime.image_size)
+            if keep is not None:
+                keep[source.name] = image
             if padded:
                 reporter.warn(
                     f"{source.name} is too elongated for the image processor: padded to a wider frame",
@@ -61,16 +64,22 @@ def read_images(
 
 
 def encode_image_batches(
-    runtime: Runtime, sources: Sequence[ImageSource], batch_size: int, outcome: Outcome, reporter: Reporter
+    runtime: Runtime,
+    sources: Sequence[ImageSource],
+    batch_size: int,
+    outcome: Outcome,
+    reporter: Reporter,
+    keep_images: dict | None = None,
 ) -> Iterator[list[tuple[ImageSource, ImageStates]]]:
-    """Read, preprocess and encode images, ``batch_size`` at a time; bad images are skipped."""
+    """Read, preprocess and encode images, ``batch_size`` at a time; bad images are skipped (``keep_images``: see
+    ``read_images``)."""
     batch: list[tuple[ImageSource, torch.Tensor]] = []
 
     def flush():
         states = runtime.encode_images(torch.stack([pixels for _, pixels in batch]))
         return [(source, state) for (source, _), state in zip(batch, states)]
 
-    for item in read_images(runtime, sources, outcome, reporter):
+    for item in read_images(runtime, sources, outcome, reporter, keep_images):
         batch.append(item)
         if len(batch) == batch_size:
             yield flush()

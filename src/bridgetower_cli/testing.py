@@ -39,7 +39,7 @@ SIZES = {
         "family": "base",
     },
     "tiny-large": {
-        "image_size": 70,
+        "image_size": 294,
         "patch_size": 14,
         "hidden_size": 64,
         "heads": 2,

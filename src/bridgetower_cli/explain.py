@@ -1,0 +1,98 @@
+"""``bt explain``: Grad-CAM over the cross-attention of one fusion layer, as LAVIS computes it for BLIP
+(``compute_gradcam``): the ITM match logit of one (image, text) pair, the text stream's cross-attention
+probabilities ``A`` [heads, text tokens, 1 + patches] at layer L and their gradient ``G`` from that logit;
+``cam = A[..., 1:] * clamp(G[..., 1:], min=0)`` averaged over heads and laid out on the patch grid. The text's map is
+the mean over its real tokens (CLS and SEP excluded); each token has its own.
+
+The image and text passes run once each (the runtime's cached states); only the fused part is differentiated,
+one pair's graph at a time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import torch
+
+from .errors import BtError
+from .inputs import ImageSource
+from .records import ExplainRecord, Outcome, Reporter, TokenMap
+from .runtime import ImageStates, Runtime, TextStates
+from .tasks import encode_image_batches, encode_text_batches
+
+
+def default_layer(runtime: Runtime) -> int:
+    """The middle of the fusion stack, ``num_hidden_layers // 2 - 1`` (ALBEF's choice: index 2 of 6). At the last
+    layer only the text CLS reaches the ITM head, so the word maps would be zero there."""
+    return max(0, runtime.tower.config.num_hidden_layers // 2 - 1)
+
+
+def check_layer(runtime: Runtime, layer: int | None) -> int:
+    layers = len(runtime.tower.cross_modal_text_layers)
+    chosen = default_layer(runtime) if layer is None else layer
+    if not 0 <= chosen < layers:
+        raise BtError(
+            f"--layer {layer} is out of range: this checkpoint has {layers} fusion layers", f"use 0..{layers - 1}"
+        )
+    return chosen
+
+
+def gradcam(runtime: Runtime, text: TextStates, image: ImageStates, layer: int) -> tuple[float, torch.Tensor]:
+    """The match probability of one pair and its Grad-CAM, [text tokens, grid, grid] (CLS and SEP included)."""
+    tower = runtime.tower
+    captured = {}
+
+    def keep_attention(module, args, output):
+        captured["attention"] = output[1]  # [1, heads, text tokens, 1 + patches]
+
+    hook = tower.cross_modal_text_layers[layer].crossattention.register_forward_hook(keep_attention)
+    try:
+        with torch.inference_mode(False), torch.enable_grad():
+            # Cached states are inference tensors: their clones can enter a graph. The text side requires grad so
+            # that the attention probabilities do, whatever the parameters' flags.
+            text_in = TextStates(text.input_ids, text.layers.clone().requires_grad_(), None, False)
+            image_in = ImageStates(image.layers.clone(), None)
+            logits = runtime.itm_head(runtime.fuse_states([text_in], [image_in]))
+            attention = captured["attention"]
+            (gradient,) = torch.autograd.grad(logits[0, 1], attention)
+    finally:
+        hook.remove()
+    attention, gradient = attention.detach()[0].float(), gradient[0].float()
+    cam = (attention[:, :, 1:] * gradient[:, :, 1:].clamp(min=0)).mean(dim=0)  # [text tokens, patches]
+    side = int(round(cam.shape[-1] ** 0.5))
+    probability = logits.detach().float().softmax(dim=-1)[0, 1].item()
+    return probability, cam.reshape(cam.shape[0], side, side).cpu()
+
+
+def explain(
+    runtime: Runtime,
+    sources: Sequence[ImageSource],
+    texts: list[str],
+    outcome: Outcome,
+    layer: int | None = None,
+    batch_size: int = 8,
+    reporter: Reporter | None = None,
+) -> Iterator[tuple[ExplainRecord, object]]:
+    """Per (image, text): the record (raw maps, before any normalisation) and the RGB image the model saw."""
+    reporter = reporter or Reporter()
+    if "itm" not in runtime.loaded.heads:
+        raise BtError(f"{runtime.loaded.name} has no image-text matching (ITM) head", "use an ITM checkpoint")
+    layer = check_layer(runtime, layer)
+    text_states = encode_text_batches(runtime, texts, batch_size, reporter)
+    decode = runtime.tokenizer.decode
+    images = {}
+    with reporter.progress(len(sources) * len(texts), "explaining pairs") as advance:
+        for batch in encode_image_batches(runtime, sources, batch_size, outcome, reporter, keep_images=images):
+            for source, image in batch:
+                for text, state in zip(texts, text_states):
+                    probability, cams = gradcam(runtime, state, image, layer)
+                    words = [
+                        TokenMap(decode([int(token)]).strip(), cam.tolist())
+                        for token, cam in zip(state.input_ids[1:-1], cams[1:-1])
+                    ]
+                    record = ExplainRecord(
+                        source.name, text, layer, probability, cams[1:-1].mean(dim=0).tolist(), words
+                    )
+                    yield record, images[source.name]
+                    advance(1)
+                images.pop(source.name)
