@@ -24,7 +24,9 @@ from .errors import BtError, PartialSuccess, StdoutClosed
 from .hub import resolve_checkpoint
 from .inputs import ImageSource, expand_image_sources, read_texts, split_arguments
 from .options import (
+    AllowPaths,
     Annotations,
+    ApiKey,
     BatchSize,
     CandidatesK,
     Device,
@@ -32,12 +34,14 @@ from .options import (
     DtypeOpt,
     FormatOpt,
     HitsK,
+    Host,
     ImageArgs,
     ImagesAndTexts,
     ImagesRoot,
     IndexFile,
     IndexImages,
     ItcOnly,
+    KeepAlive,
     Kind,
     KTest,
     Layer,
@@ -46,6 +50,7 @@ from .options import (
     OutputFile,
     PictureDir,
     PictureFile,
+    Port,
     Print0,
     QueryImage,
     Quiet,
@@ -55,6 +60,8 @@ from .options import (
     RetrieveInputs,
     Revision,
     ScoreTopK,
+    ServeModels,
+    Server,
     Split,
     Targets,
     TextOpt,
@@ -173,10 +180,18 @@ def score(
     top_k: ScoreTopK = None,
     fmt: FormatOpt = Format.auto,
     quiet: Quiet = False,
+    server: Server = None,
+    api_key: ApiKey = None,
 ) -> None:
     """Image-text matching (ITM head) for every image x text pair; per image, the best match probability first."""
     sources, texts = _images_and_texts(inputs, text, texts_file)
     reporter = StderrReporter(quiet)
+    if server:
+        from . import client
+
+        outcome = Outcome()
+        records = client.score(client.Client(server, api_key), model, sources, texts, top_k, outcome, reporter)
+        return _emit(records, fmt, outcome, reporter)
     runtime, batch_size = ModelOptions(model, revision, device, dtype, threads, batch_size).load(reporter, ("itm",))
     from . import tasks
 
@@ -206,11 +221,20 @@ def fill_mask(
     top_k: CandidatesK = 5,
     fmt: FormatOpt = Format.auto,
     quiet: Quiet = False,
+    server: Server = None,
+    api_key: ApiKey = None,
 ) -> None:
     """Predict the <mask> words of each text, conditioned on each image (MLM head)."""
     sources, texts = _images_and_texts(inputs, text, texts_file)
     target_words = [w.strip() for w in targets.split(",") if w.strip()] if targets else None
     reporter = StderrReporter(quiet)
+    if server:
+        from . import client
+
+        outcome = Outcome()
+        remote = client.Client(server, api_key)
+        records = client.fill_mask(remote, model, sources, texts, top_k, target_words, outcome, reporter)
+        return _emit(records, fmt, outcome, reporter)
     runtime, batch_size = ModelOptions(model, revision, device, dtype, threads, batch_size).load(reporter, ("mlm",))
     from . import tasks
 
@@ -241,6 +265,8 @@ def embed(
     batch_size: BatchSize = None,
     fmt: FormatOpt = Format.auto,
     quiet: Quiet = False,
+    server: Server = None,
+    api_key: ApiKey = None,
 ) -> None:
     """L2-normalised ITC embeddings of images, texts, or (image, text) pairs (--kind cross).
 
@@ -260,19 +286,24 @@ def embed(
     if output is not None and output.suffix not in (".npy", ".npz"):
         raise BtError(f"cannot write {output}: unknown format", "use a file name ending in .npy or .npz")
     reporter = StderrReporter(quiet)
-    runtime, batch_size = ModelOptions(model, revision, device, dtype, threads, batch_size).load(reporter, ("itc",))
-    from . import tasks
-
     outcome = Outcome()
-    records = (
-        record for k in kinds for record in tasks.embed(runtime, k, outcome, sources, texts, batch_size, reporter)
-    )
+    if server:
+        from . import client
+
+        remote = client.Client(server, api_key)
+        records = (r for k in kinds for r in client.embed(remote, model, k, sources, texts, outcome, reporter))
+    else:
+        options = ModelOptions(model, revision, device, dtype, threads, batch_size)
+        runtime, batch_size = options.load(reporter, ("itc",))
+        from . import tasks
+
+        records = (r for k in kinds for r in tasks.embed(runtime, k, outcome, sources, texts, batch_size, reporter))
     if output is None:
         _emit(records, fmt, outcome, reporter)
         return
     from .output import write_embeddings
 
-    render_object(write_embeddings(records, output, runtime.loaded.name), fmt.value)
+    render_object(write_embeddings(records, output, model), fmt.value)
     reporter.finish(outcome)
 
 
@@ -312,6 +343,8 @@ def retrieve(
     fmt: RetrieveFormatOpt = Format.auto,
     print0: Print0 = False,
     quiet: Quiet = False,
+    server: Server = None,
+    api_key: ApiKey = None,
 ) -> None:
     """Rank images for a text over a persistent index, or texts for an image (--image): ITC shortlist, ITM rerank."""
     inputs = inputs or []
@@ -327,6 +360,13 @@ def retrieve(
         sources = expand_image_sources([image])
         if len(sources) != 1:
             raise BtError(f"--image takes one image; {image} holds {len(sources)}", "name a single image file")
+        if server:
+            from . import client
+
+            payload = {"texts": texts, "top_k": top_k, "rerank_k": rerank_k}
+            remote = client.Client(server, api_key)
+            records = client.retrieve(remote, model, payload, outcome, reporter, image=sources[0])
+            return _emit(records, fmt, outcome, reporter, "\0" if print0 else "\n")
         runtime, batch_size = options.load(reporter, *retrieval_heads(rerank_k))
         from . import tasks
 
@@ -345,7 +385,21 @@ def retrieve(
                 f"the query {query} is an image: searching images by an image is not supported yet",
                 f"to rank texts for it: bt retrieve --image {query} --texts-file FILE",
             )
-        sources, folders = _indexable(_only_images(specs, "or folder to search"))
+        specs = _only_images(specs, "or folder to search")
+        if server:  # the images and the index live with the server, under its --allow-path roots
+            from . import client
+
+            payload = {
+                "query": query,
+                "sources": [os.path.abspath(spec) for spec in specs],
+                "index": str(index_file.resolve()) if index_file else None,
+                "rebuild": rebuild,
+                "top_k": top_k,
+                "rerank_k": rerank_k,
+            }
+            records = client.retrieve(client.Client(server, api_key), model, payload, outcome, reporter)
+            return _emit(records, fmt, outcome, reporter, "\0" if print0 else "\n")
+        sources, folders = _indexable(specs)
         runtime, batch_size = options.load(reporter, *retrieval_heads(rerank_k))
         from . import tasks
 
@@ -447,6 +501,69 @@ def explain(
 
     outcome = Outcome()
     _emit(records(), fmt, outcome, reporter)
+
+
+@app.command(
+    epilog="Examples:\n\n"
+    "  bt serve -m BridgeTower/bridgetower-base-itm-mlm &\n\n"
+    "  BT_SERVER=http://127.0.0.1:8765 bt score samples/cat.jpg 'a cat'\n\n"
+    '  bt serve --host 0.0.0.0 --api-key "$KEY" --allow-path ~/Pictures --keep-alive 10m\n\n'
+    "Endpoints: /v1/score, /v1/fill-mask, /v1/embed, /v1/retrieve, /v1/models, /v1/embeddings (OpenAI), "
+    "/v1/rerank (Cohere), /health; the schema at /docs. The app is bridgetower_cli.server:app for any ASGI "
+    "server (settings from BT_SERVE_* variables).",
+)
+def serve(
+    host: Host = "127.0.0.1",
+    port: Port = 8765,
+    models: ServeModels = None,
+    keep_alive: KeepAlive = None,
+    allow_path: AllowPaths = None,
+    api_key: ApiKey = None,
+    device: Device = "auto",
+    dtype: DtypeOpt = Dtype.auto,
+    threads: Threads = None,
+    batch_size: BatchSize = None,
+) -> None:
+    """Keep models loaded and answer every command (--server URL, env BT_SERVER) over HTTP."""
+    import socket
+
+    try:
+        import uvicorn
+
+        from .server import Settings, create_app, is_loopback, parse_duration
+    except ImportError:
+        raise BtError("bt serve needs the server packages", 'pip install "bridgetower-cli[serve]"') from None
+    if not is_loopback(host) and not api_key:
+        raise BtError(
+            f"serving on {host} (beyond this machine) needs an API key",
+            "pass --api-key KEY (env BT_API_KEY), or serve on 127.0.0.1",
+        )
+    settings = Settings(
+        models=models or [],
+        device=device,
+        dtype=dtype.value,
+        threads=threads,
+        batch_size=batch_size,
+        keep_alive_s=parse_duration(keep_alive) if keep_alive else None,
+        api_key=api_key,
+        allow_paths=[p.expanduser().resolve() for p in allow_path or []],
+    )
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind((host, port))
+        listener.listen(2048)  # a client that connects while models load waits in the backlog, never refused
+    except OSError as error:
+        raise BtError(f"cannot serve on {host}:{port}: {error.strerror or error}", "choose another --port") from None
+    bound = listener.getsockname()[1]
+    shown = f"[{host}]" if family == socket.AF_INET6 else host
+    server = uvicorn.Server(uvicorn.Config(create_app(settings), log_level="warning", timeout_graceful_shutdown=120))
+    print(f"http://{shown}:{bound}", flush=True)
+    stderr_console().print(f"bt: serving on http://{shown}:{bound} (Ctrl-C or SIGTERM to stop)", highlight=False)
+    # uvicorn finishes the requests in flight on SIGTERM, then raises the signal again: end with status 0 then.
+    signal.signal(signal.SIGTERM, lambda *_: None)
+    server.run(sockets=[listener])
 
 
 @app.command(

@@ -176,8 +176,8 @@ def protocol_scores(
     with reporter.progress(scored, "scoring pairs") as advance:
         for image, wanted in plan.items():
             for chunk in chunks(wanted, batch_size):
-                fused = runtime.fuse([text_states[t] for t in chunk], [image_states[image]] * len(chunk))
-                scores[image, list(chunk)] = runtime.itm_logits(fused)[:, 1].float().cpu()
+                matched = runtime.match_scores([(text_states[t], image_states[image]) for t in chunk], batch_size)
+                scores[image, list(chunk)] = torch.tensor([logit for logit, _ in matched])
                 advance(len(chunk))
     return scores, text_image, scored
 

@@ -8,7 +8,7 @@ import os
 import re
 import sys
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
@@ -24,11 +24,13 @@ URL_MAX_BYTES = 50 * 1024 * 1024
 
 @dataclass(frozen=True)
 class ImageSource:
-    """One image to read: a local path (absolute) or an http(s) URL; ``name`` is how records refer to it."""
+    """One image to read: a local path (absolute), an http(s) URL, or bytes already read (what a bt server gets from
+    its clients); ``name`` is how records refer to it."""
 
     name: str
     path: str | None = None
     url: str | None = None
+    data: bytes | None = field(default=None, repr=False, compare=False)
 
     @property
     def is_url(self) -> bool:
@@ -145,6 +147,8 @@ def _expand_path(spec: str) -> list[ImageSource]:
 
 def read_bytes(source: ImageSource) -> bytes:
     """The raw bytes of a source; a URL is fetched with a timeout and a size cap."""
+    if source.data is not None:
+        return source.data
     if not source.is_url:
         try:
             with open(source.path, "rb") as file:

@@ -235,3 +235,50 @@ PictureDir = Annotated[
         "--output-dir", help="Write one picture per (image, text) pair here, named after both.", metavar="DIR"
     ),
 ]
+Server = Annotated[
+    Optional[str],
+    typer.Option(
+        "--server",
+        envvar="BT_SERVER",
+        help="Run on a bt server (bt serve) at this URL instead of in this process.",
+        metavar="URL",
+        show_default=False,
+    ),
+]
+ApiKey = Annotated[
+    Optional[str],
+    typer.Option("--api-key", envvar="BT_API_KEY", help="The server's API key.", metavar="KEY", show_default=False),
+]
+Host = Annotated[
+    str,
+    typer.Option("--host", help="Address to serve on; anything but loopback needs --api-key.", metavar="HOST"),
+]
+Port = Annotated[int, typer.Option("--port", min=0, max=65535, help="Port (0: any free one).", metavar="PORT")]
+ServeModels = Annotated[
+    Optional[list[str]],
+    typer.Option(
+        "--model",
+        "-m",
+        help="Load at start (repeat for several); other models load on first use.",
+        metavar="ID|DIR",
+        show_default=False,
+    ),
+]
+KeepAlive = Annotated[
+    Optional[str],
+    typer.Option(
+        "--keep-alive",
+        help="Unload a model idle this long (30s, 5m, 1h). Default: keep it.",
+        metavar="DURATION",
+        show_default=False,
+    ),
+]
+AllowPaths = Annotated[
+    Optional[list[Path]],
+    typer.Option(
+        "--allow-path",
+        help="A folder under which clients may name images and indexes for retrieve (repeat). Default: none.",
+        metavar="DIR",
+        show_default=False,
+    ),
+]

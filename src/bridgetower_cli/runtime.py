@@ -190,6 +190,16 @@ class Runtime:
         """ITM logits [pairs, 2] (no-match, match)."""
         return self.itm_head(fused)
 
+    @torch.inference_mode()
+    def match_scores(self, pairs: list[tuple[TextStates, ImageStates]], batch_size: int) -> list[tuple[float, float]]:
+        """ITM (match logit, match probability) per (text, image) pair, ``batch_size`` pairs per fused pass."""
+        scores: list[tuple[float, float]] = []
+        for start in range(0, len(pairs), batch_size):
+            chunk = pairs[start : start + batch_size]
+            logits = self.itm_head(self.fuse_states([t for t, _ in chunk], [i for _, i in chunk])).float()
+            scores += zip(logits[:, 1].tolist(), logits.softmax(dim=-1)[:, 1].tolist())
+        return scores
+
     def itm_head(self, fused: Fused) -> torch.Tensor:
         """``itm_logits`` in the caller's autograd mode."""
         return self.network.itm_score(self.tower.get_cls_features(fused.text_features, fused.image_features))

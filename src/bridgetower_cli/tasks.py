@@ -99,12 +99,6 @@ def fused_pairs(
         yield [(source, j) for source, _, j in chunk], fused
 
 
-def itm_scores(runtime: Runtime, fused: Fused) -> list[Score]:
-    """ITM (match logit, match probability) per fused pair."""
-    logits = runtime.itm_logits(fused).float()
-    return list(zip(logits[:, 1].tolist(), logits.softmax(dim=-1)[:, 1].tolist()))
-
-
 def best_first(records: list) -> list:
     """Records in the order of their ITM match probability (softmax over both logits), the highest first."""
     return sorted(records, key=lambda record: record.probability, reverse=True)
@@ -129,10 +123,12 @@ def score(
     pending: dict[str, list[ScoreRecord]] = {}
     with reporter.progress(len(sources) * len(texts), "scoring pairs") as advance:
         for batch in encode_image_batches(runtime, sources, batch_size, outcome, reporter):
-            for pairs, fused in fused_pairs(runtime, batch, text_states, batch_size):
-                for (source, j), (logit, probability) in zip(pairs, itm_scores(runtime, fused)):
+            pairs = [(source, image, j) for source, image in batch for j in range(len(texts))]
+            for chunk in chunks(pairs, batch_size):
+                scores = runtime.match_scores([(text_states[j], image) for _, image, j in chunk], batch_size)
+                for (source, _, j), (logit, probability) in zip(chunk, scores):
                     pending.setdefault(source.name, []).append(ScoreRecord(source.name, texts[j], logit, probability))
-                advance(len(pairs))
+                advance(len(chunk))
                 for name in [name for name, records in pending.items() if len(records) == len(texts)]:
                     yield from best_first(pending.pop(name))[:top_k]
 
@@ -284,14 +280,6 @@ def refresh_index(
     return stats
 
 
-def _rerank(runtime: Runtime, pairs: list[tuple[TextStates, ImageStates]], batch_size: int) -> list[Score]:
-    """ITM scores for (text, image) state pairs."""
-    scores = []
-    for chunk in chunks(pairs, batch_size):
-        scores += itm_scores(runtime, runtime.fuse([t for t, _ in chunk], [i for _, i in chunk]))
-    return scores
-
-
 def two_stage(
     similarities: np.ndarray | None,
     count: int,
@@ -366,7 +354,7 @@ def retrieve_images(
         with reporter.progress(len(chosen), "reranking images") as advance:
             for batch in encode_image_batches(runtime, chosen, batch_size, outcome, reporter):
                 pairs = [(text, image) for _, image in batch]
-                for (source, _), itm in zip(batch, _rerank(runtime, pairs, batch_size)):
+                for (source, _), itm in zip(batch, runtime.match_scores(pairs, batch_size)):
                     scores[item_of[source.name]] = itm
                 advance(len(batch))
         return scores
@@ -403,7 +391,7 @@ def retrieve_texts(
 
     def rescore(shortlist: list[int]) -> dict[int, Score]:
         with reporter.progress(len(shortlist), "reranking texts") as advance:
-            scores = _rerank(runtime, [(states[item], image) for item in shortlist], batch_size)
+            scores = runtime.match_scores([(states[item], image) for item in shortlist], batch_size)
             advance(len(shortlist))
         return dict(zip(shortlist, scores))
 
