@@ -325,7 +325,7 @@ def test_index_stays_valid_after_a_failed_query(bt, full_checkpoint, samples, tm
     index = tmp_path / "ix.sqlite"
     assert bt("index", samples, "-m", full_checkpoint, "--index", index).code == 0
     with sqlite3.connect(index) as db:
-        before = sorted(db.execute("SELECT path, embedding FROM images"))
+        before = sorted(db.execute("SELECT path, hash, slot FROM images"))
         db.execute(
             "CREATE TRIGGER poison BEFORE INSERT ON images WHEN NEW.path LIKE '%zz-poison.jpg' "
             "BEGIN SELECT RAISE(ABORT, 'poisoned row'); END"
@@ -337,6 +337,6 @@ def test_index_stays_valid_after_a_failed_query(bt, full_checkpoint, samples, tm
     assert result.code == 1 and "poisoned row" in result.stderr and "Traceback" not in result.stderr
     with sqlite3.connect(index, timeout=0) as db:
         assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-        assert sorted(db.execute("SELECT path, embedding FROM images")) == before
+        assert sorted(db.execute("SELECT path, hash, slot FROM images")) == before
         db.execute("BEGIN IMMEDIATE")  # no writer left holding the lock
         db.rollback()

@@ -179,9 +179,18 @@ def test_stdin_cannot_be_both_images_and_texts(bt, full_checkpoint, samples):
         assert result.code == 1 and "standard input cannot hold both image paths and texts" in result.stderr
 
 
-def test_an_image_query_is_not_searched_as_text(bt, full_checkpoint, samples):
-    result = bt("retrieve", samples / "cat.jpg", samples, "-m", full_checkpoint)
-    assert result.code == 1 and "is an image" in result.stderr and "--image" in result.stderr
+def test_an_image_query_ranks_images_like_it(bt, full_checkpoint, samples, tmp_path):
+    index = ["--index", tmp_path / "ix.sqlite", "-m", full_checkpoint, "-f", "json"]
+    for args in (["retrieve", samples / "cat.jpg", samples], ["retrieve", "--like", samples / "cat.jpg", samples]):
+        result = bt(*args, *index)
+        assert result.code == 0, result.stderr
+        records = result.json()
+        assert records[0]["image"] == str(samples / "cat.jpg") and abs(records[0]["similarity"] - 1) <= 1e-5
+        assert all("logit" not in r for r in records)  # image-image: ITC likeness, no ITM
+    query = contrastive(full_checkpoint, rgb(samples / "cat.jpg"), "a").image_embeds[0]
+    for record in records:
+        other = contrastive(full_checkpoint, rgb(record["image"]), "a").image_embeds[0]
+        assert abs(record["similarity"] - (query @ other).item()) <= 1e-5
 
 
 # -- messages on stderr ------------------------------------------------------------------------------------------------

@@ -9,13 +9,14 @@ import sqlite3
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import DEVICE
 from reference import contrastive, itm_logits, rgb
 
-from bridgetower_cli import tasks
+from bridgetower_cli import inputs, tasks
 from bridgetower_cli.inputs import expand_image_sources
 from bridgetower_cli.loading import load_model
 from bridgetower_cli.records import Outcome
@@ -77,7 +78,9 @@ def test_index_is_incremental(bt, full_checkpoint, photos, tmp_path):
     assert stats_line(bt(*args).stderr) == "index: 5 new, 0 changed, 0 removed, 0 unchanged"
     assert stats_line(bt(*args).stderr) == "index: 0 new, 0 changed, 0 removed, 5 unchanged"
     touched = photos / "cat.jpg"
-    os.utime(touched, ns=(time.time_ns(), time.time_ns() + 10**9))
+    os.utime(touched, ns=(time.time_ns(), time.time_ns() + 10**9))  # touched, same content: the embedding is kept
+    assert stats_line(bt(*args).stderr) == "index: 0 new, 1 changed, 0 removed, 4 unchanged, 1 reused"
+    touched.write_bytes(touched.read_bytes() + b"edited")  # new content: embedded again
     assert stats_line(bt(*args).stderr) == "index: 0 new, 1 changed, 0 removed, 4 unchanged"
     (photos / "coffee.jpg").unlink()
     result = bt(*args, "-f", "json")
@@ -85,6 +88,51 @@ def test_index_is_incremental(bt, full_checkpoint, photos, tmp_path):
     assert len(result.json()) == 4
     with sqlite3.connect(tmp_path / "ix.sqlite") as db:
         assert db.execute("SELECT COUNT(*) FROM images").fetchone()[0] == 4
+
+
+def test_a_moved_file_reuses_its_embedding(bt, full_checkpoint, photos, tmp_path):
+    index = tmp_path / "ix.sqlite"
+    args = ["retrieve", QUERY, photos, "-m", full_checkpoint, "--index", index, "--no-rerank", "-f", "json"]
+    before = {Path(r["image"]).name: r["similarity"] for r in bt(*args).json()}
+    (photos / "sub").mkdir()
+    (photos / "cat.jpg").rename(photos / "sub" / "renamed-cat.jpg")
+    result = bt(*args)
+    assert stats_line(result.stderr) == "index: 1 new, 0 changed, 1 removed, 4 unchanged, 1 reused"
+    after = {Path(r["image"]).name: r["similarity"] for r in result.json()}
+    assert after["renamed-cat.jpg"] == before["cat.jpg"]
+    with sqlite3.connect(index) as db:
+        paths = [p for (p,) in db.execute("SELECT path FROM images")]
+    assert str(photos / "sub" / "renamed-cat.jpg") in paths and str(photos / "cat.jpg") not in paths
+
+
+def test_no_refresh_queries_the_index_as_it_is(bt, full_checkpoint, photos, tmp_path, monkeypatch):
+    index = tmp_path / "ix.sqlite"
+    args = ["retrieve", QUERY, photos, "-m", full_checkpoint, "--index", index, "--no-rerank", "-f", "json"]
+    indexed = {r["image"] for r in bt(*args).json()}
+    shutil.copy(photos / "cat.jpg", photos / "new.jpg")
+    (photos / "coffee.jpg").unlink()
+
+    def no_walk(*args, **kwargs):
+        raise AssertionError("--no-refresh walked the folder")
+
+    monkeypatch.setattr(inputs, "_walk", no_walk)  # bt's folder walk
+    result = bt(*args, "-n")
+    assert result.code == 0, result.stderr
+    assert {r["image"] for r in result.json()} == indexed  # neither new.jpg nor the loss of coffee.jpg
+    assert "index:" not in result.stderr
+
+
+def test_index_stats_and_prune(bt, full_checkpoint, photos, tmp_path):
+    index = tmp_path / "ix.sqlite"
+    assert bt("index", photos, "-m", full_checkpoint, "--index", index).code == 0
+    stats = bt("index", "--stats", "--index", index, "-f", "json").json()
+    assert stats["images"] == 5 and stats["model"] == str(full_checkpoint) and stats["dim"] == 32
+    assert stats["vector_bytes"] == 5 * 32 * 4 and stats["last_refresh"]
+    (photos / "rocket.jpg").unlink()
+    pruned = bt("index", "--prune", "--index", index, "-f", "json")
+    assert "1 rows of files that are gone dropped" in pruned.stderr and pruned.json()["images"] == 4
+    missing = bt("index", "--stats", "--index", tmp_path / "none.sqlite")
+    assert missing.code == 1 and "no index at" in missing.stderr
 
 
 def test_index_from_another_model_is_refused_then_rebuilt(bt, checkpoints, photos, tmp_path):
@@ -162,10 +210,11 @@ BT_INDEX = [sys.executable, "-m", "bridgetower_cli", "index"]
 
 
 def many_photos(samples, folder, count):
+    """``count`` JPEGs, each of distinct content (a sample with bytes after its end marker, which decoders skip)."""
     folder.mkdir()
-    images = sorted(samples.glob("*.jpg"))
+    images = [path.read_bytes() for path in sorted(samples.glob("*.jpg"))]
     for k in range(count):
-        shutil.copy(images[k % len(images)], folder / f"img{k:04d}.jpg")
+        (folder / f"img{k:04d}.jpg").write_bytes(images[k % len(images)] + f"{folder.name}-{k}".encode())
     return folder
 
 
@@ -200,6 +249,13 @@ def test_sigkill_mid_build_leaves_a_valid_index_that_resumes(full_checkpoint, sa
 
     (stats,) = json.loads(resumed.stdout)
     assert stats["new"] == 400 - kept and stats["unchanged"] == kept
+    from bridgetower_cli.index import EmbeddingIndex
+
+    with sqlite3.connect(index) as db:
+        meta = dict(db.execute("SELECT key, value FROM meta"))
+        paths = [p for (p,) in db.execute("SELECT path FROM images")]
+    _, matrix = EmbeddingIndex(index, meta["model"], int(meta["dim"])).embeddings(paths)
+    assert len(paths) == 400 and np.allclose(np.linalg.norm(matrix, axis=1), 1, atol=1e-5)  # no torn vector
 
 
 def test_two_processes_share_one_index(full_checkpoint, samples, tmp_path):

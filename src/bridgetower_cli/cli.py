@@ -45,13 +45,16 @@ from .options import (
     Kind,
     KTest,
     Layer,
+    LikeImage,
     Model,
+    NoRefresh,
     NoRerank,
     OutputFile,
     PictureDir,
     PictureFile,
     Port,
     Print0,
+    PruneFlag,
     QueryImage,
     Quiet,
     Rebuild,
@@ -63,6 +66,7 @@ from .options import (
     ServeModels,
     Server,
     Split,
+    StatsFlag,
     Targets,
     TextOpt,
     TextsFile,
@@ -329,8 +333,10 @@ def retrieve(
     image: QueryImage = None,
     text: TextOpt = None,
     texts_file: TextsFile = None,
+    like: LikeImage = None,
     index_file: IndexFile = None,
     rebuild: Rebuild = False,
+    no_refresh: NoRefresh = False,
     top_k: HitsK = 10,
     rerank_k: RerankK = 5,
     no_rerank: NoRerank = False,
@@ -346,9 +352,11 @@ def retrieve(
     server: Server = None,
     api_key: ApiKey = None,
 ) -> None:
-    """Rank images for a text over a persistent index, or texts for an image (--image): ITC shortlist, ITM rerank."""
+    """Rank images for a text (ITC shortlist over a persistent index, ITM rerank) or like an image; or texts for an
+    image (--image)."""
     inputs = inputs or []
     rerank_k = 0 if no_rerank else rerank_k
+    separator = "\0" if print0 else "\n"
     options = ModelOptions(model, revision, device, dtype, threads, batch_size)
     reporter = StderrReporter(quiet)
     outcome = Outcome()
@@ -366,7 +374,7 @@ def retrieve(
             payload = {"texts": texts, "top_k": top_k, "rerank_k": rerank_k}
             remote = client.Client(server, api_key)
             records = client.retrieve(remote, model, payload, outcome, reporter, image=sources[0])
-            return _emit(records, fmt, outcome, reporter, "\0" if print0 else "\n")
+            return _emit(records, fmt, outcome, reporter, separator)
         runtime, batch_size = options.load(reporter, *retrieval_heads(rerank_k))
         from . import tasks
 
@@ -377,36 +385,59 @@ def retrieve(
                 "--text and --texts-file give the texts to rank for an --image; a text query is the first argument",
                 "bt retrieve 'QUERY' DIR..., or bt retrieve --image IMAGE --texts-file FILE",
             )
-        if len(inputs) < 2:
-            raise BtError("retrieve needs a query text and image sources", "e.g. bt retrieve 'a cat' ~/Pictures")
-        (query,), specs = read_texts(inputs[:1], None), inputs[1:]
-        if split_arguments([query])[0]:
-            raise BtError(
-                f"the query {query} is an image: searching images by an image is not supported yet",
-                f"to rank texts for it: bt retrieve --image {query} --texts-file FILE",
-            )
+        if like is None and inputs and split_arguments(inputs[:1])[0]:
+            like, inputs = inputs[0], inputs[1:]  # an image file as the query: images like it
+        if like is None and len(inputs) < 2 or like is not None and not inputs:
+            raise BtError("retrieve needs a query and image sources", "e.g. bt retrieve 'a cat' ~/Pictures")
+        if like is not None:
+            (query,) = expand_image_sources([like]) if Path(like).is_file() else [None]
+            if query is None:
+                raise BtError(f"--like takes one image file; {like} is not one", "name a single image file")
+            specs = inputs
+        else:
+            (query,), specs = read_texts(inputs[:1], None), inputs[1:]
         specs = _only_images(specs, "or folder to search")
         if server:  # the images and the index live with the server, under its --allow-path roots
             from . import client
 
+            if like is not None:
+                raise BtError("--like is not served yet", "run it without --server")
             payload = {
                 "query": query,
                 "sources": [os.path.abspath(spec) for spec in specs],
                 "index": str(index_file.resolve()) if index_file else None,
                 "rebuild": rebuild,
+                "refresh": not no_refresh,
                 "top_k": top_k,
                 "rerank_k": rerank_k,
             }
             records = client.retrieve(client.Client(server, api_key), model, payload, outcome, reporter)
-            return _emit(records, fmt, outcome, reporter, "\0" if print0 else "\n")
-        sources, folders = _indexable(specs)
-        runtime, batch_size = options.load(reporter, *retrieval_heads(rerank_k))
+            return _emit(records, fmt, outcome, reporter, separator)
+        if no_refresh:  # no walk: the files named, and what the index holds under the folders named
+            folders = [Path(spec).expanduser() for spec in specs if Path(spec).expanduser().is_dir()]
+            files = [spec for spec in specs if not Path(spec).expanduser().is_dir()]
+            sources = expand_image_sources(files) if files else []
+        else:
+            sources, folders = _indexable(specs)
+        needs = ("itc",) if like is not None else retrieval_heads(rerank_k)[0]
+        runtime, batch_size = options.load(reporter, needs, retrieval_heads(rerank_k)[1])
         from . import tasks
 
         records = tasks.retrieve_images(
-            runtime, query, sources, outcome, folders, index_file, rebuild, top_k, rerank_k, batch_size, reporter
+            runtime,
+            query,
+            sources,
+            outcome,
+            folders,
+            index_file,
+            rebuild,
+            top_k,
+            rerank_k,
+            batch_size,
+            reporter,
+            refresh=not no_refresh,
         )
-    _emit(records, fmt, outcome, reporter, "\0" if print0 else "\n")
+    _emit(records, fmt, outcome, reporter, separator)
 
 
 @app.command(
@@ -415,9 +446,11 @@ def retrieve(
     "Default model: BridgeTower/bridgetower-large-itm-mlm-itc.",
 )
 def index_command(
-    images: IndexImages,
+    images: IndexImages = None,
     index_file: IndexFile = None,
     rebuild: Rebuild = False,
+    stats: StatsFlag = False,
+    prune: PruneFlag = False,
     model: Model = DEFAULT_CONTRASTIVE_MODEL,
     revision: Revision = None,
     device: Device = "auto",
@@ -427,7 +460,20 @@ def index_command(
     fmt: FormatOpt = Format.auto,
     quiet: Quiet = False,
 ) -> None:
-    """Build or refresh the retrieval index of local images without querying it."""
+    """Build or refresh the retrieval index of local images without querying it; --stats, --prune."""
+    if stats or prune:
+        from .index import open_existing
+
+        index = open_existing(index_file)
+        try:
+            if prune:
+                reporter = StderrReporter(quiet)
+                reporter.info(f"index: {index.prune()} rows of files that are gone dropped")
+            return render_object(index.stats(), fmt.value)
+        finally:
+            index.close()
+    if not images:
+        raise BtError("bt index needs images or folders to index", "e.g. bt index ~/Pictures (or --stats, --prune)")
     sources, folders = _indexable(_only_images(images, "file or folder"))
     reporter = StderrReporter(quiet)
     runtime, batch_size = ModelOptions(model, revision, device, dtype, threads, batch_size).load(reporter, ("itc",))

@@ -1,15 +1,21 @@
-"""The embedding index behind ``bt retrieve``: one SQLite file of image ITC embeddings, kept up to date incrementally.
+"""The embedding index behind ``bt retrieve``: a SQLite file, the source of truth, and a vector file beside it.
 
-Rows are keyed by absolute path and carry the file's size and mtime, so a refresh embeds only new and changed files
-and drops rows of files that are gone. Writes go in small transactions (WAL journal): a crash or Ctrl-C loses at
-most the batch in flight, and the next run resumes. The index records the model it was built with and refuses to
-mix in another. No torch here: embeddings arrive as float lists and leave as numpy arrays.
+SQLite holds, per image, its absolute path, size, mtime, a content hash and the slot of its embedding; failures;
+the model it was built with. The embeddings live in ``<index>.vectors-<generation>``: float32 rows, appended and
+never rewritten in place, read by queries through a memory map (no copy, no row read out of SQLite). Kill-safety:
+a batch's vectors are appended and flushed to disk before the SQLite transaction that references them commits, so a
+crash leaves at most unreferenced rows at the end of the vector file. When more than half the rows are unreferenced
+(changed or deleted files), the file is rewritten as the next generation and the switch committed in one
+transaction; stale generations are deleted under the write lock. A moved or renamed file reuses its embedding by
+content hash. The index records its model and refuses to mix in another. No torch here.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sqlite3
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,16 +24,17 @@ import numpy as np
 
 from .errors import BtError
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS images (
     path TEXT PRIMARY KEY,
     size INTEGER NOT NULL,
     mtime_ns INTEGER NOT NULL,
-    model TEXT NOT NULL,
-    embedding BLOB NOT NULL
+    hash TEXT NOT NULL,
+    slot INTEGER NOT NULL
 );
+CREATE INDEX IF NOT EXISTS images_by_hash ON images (hash);
 CREATE TABLE IF NOT EXISTS failures (
     path TEXT PRIMARY KEY,
     size INTEGER NOT NULL,
@@ -69,11 +76,31 @@ class RefreshStats:
     removed: int = 0
     unchanged: int = 0
     failed: int = 0
+    reused: int = 0  # new or changed files whose embedding came from an indexed file with the same content
 
     def line(self) -> str:
-        return f"index: {self.new} new, {self.changed} changed, {self.removed} removed, {self.unchanged} unchanged" + (
+        extra = (f", {self.reused} reused" if self.reused else "") + (
             f", {self.failed} unreadable" if self.failed else ""
         )
+        return (
+            f"index: {self.new} new, {self.changed} changed, {self.removed} removed, {self.unchanged} unchanged{extra}"
+        )
+
+
+@dataclass
+class IndexStats:
+    """What ``bt index --stats`` reports."""
+
+    index: str
+    model: str
+    fingerprint: str
+    dim: int
+    images: int
+    unreadable: int
+    sqlite_bytes: int
+    vector_bytes: int
+    vector_rows: int
+    last_refresh: str | None
 
 
 def file_state(path: str) -> FileState:
@@ -82,35 +109,68 @@ def file_state(path: str) -> FileState:
     return FileState(path, stat.st_size, stat.st_mtime_ns)
 
 
+def content_hash(path: str) -> str:
+    """A file's content id (BLAKE2b, 128 bits): how a moved or renamed image is recognised."""
+    digest = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(2**20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def under(folders: Iterable[Path]) -> list[tuple[str, str]]:
+    """Key ranges [low, high) of the paths under each folder (for range scans of the primary key)."""
+    ranges = []
+    for folder in folders:
+        prefix = os.path.join(os.path.abspath(folder), "")
+        ranges.append((prefix, prefix[:-1] + chr(ord(prefix[-1]) + 1)))
+    return ranges
+
+
 class EmbeddingIndex:
-    """A SQLite file of image embeddings for one model."""
+    """A SQLite index of image embeddings for one model, with its vector file."""
 
     def __init__(self, path: Path, fingerprint: str, dim: int, rebuild: bool = False, label: str | None = None):
         """``fingerprint`` identifies the checkpoint (``hub.fingerprint``); ``label`` is how messages name it."""
-        self.path = path
+        self.path = Path(path)
         self.fingerprint = fingerprint
         self.label = label or fingerprint
         self.dim = dim
+        self.row_bytes = 4 * dim
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
             if rebuild:
-                for suffix in ("", "-wal", "-shm"):
-                    Path(f"{path}{suffix}").unlink(missing_ok=True)
-            self.db = sqlite3.connect(path, timeout=60, isolation_level=None)
+                for stale in [Path(f"{self.path}{suffix}") for suffix in ("", "-wal", "-shm")] + self._vector_files():
+                    stale.unlink(missing_ok=True)
+            self.db = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
+            self._check_schema()
             self.db.executescript(SCHEMA)
             self._check_model()
         except sqlite3.DatabaseError as error:
             if "readonly" in str(error) or "unable to open" in str(error):
                 raise BtError(
-                    f"cannot write the index {path}: {error}", "pass --index FILE on a writable path"
+                    f"cannot write the index {self.path}: {error}", "pass --index FILE on a writable path"
                 ) from None
-            raise BtError(f"the index {path} is corrupt ({error})", "rebuild it with --rebuild") from None
+            raise BtError(f"the index {self.path} is corrupt ({error})", "rebuild it with --rebuild") from None
         except OSError as error:
             raise BtError(
-                f"cannot create the index {path}: {error.strerror or error}", "pass --index FILE on a writable path"
+                f"cannot create the index {self.path}: {error.strerror or error}",
+                "pass --index FILE on a writable path",
             ) from None
+
+    # -- opening -------------------------------------------------------------------------------------------------
+
+    def _check_schema(self) -> None:
+        tables = {name for (name,) in self.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if "meta" in tables:
+            schema = self.db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+            if schema and schema[0] != SCHEMA_VERSION:
+                raise BtError(
+                    f"the index {self.path} was written by another version of bt (schema {schema[0]})",
+                    "rebuild it with --rebuild (the embeddings are computed again)",
+                )
 
     def _check_model(self) -> None:
         with self.transaction():
@@ -121,27 +181,69 @@ class EmbeddingIndex:
                     ("model", self.fingerprint),
                     ("dim", str(self.dim)),
                     ("label", self.label),
+                    ("generation", "0"),
                 ]
                 self.db.executemany("INSERT INTO meta VALUES (?, ?)", rows)
-                return
-        if meta.get("schema") != SCHEMA_VERSION:
-            raise BtError(f"the index {self.path} has an unknown schema", "rebuild it with --rebuild")
+                meta = dict(rows)
+            if meta.get("model") == self.fingerprint and meta.get("dim") == str(self.dim):
+                self._remove_stale_vector_files(int(meta["generation"]))
         if meta.get("model") != self.fingerprint or meta.get("dim") != str(self.dim):
             raise BtError(
                 f"the index {self.path} was built with another model ({meta.get('label')}), not {self.label}",
-                "rebuild it with --rebuild, or pass --index FILE for a separate index",
+                "rebuild it with --rebuild, or keep one index per model with --index FILE",
             )
 
-    def transaction(self):
-        return _Transaction(self.db)
+    def _vector_files(self) -> list[Path]:
+        return sorted(self.path.parent.glob(f"{self.path.name}.vectors-*"))
+
+    def _remove_stale_vector_files(self, generation: int) -> None:
+        """Under the write lock: no compaction is writing the next generation meanwhile."""
+        current = self.vectors_path(generation)
+        for file in self._vector_files():
+            if file != current:
+                file.unlink(missing_ok=True)
+
+    def vectors_path(self, generation: int | None = None) -> Path:
+        if generation is None:
+            generation = self._generation()
+        return Path(f"{self.path}.vectors-{generation}")
+
+    def _generation(self) -> int:
+        return int(self.db.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()[0])
+
+    def transaction(self, read: bool = False):
+        return _Transaction(self.db, read)
 
     def close(self) -> None:
         self.db.close()
 
+    # -- refresh ---------------------------------------------------------------------------------------------------
+
     def plan(self, files: Iterable[FileState], folders: Iterable[Path] = ()) -> RefreshPlan:
         """Compare files on disk with the index; rows under ``folders`` whose file is gone are to be dropped."""
-        known = {p: (s, m) for p, s, m in self.db.execute("SELECT path, size, mtime_ns FROM images")}
-        failed = {p: (s, m) for p, s, m in self.db.execute("SELECT path, size, mtime_ns FROM failures")}
+        ranges = under(folders)
+        known, failed = {}, {}
+        if ranges:  # only the rows under the folders: a range scan of the primary key each
+            for low, high in ranges:
+                query = "SELECT path, size, mtime_ns FROM {} WHERE path >= ? AND path < ?"
+                known.update((p, (s, m)) for p, s, m in self.db.execute(query.format("images"), (low, high)))
+                failed.update((p, (s, m)) for p, s, m in self.db.execute(query.format("failures"), (low, high)))
+        files = list(files)
+        outside = [f.path for f in files if not any(low <= f.path < high for low, high in ranges)]
+        for chunk in _chunks(outside, 500):
+            marks = ",".join("?" * len(chunk))
+            known.update(
+                (p, (s, m))
+                for p, s, m in self.db.execute(
+                    f"SELECT path, size, mtime_ns FROM images WHERE path IN ({marks})", chunk
+                )
+            )
+            failed.update(
+                (p, (s, m))
+                for p, s, m in self.db.execute(
+                    f"SELECT path, size, mtime_ns FROM failures WHERE path IN ({marks})", chunk
+                )
+            )
         to_embed, unchanged, changed, present = [], 0, 0, set()
         for state in files:
             present.add(state.path)
@@ -151,8 +253,7 @@ class EmbeddingIndex:
             else:
                 to_embed.append(state)
                 changed += state.path in known or state.path in failed
-        prefixes = tuple(os.path.join(os.path.abspath(folder), "") for folder in folders)
-        to_drop = [p for p in {*known, *failed} if p.startswith(prefixes) and p not in present] if prefixes else []
+        to_drop = [p for p in {*known, *failed} if p not in present and any(low <= p < high for low, high in ranges)]
         return RefreshPlan(to_embed, to_drop, unchanged, changed)
 
     def drop(self, paths: list[str]) -> None:
@@ -160,50 +261,188 @@ class EmbeddingIndex:
             self.db.executemany("DELETE FROM images WHERE path = ?", [(p,) for p in paths])
             self.db.executemany("DELETE FROM failures WHERE path = ?", [(p,) for p in paths])
 
-    def store(self, rows: list[tuple[FileState, list[float]]], failures: list[tuple[FileState, str]]) -> None:
-        """Write a batch of embeddings and of unreadable files in one transaction."""
+    def slots_of(self, hashes: Iterable[str]) -> dict[str, int]:
+        """The embedding slot of each content hash already indexed."""
+        found: dict[str, int] = {}
+        for chunk in _chunks(list(set(hashes)), 500):
+            marks = ",".join("?" * len(chunk))
+            found.update(self.db.execute(f"SELECT hash, slot FROM images WHERE hash IN ({marks})", chunk))
+        return found
+
+    def link(self, rows: list[tuple[FileState, str, int]]) -> None:
+        """Index files whose embedding is already stored (same content): (state, hash, slot)."""
         with self.transaction():
-            self.db.executemany(
-                "INSERT OR REPLACE INTO images VALUES (?, ?, ?, ?, ?)",
-                [
-                    (s.path, s.size, s.mtime_ns, self.fingerprint, np.asarray(e, dtype=np.float32).tobytes())
-                    for s, e in rows
-                ],
-            )
-            self.db.executemany("DELETE FROM failures WHERE path = ?", [(s.path,) for s, _ in rows])
+            self._put(rows)
+
+    def store(self, rows: list[tuple[FileState, str, list[float]]], failures: list[tuple[FileState, str]]) -> None:
+        """Write a batch of embeddings (state, hash, vector) and of unreadable files: the vectors appended and on
+        disk before the transaction that references them commits."""
+        with self.transaction():
+            first = self._append(np.asarray([vector for _, _, vector in rows], dtype=np.float32)) if rows else 0
+            self._put([(state, digest, first + k) for k, (state, digest, _) in enumerate(rows)])
             self.db.executemany(
                 "INSERT OR REPLACE INTO failures VALUES (?, ?, ?, ?)",
                 [(s.path, s.size, s.mtime_ns, reason) for s, reason in failures],
             )
             self.db.executemany("DELETE FROM images WHERE path = ?", [(s.path,) for s, _ in failures])
+            self.db.execute("INSERT OR REPLACE INTO meta VALUES ('refreshed_at', ?)", (str(time.time()),))
+
+    def maintain(self) -> None:
+        """After a refresh: compact the vector file once more than half of it is unreferenced."""
+        if self._garbage() > max(1024, self.count()):
+            self.compact()
+
+    def _put(self, rows: list[tuple[FileState, str, int]]) -> None:
+        self.db.executemany(
+            "INSERT OR REPLACE INTO images VALUES (?, ?, ?, ?, ?)",
+            [(s.path, s.size, s.mtime_ns, digest, slot) for s, digest, slot in rows],
+        )
+        self.db.executemany("DELETE FROM failures WHERE path = ?", [(s.path,) for s, _, _ in rows])
+
+    def _append(self, vectors: np.ndarray) -> int:
+        """Append rows to the vector file (inside a write transaction: one writer at a time); the first new slot."""
+        path = self.vectors_path()
+        with open(path, "ab") as file:
+            size = file.seek(0, os.SEEK_END)
+            whole = size // self.row_bytes
+            if size != whole * self.row_bytes:  # a torn row from a crash: never referenced, cut it
+                file.truncate(whole * self.row_bytes)
+            file.write(np.ascontiguousarray(vectors, dtype=np.float32).tobytes())
+            file.flush()
+            os.fsync(file.fileno())
+        return whole
+
+    def _garbage(self) -> int:
+        try:
+            rows = self.vectors_path().stat().st_size // self.row_bytes
+        except FileNotFoundError:
+            return 0
+        used = self.db.execute("SELECT COUNT(DISTINCT slot) FROM images").fetchone()[0]
+        return rows - used
+
+    def compact(self) -> None:
+        """Rewrite the vector file without unreferenced rows, as the next generation, switched in one commit."""
+        with self.transaction():
+            generation = self._generation()
+            old = self.vectors(generation)
+            slots = [slot for (slot,) in self.db.execute("SELECT DISTINCT slot FROM images ORDER BY slot")]
+            new_path = self.vectors_path(generation + 1)
+            with open(new_path, "wb") as file:
+                for chunk in _chunks(slots, 65536):
+                    file.write(np.ascontiguousarray(old[chunk]).tobytes())
+                file.flush()
+                os.fsync(file.fileno())
+            self.db.executemany("UPDATE images SET slot = ? WHERE slot = ?", [(-1 - k, s) for k, s in enumerate(slots)])
+            self.db.execute("UPDATE images SET slot = -1 - slot")
+            self.db.execute("UPDATE meta SET value = ? WHERE key = 'generation'", (str(generation + 1),))
+        self.vectors_path(generation).unlink(missing_ok=True)
+
+    # -- queries -------------------------------------------------------------------------------------------------
+
+    def vectors(self, generation: int | None = None) -> np.ndarray:
+        """The vector file, memory-mapped read-only: [rows, dim] float32."""
+        path = self.vectors_path(generation)
+        rows = path.stat().st_size // self.row_bytes if path.exists() else 0
+        if rows == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return np.memmap(path, dtype=np.float32, mode="r", shape=(rows, self.dim))
+
+    def rows(self, paths: Iterable[str] = (), folders: Iterable[Path] = ()) -> tuple[list[str], np.ndarray]:
+        """The indexed ``paths`` (in the order given) and every indexed file under ``folders``: (paths, slots)."""
+        found: dict[str, int] = {}
+        for low, high in under(folders):
+            found.update(self.db.execute("SELECT path, slot FROM images WHERE path >= ? AND path < ?", (low, high)))
+        wanted = [p for p in paths if p not in found]
+        for chunk in _chunks(wanted, 500):
+            marks = ",".join("?" * len(chunk))
+            found.update(self.db.execute(f"SELECT path, slot FROM images WHERE path IN ({marks})", chunk))
+        given = [p for p in paths if p in found]
+        order = list(dict.fromkeys([*given, *sorted(found)]))
+        return order, np.fromiter((found[p] for p in order), dtype=np.int64, count=len(order))
+
+    def similarities(self, query: np.ndarray, slots: np.ndarray) -> np.ndarray:
+        """Cosine similarities (dot products of unit vectors) of ``query`` with the rows at ``slots``: exact,
+        float32. A query over most of the file multiplies the memory map whole, without copying it."""
+        with self.transaction(read=True):
+            matrix = self.vectors()
+            query = np.asarray(query, dtype=np.float32)
+            if len(slots) * 2 > len(matrix):
+                return (matrix @ query)[slots]
+            return matrix[slots] @ query
 
     def embeddings(self, paths: Iterable[str]) -> tuple[list[str], np.ndarray]:
         """The stored embeddings of ``paths`` (those indexed), in the order given: (paths, [n, dim] float32)."""
-        wanted = list(paths)
-        found: dict[str, bytes] = {}
-        for start in range(0, len(wanted), 500):
-            chunk = wanted[start : start + 500]
-            marks = ",".join("?" * len(chunk))
-            query = f"SELECT path, embedding FROM images WHERE path IN ({marks})"
-            found.update(self.db.execute(query, chunk))
-        kept = [p for p in wanted if p in found]
-        matrix = np.frombuffer(b"".join(found[p] for p in kept), dtype=np.float32).reshape(len(kept), self.dim)
-        return kept, matrix
+        kept, slots = self.rows(list(paths))
+        with self.transaction(read=True):
+            return kept, np.array(self.vectors()[slots])
 
     def count(self) -> int:
         return self.db.execute("SELECT COUNT(*) FROM images").fetchone()[0]
 
+    def prune(self) -> int:
+        """Drop the rows (and failures) of files that no longer exist, under any folder: how many."""
+        gone = [
+            p
+            for (p,) in self.db.execute("SELECT path FROM images UNION ALL SELECT path FROM failures")
+            if not os.path.exists(p)
+        ]
+        self.drop(gone)
+        return len(gone)
+
+    def stats(self) -> IndexStats:
+        meta = dict(self.db.execute("SELECT key, value FROM meta"))
+        failures = self.db.execute("SELECT COUNT(*) FROM failures").fetchone()[0]
+        sqlite_bytes = sum(
+            Path(f"{self.path}{s}").stat().st_size for s in ("", "-wal") if Path(f"{self.path}{s}").exists()
+        )
+        vectors = self.vectors_path()
+        vector_bytes = vectors.stat().st_size if vectors.exists() else 0
+        refreshed = meta.get("refreshed_at")
+        return IndexStats(
+            str(self.path),
+            meta.get("label", ""),
+            meta.get("model", ""),
+            self.dim,
+            self.count(),
+            failures,
+            sqlite_bytes,
+            vector_bytes,
+            vector_bytes // self.row_bytes,
+            time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(float(refreshed))) if refreshed else None,
+        )
+
+
+def _chunks(items: list, size: int):
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
 
 class _Transaction:
-    """``BEGIN IMMEDIATE`` … ``COMMIT``, rolled back on any exception (KeyboardInterrupt included)."""
+    """``BEGIN IMMEDIATE`` … ``COMMIT`` (or a read snapshot), rolled back on any exception (KeyboardInterrupt too)."""
 
-    def __init__(self, db: sqlite3.Connection):
+    def __init__(self, db: sqlite3.Connection, read: bool = False):
         self.db = db
+        self.read = read
 
     def __enter__(self):
-        self.db.execute("BEGIN IMMEDIATE")
+        self.db.execute("BEGIN" if self.read else "BEGIN IMMEDIATE")
         return self.db
 
     def __exit__(self, kind, value, traceback):
         self.db.execute("COMMIT" if kind is None else "ROLLBACK")
         return False
+
+
+def open_existing(index_file: Path | None) -> EmbeddingIndex:
+    """An index as it is, whatever its model (for --stats and --prune: no checkpoint is loaded)."""
+    path = Path(index_file) if index_file else default_index_path()
+    if not path.is_file():
+        raise BtError(f"no index at {path}", "build one with bt index DIR, or pass --index FILE")
+    try:
+        with sqlite3.connect(path) as db:
+            meta = dict(db.execute("SELECT key, value FROM meta"))
+    except sqlite3.DatabaseError as error:
+        raise BtError(f"the index {path} is corrupt ({error})", "rebuild it with --rebuild") from None
+    if meta.get("schema") != SCHEMA_VERSION:
+        raise BtError(f"the index {path} was written by another version of bt", "rebuild it with --rebuild")
+    return EmbeddingIndex(path, meta["model"], int(meta["dim"]), label=meta.get("label"))

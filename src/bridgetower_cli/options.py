@@ -37,7 +37,7 @@ ImagesAndTexts = Annotated[
     ),
 ]
 IndexImages = Annotated[
-    list[str],
+    Optional[list[str]],
     typer.Argument(
         help="Local images: files, directories (walked), quoted globs, '-' = paths on stdin.", metavar="IMAGE..."
     ),
@@ -282,3 +282,15 @@ AllowPaths = Annotated[
         show_default=False,
     ),
 ]
+LikeImage = Annotated[
+    Optional[str],
+    typer.Option("--like", help="Rank the images by their likeness to this image (ITC image-image).", metavar="IMAGE"),
+]
+NoRefresh = Annotated[
+    bool,
+    typer.Option("--no-refresh", "-n", help="Query the index as it is: no walk, no stat, no embedding of new files."),
+]
+StatsFlag = Annotated[
+    bool, typer.Option("--stats", help="Report the index: images, model, size on disk, last refresh.")
+]
+PruneFlag = Annotated[bool, typer.Option("--prune", help="Drop the rows of files that no longer exist, anywhere.")]

@@ -323,6 +323,7 @@ class RetrieveIn(BaseModel):
     sources: list[str] = Field(default_factory=list, description="Server paths (under --allow-path) to search.")
     index: str | None = Field(None, description="Server path of the index (under --allow-path); default the server's.")
     rebuild: bool = False
+    refresh: bool = Field(True, description="Refresh the index for the sources first (false: query it as it is).")
     image: ImageIn | None = Field(None, description="An image query: rank `texts` for it.")
     texts: list[str] = Field(default_factory=list)
     top_k: int = Field(10, ge=1)
@@ -556,11 +557,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise RequestError(422, "a retrieve request needs a query and sources, or an image and texts")
         paths = [allowed(p, "source") for p in body.sources]
         index = allowed(body.index, "index") if body.index else None
+        folders = [p for p in paths if p.is_dir()]
+        named = [str(p) for p in paths] if body.refresh else [str(p) for p in paths if not p.is_dir()]
         try:
-            sources = expand_image_sources([str(p) for p in paths])
+            sources = expand_image_sources(named) if named else []
         except BtError as error:
             raise RequestError(422, error.message, error.hint) from None
-        folders = [p for p in paths if p.is_dir()]
 
         def work(runtime):
             return tasks.retrieve_images(
@@ -575,6 +577,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 body.rerank_k,
                 _batch(runtime),
                 reporter,
+                refresh=body.refresh,
             )
 
         return answer(run(body.model, needs, work, preferred), outcome, reporter)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -10,7 +12,7 @@ import torch
 
 from .errors import BtError, InputError
 from .hub import fingerprint
-from .index import EmbeddingIndex, RefreshStats, default_index_path, file_state
+from .index import EmbeddingIndex, RefreshStats, content_hash, default_index_path, file_state
 from .inputs import ImageSource, fit_aspect, load_image
 from .records import (
     Candidate,
@@ -255,28 +257,43 @@ def refresh_index(
     batch_size: int = 8,
     reporter: Reporter | None = None,
 ) -> RefreshStats:
-    """Bring the index up to date for ``sources``: embed new and changed files, drop rows of files gone from
-    ``folders``. Each batch is committed on its own, so an interrupted refresh keeps what it finished."""
+    """Bring the index up to date for ``sources``: new and changed files indexed (a file whose content is already
+    indexed, moved or renamed, reuses that embedding), rows of files gone from ``folders`` dropped. Each batch is
+    committed on its own, so an interrupted refresh keeps what it finished."""
     reporter = reporter or Reporter()
     states = [file_state(source.path) for source in sources]
     plan = index.plan(states, folders)
+    hashes = {}
+    for state in plan.to_embed:
+        with contextlib.suppress(OSError):  # unreadable: embedding it fails and records why
+            hashes[state.path] = content_hash(state.path)
+    known = index.slots_of(hashes.values())
+    reused = [
+        (state, hashes[state.path], known[hashes[state.path]])
+        for state in plan.to_embed
+        if hashes.get(state.path) in known
+    ]
+    index.link(reused)
     index.drop(plan.to_drop)
     stats = RefreshStats(len(plan.to_embed) - plan.changed, plan.changed, len(plan.to_drop), plan.unchanged)
-    pending = {state.path for state in plan.to_embed}
+    stats.reused = len(reused)
+    pending = {state.path for state in plan.to_embed} - {state.path for state, _, _ in reused}
     todo = [(source, state) for source, state in zip(sources, states) if state.path in pending]
     with reporter.progress(len(todo), "indexing images") as advance:
         for chunk in chunks(todo, batch_size):
             state_of = {source.name: state for source, state in chunk}
             skipped_before = len(outcome.skipped)
-            rows = [
-                (state_of[source.name], image.itc_embedding.float().cpu().tolist())
-                for batch in encode_image_batches(runtime, [s for s, _ in chunk], batch_size, outcome, reporter)
-                for source, image in batch
-            ]
+            rows = []
+            for batch in encode_image_batches(runtime, [s for s, _ in chunk], batch_size, outcome, reporter):
+                for source, image in batch:
+                    state = state_of[source.name]
+                    digest = hashes.get(state.path) or content_hash(state.path)
+                    rows.append((state, digest, image.itc_embedding.float().cpu().tolist()))
             failures = [(state_of[s.name], s.reason) for s in outcome.skipped[skipped_before:]]
             index.store(rows, failures)
             stats.failed += len(failures)
             advance(len(chunk))
+    index.maintain()
     return stats
 
 
@@ -293,7 +310,9 @@ def two_stage(
     if similarities is None:
         shortlist, rest = list(range(count)), []
     else:
-        order = np.argsort(-similarities, kind="stable").tolist()
+        best = min(count, max(rerank_k, top_k))
+        top = np.argpartition(-similarities, best - 1)[:best] if 0 < best < count else np.arange(count)
+        order = top[np.argsort(-similarities[top], kind="stable")].tolist()
         shortlist, rest = order[:rerank_k], order[rerank_k:top_k]
     scores = rescore(shortlist) if shortlist else {}
     reranked = sorted(scores, key=lambda item: scores[item][1], reverse=True)
@@ -312,9 +331,18 @@ def _records(hits, image_of, text_of) -> list[RetrievalRecord]:
     ]
 
 
+def display_name(path: str, folders: Sequence[Path]) -> str:
+    """How a walk of ``folders`` names ``path``: the folder as given, then the path inside it."""
+    for folder in folders:
+        root = os.path.join(os.path.abspath(folder), "")
+        if path.startswith(root):
+            return os.path.join(str(folder), path[len(root) :])
+    return path
+
+
 def retrieve_images(
     runtime: Runtime,
-    query: str,
+    query: str | ImageSource,
     sources: Sequence[ImageSource],
     outcome: Outcome,
     folders: Sequence[Path] = (),
@@ -324,25 +352,36 @@ def retrieve_images(
     rerank_k: int = 5,
     batch_size: int = 8,
     reporter: Reporter | None = None,
+    refresh: bool = True,
 ) -> list[RetrievalRecord]:
-    """Rank images for a text. With ITC heads: similarity over the index (refreshed for ``sources`` first: new and
-    changed files embedded, files gone from ``folders`` dropped), then the ITM head reranks the best ``rerank_k``.
-    Without: every image is scored by ITM. The text is encoded once either way."""
+    """Rank images for a text, or for an image (ITC image-image similarity, no rerank). With ITC heads: similarity
+    over the index, refreshed for ``sources`` first unless ``refresh`` is off (then every indexed file under
+    ``folders``, and the ``sources`` named, as the index holds them), then the ITM head reranks a text query's best
+    ``rerank_k``. Without ITC heads: every image is scored by ITM. The query is encoded once either way."""
     reporter = reporter or Reporter()
-    (text,) = encode_text_batches(runtime, [query], 1, reporter)
+    if isinstance(query, ImageSource):
+        batches = list(encode_image_batches(runtime, [query], 1, outcome, reporter))
+        if not batches:
+            raise BtError(f"cannot use {query.name}: {outcome.skipped[-1].reason}", "check the image")
+        query_embedding, text, rerank_k = batches[0][0][1].itc_embedding, None, 0
+    else:
+        (text,) = encode_text_batches(runtime, [query], 1, reporter)
+        query_embedding = text.itc_embedding
     if "itc" in runtime.loaded.heads:
         index = open_index(runtime, index_file, rebuild)
         try:
-            stats = refresh_index(runtime, index, sources, outcome, folders, batch_size, reporter)
-            reporter.info(stats.line())
-            by_path = {source.path: source for source in sources}
-            paths, matrix = index.embeddings(by_path)
+            if refresh:
+                reporter.info(refresh_index(runtime, index, sources, outcome, folders, batch_size, reporter).line())
+            paths, slots = index.rows([source.path for source in sources], [] if refresh else folders)
+            similarities = index.similarities(query_embedding.float().cpu().numpy(), slots)
         finally:
             index.close()
-        if not paths:
+        if not paths and refresh:
             raise BtError("none of the images could be indexed", "see the warnings above")
-        candidates = [by_path[path] for path in paths]
-        similarities = matrix @ text.itc_embedding.float().cpu().numpy()
+        if not paths:
+            raise BtError("none of the images are in the index", "drop --no-refresh to index them")
+        by_path = {source.path: source for source in sources}
+        candidates = [by_path.get(p) or ImageSource(display_name(p, folders), path=p) for p in paths]
     else:
         reporter.warn("this checkpoint has no ITC heads: scoring every image with the ITM head (slow)")
         candidates, similarities = list(sources), None
