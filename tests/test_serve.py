@@ -178,8 +178,9 @@ def test_the_openapi_schema_documents_the_fields(live):
         "/v1/embeddings",
         "/v1/rerank",
     } <= set(schema["paths"])
-    score = schema["components"]["schemas"]["ScoreIn"]["properties"]
-    assert all(field.get("description") for field in score.values())
+    for name in ("ScoreIn", "FillMaskIn", "EmbedIn", "RetrieveIn", "EmbeddingsIn", "RerankIn", "ImageIn"):
+        fields = schema["components"]["schemas"][name]["properties"]
+        assert all(field.get("description") for field in fields.values()), name
 
 
 @pytest.mark.parametrize(

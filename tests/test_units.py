@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -145,3 +146,19 @@ def test_stats_and_prune(tmp_path):
     assert (stats.images, stats.model, stats.dim, stats.vector_bytes) == (2, "tiny", 4, 32)
     assert stats.last_refresh is not None
     assert index.prune() == 1 and index.count() == 1
+
+
+def test_search_is_exact_top_k_within_the_folders_and_files_named(tmp_path):
+    index = EmbeddingIndex(tmp_path / "ix.sqlite", "fp", 8)
+    files = [FileState(f"/lib/{'a' if k % 2 else 'b'}/{k:04d}.jpg", k, k) for k in range(600)]
+    vectors = np.asarray([unit(8, k) for k in range(600)], dtype=np.float32)
+    index.store([(f, f"h{k}", v) for k, (f, v) in enumerate(zip(files, vectors))], [])
+    index.drop([f.path for f in files[:100]])  # unreferenced (garbage) rows in the vector file
+    index.link([(FileState("/elsewhere/copy.jpg", 1, 1), "h300", 300)])  # a second path on one slot
+    query = np.asarray(unit(8, 9999), dtype=np.float32)
+    paths, similarities = index.search(query, 25, folders=[Path("/lib/a")], files=["/elsewhere/copy.jpg"])
+    allowed = {f.path: vectors[k] @ query for k, f in enumerate(files) if k >= 100 and f.path.startswith("/lib/a/")}
+    allowed["/elsewhere/copy.jpg"] = vectors[300] @ query
+    expected = sorted(allowed, key=lambda p: -allowed[p])[:25]
+    assert paths == expected
+    assert np.allclose(similarities, [allowed[p] for p in expected], atol=1e-6)

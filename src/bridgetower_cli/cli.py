@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import sys
@@ -46,6 +47,8 @@ from .options import (
     KTest,
     Layer,
     LikeImage,
+    MaxBody,
+    MaxImage,
     Model,
     NoRefresh,
     NoRerank,
@@ -62,6 +65,7 @@ from .options import (
     RetrieveFormatOpt,
     RetrieveInputs,
     Revision,
+    ScoreFormatOpt,
     ScoreTopK,
     ServeModels,
     Server,
@@ -128,17 +132,27 @@ class ModelOptions:
 
             loaded = load_model(path, self.model, self.device, self.dtype.value, needs, preferred, self.threads)
             runtime = Runtime(loaded)
+        # The millions of objects torch and transformers made will live as long as the process: out of the
+        # collector's sight, so walking a 100,000-file folder does not pay for scanning them again and again.
+        gc.freeze()
         return runtime, self.batch_size or runtime.default_batch_size
 
 
-def _emit(records: Iterable, fmt: Format, outcome: Outcome, reporter: StderrReporter, separator: str = "\n") -> None:
+def _emit(
+    records: Iterable,
+    fmt: Format,
+    outcome: Outcome,
+    reporter: StderrReporter,
+    separator: str = "\n",
+    title: str = "",
+) -> None:
     """Render the records (streamed formats as they come), then report: none readable is an error, some skipped
     a partial success (exit 3)."""
     if resolve_format(fmt.value) not in STREAMED:
         records = list(records)
         if not records and outcome.skipped:
             raise BtError("none of the images could be read", "see the warnings above")
-    if render(records, fmt.value, separator=separator) == 0 and outcome.skipped:
+    if render(records, fmt.value, separator=separator, title=title) == 0 and outcome.skipped:
         raise BtError("none of the images could be read", "see the warnings above")
     reporter.finish(outcome)
 
@@ -182,7 +196,7 @@ def score(
     threads: Threads = None,
     batch_size: BatchSize = None,
     top_k: ScoreTopK = None,
-    fmt: FormatOpt = Format.auto,
+    fmt: ScoreFormatOpt = Format.auto,
     quiet: Quiet = False,
     server: Server = None,
     api_key: ApiKey = None,
@@ -190,17 +204,19 @@ def score(
     """Image-text matching (ITM head) for every image x text pair; per image, the best match probability first."""
     sources, texts = _images_and_texts(inputs, text, texts_file)
     reporter = StderrReporter(quiet)
+    title = f"bt score: {len(sources)} image(s) x {len(texts)} text(s)"
     if server:
         from . import client
 
         outcome = Outcome()
         records = client.score(client.Client(server, api_key), model, sources, texts, top_k, outcome, reporter)
-        return _emit(records, fmt, outcome, reporter)
+        return _emit(records, fmt, outcome, reporter, title=title)
     runtime, batch_size = ModelOptions(model, revision, device, dtype, threads, batch_size).load(reporter, ("itm",))
     from . import tasks
 
     outcome = Outcome()
-    _emit(tasks.score(runtime, sources, texts, outcome, batch_size, top_k, reporter), fmt, outcome, reporter)
+    records = tasks.score(runtime, sources, texts, outcome, batch_size, top_k, reporter)
+    _emit(records, fmt, outcome, reporter, title=title)
 
 
 @app.command(
@@ -357,6 +373,7 @@ def retrieve(
     inputs = inputs or []
     rerank_k = 0 if no_rerank else rerank_k
     separator = "\0" if print0 else "\n"
+    title = ""
     options = ModelOptions(model, revision, device, dtype, threads, batch_size)
     reporter = StderrReporter(quiet)
     outcome = Outcome()
@@ -368,13 +385,14 @@ def retrieve(
         sources = expand_image_sources([image])
         if len(sources) != 1:
             raise BtError(f"--image takes one image; {image} holds {len(sources)}", "name a single image file")
+        title = f"texts for {image}"
         if server:
             from . import client
 
             payload = {"texts": texts, "top_k": top_k, "rerank_k": rerank_k}
             remote = client.Client(server, api_key)
             records = client.retrieve(remote, model, payload, outcome, reporter, image=sources[0])
-            return _emit(records, fmt, outcome, reporter, separator)
+            return _emit(records, fmt, outcome, reporter, separator, title)
         runtime, batch_size = options.load(reporter, *retrieval_heads(rerank_k))
         from . import tasks
 
@@ -397,6 +415,7 @@ def retrieve(
         else:
             (query,), specs = read_texts(inputs[:1], None), inputs[1:]
         specs = _only_images(specs, "or folder to search")
+        title = f"images like {like}" if like is not None else query
         if server:  # the images and the index live with the server, under its --allow-path roots
             from . import client
 
@@ -412,7 +431,7 @@ def retrieve(
                 "rerank_k": rerank_k,
             }
             records = client.retrieve(client.Client(server, api_key), model, payload, outcome, reporter)
-            return _emit(records, fmt, outcome, reporter, separator)
+            return _emit(records, fmt, outcome, reporter, separator, title)
         if no_refresh:  # no walk: the files named, and what the index holds under the folders named
             folders = [Path(spec).expanduser() for spec in specs if Path(spec).expanduser().is_dir()]
             files = [spec for spec in specs if not Path(spec).expanduser().is_dir()]
@@ -437,7 +456,7 @@ def retrieve(
             reporter,
             refresh=not no_refresh,
         )
-    _emit(records, fmt, outcome, reporter, separator)
+    _emit(records, fmt, outcome, reporter, separator, title)
 
 
 @app.command(
@@ -565,6 +584,8 @@ def serve(
     keep_alive: KeepAlive = None,
     allow_path: AllowPaths = None,
     api_key: ApiKey = None,
+    max_body: MaxBody = 64,
+    max_image: MaxImage = 32,
     device: Device = "auto",
     dtype: DtypeOpt = Dtype.auto,
     threads: Threads = None,
@@ -593,6 +614,8 @@ def serve(
         keep_alive_s=parse_duration(keep_alive) if keep_alive else None,
         api_key=api_key,
         allow_paths=[p.expanduser().resolve() for p in allow_path or []],
+        max_body_bytes=int(max_body * 2**20),
+        max_image_bytes=int(max_image * 2**20),
     )
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     listener = socket.socket(family, socket.SOCK_STREAM)

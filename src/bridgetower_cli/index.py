@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -35,6 +36,7 @@ CREATE TABLE IF NOT EXISTS images (
     slot INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS images_by_hash ON images (hash);
+CREATE INDEX IF NOT EXISTS images_by_slot ON images (slot);
 CREATE TABLE IF NOT EXISTS failures (
     path TEXT PRIMARY KEY,
     size INTEGER NOT NULL,
@@ -52,8 +54,7 @@ def default_index_path() -> Path:
     return cache / "bt" / "index.sqlite"
 
 
-@dataclass(frozen=True)
-class FileState:
+class FileState(NamedTuple):
     path: str
     size: int
     mtime_ns: int
@@ -107,6 +108,12 @@ def file_state(path: str) -> FileState:
     """Size and mtime of an absolute path (as ``ImageSource.path`` holds)."""
     stat = os.stat(path)
     return FileState(path, stat.st_size, stat.st_mtime_ns)
+
+
+def file_states(paths: Iterable[str]) -> list[FileState]:
+    """``file_state`` of many paths, in a tight loop."""
+    stat = os.stat
+    return [FileState(path, (s := stat(path)).st_size, s.st_mtime_ns) for path in paths]
 
 
 def content_hash(path: str) -> str:
@@ -222,39 +229,34 @@ class EmbeddingIndex:
     def plan(self, files: Iterable[FileState], folders: Iterable[Path] = ()) -> RefreshPlan:
         """Compare files on disk with the index; rows under ``folders`` whose file is gone are to be dropped."""
         ranges = under(folders)
-        known, failed = {}, {}
-        if ranges:  # only the rows under the folders: a range scan of the primary key each
-            for low, high in ranges:
-                query = "SELECT path, size, mtime_ns FROM {} WHERE path >= ? AND path < ?"
-                known.update((p, (s, m)) for p, s, m in self.db.execute(query.format("images"), (low, high)))
-                failed.update((p, (s, m)) for p, s, m in self.db.execute(query.format("failures"), (low, high)))
-        files = list(files)
-        outside = [f.path for f in files if not any(low <= f.path < high for low, high in ranges)]
-        for chunk in _chunks(outside, 500):
-            marks = ",".join("?" * len(chunk))
+
+        def inside(path: str) -> bool:
+            return any(low <= path < high for low, high in ranges)
+
+        known: dict[str, tuple[int, int]] = {}
+        query = (
+            "SELECT path, size, mtime_ns FROM images WHERE {0} "
+            "UNION ALL SELECT path, size, mtime_ns FROM failures WHERE {0}"
+        )
+        for low, high in ranges:  # the rows under the folders: range scans of the primary keys
             known.update(
                 (p, (s, m))
-                for p, s, m in self.db.execute(
-                    f"SELECT path, size, mtime_ns FROM images WHERE path IN ({marks})", chunk
-                )
+                for p, s, m in self.db.execute(query.format("path >= ? AND path < ?"), (low, high, low, high))
             )
-            failed.update(
-                (p, (s, m))
-                for p, s, m in self.db.execute(
-                    f"SELECT path, size, mtime_ns FROM failures WHERE path IN ({marks})", chunk
-                )
-            )
-        to_embed, unchanged, changed, present = [], 0, 0, set()
+        files = list(files)
+        outside = [f.path for f in files if not inside(f.path)] if ranges else [f.path for f in files]
+        for chunk in _chunks(outside, 400):
+            marks = ",".join("?" * len(chunk))
+            known.update((p, (s, m)) for p, s, m in self.db.execute(query.format(f"path IN ({marks})"), chunk + chunk))
+        to_embed, changed = [], 0
         for state in files:
-            present.add(state.path)
-            stamp = (state.size, state.mtime_ns)
-            if known.get(state.path) == stamp or failed.get(state.path) == stamp:
-                unchanged += 1
-            else:
+            stamp = known.get(state.path)
+            if stamp != (state.size, state.mtime_ns):
                 to_embed.append(state)
-                changed += state.path in known or state.path in failed
-        to_drop = [p for p in {*known, *failed} if p not in present and any(low <= p < high for low, high in ranges)]
-        return RefreshPlan(to_embed, to_drop, unchanged, changed)
+                changed += stamp is not None
+        present = {state.path for state in files}
+        to_drop = [p for p in known if p not in present and inside(p)] if ranges else []
+        return RefreshPlan(to_embed, to_drop, len(files) - len(to_embed), changed)
 
     def drop(self, paths: list[str]) -> None:
         with self.transaction():
@@ -359,6 +361,39 @@ class EmbeddingIndex:
         given = [p for p in paths if p in found]
         order = list(dict.fromkeys([*given, *sorted(found)]))
         return order, np.fromiter((found[p] for p in order), dtype=np.int64, count=len(order))
+
+    def search(
+        self, query: np.ndarray, want: int, folders: Iterable[Path] = (), files: Iterable[str] = ()
+    ) -> tuple[list[str], np.ndarray]:
+        """The ``want`` indexed images most similar to ``query`` (exact float32 cosines, best first) among those
+        under ``folders`` and the ``files`` named. The query multiplies the whole memory-mapped matrix; only the best
+        slots are looked up in SQLite, so a query costs one pass over the vectors, not one row read per image."""
+        ranges, files = under(folders), set(files)
+        with self.transaction(read=True):
+            matrix = self.vectors()
+            similarities = matrix @ np.asarray(query, dtype=np.float32)
+            order = np.argsort(-similarities, kind="stable") if len(similarities) <= 4 * want else None
+            found: list[tuple[str, float]] = []
+            start, step = 0, max(64, 4 * want)
+            while len(found) < want and start < len(similarities):
+                if order is None:  # the next best slots, without sorting the whole file
+                    bound = min(len(similarities), start + step)
+                    part = np.argpartition(-similarities, bound - 1)[:bound]
+                    block = part[np.argsort(-similarities[part], kind="stable")][start:bound]
+                else:
+                    block = order[start : start + step]
+                start += len(block)
+                step *= 4
+                by_slot: dict[int, list[str]] = {}
+                for chunk in _chunks(block.tolist(), 500):
+                    marks = ",".join("?" * len(chunk))
+                    for path, slot in self.db.execute(f"SELECT path, slot FROM images WHERE slot IN ({marks})", chunk):
+                        if path in files or any(low <= path < high for low, high in ranges):
+                            by_slot.setdefault(slot, []).append(path)
+                for slot in block.tolist():
+                    found += [(path, float(similarities[slot])) for path in sorted(by_slot.get(slot, ()))]
+        found = found[:want]
+        return [path for path, _ in found], np.asarray([value for _, value in found], dtype=np.float32)
 
     def similarities(self, query: np.ndarray, slots: np.ndarray) -> np.ndarray:
         """Cosine similarities (dot products of unit vectors) of ``query`` with the rows at ``slots``: exact,

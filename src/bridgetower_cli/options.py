@@ -111,9 +111,19 @@ RetrieveFormatOpt = Annotated[
     typer.Option(
         "--format",
         "-f",
-        help=f"{FORMATS}; paths = one image path (or text) per line.",
+        help=f"{FORMATS}; paths = one image path (or text) per line; html = one page with thumbnails.",
         case_sensitive=False,
-        metavar="auto|table|json|jsonl|csv|paths",
+        metavar="auto|table|json|jsonl|csv|paths|html",
+    ),
+]
+ScoreFormatOpt = Annotated[
+    Format,
+    typer.Option(
+        "--format",
+        "-f",
+        help=f"{FORMATS}; html = one page with thumbnails.",
+        case_sensitive=False,
+        metavar="auto|table|json|jsonl|csv|html",
     ),
 ]
 Print0 = Annotated[
@@ -294,3 +304,9 @@ StatsFlag = Annotated[
     bool, typer.Option("--stats", help="Report the index: images, model, size on disk, last refresh.")
 ]
 PruneFlag = Annotated[bool, typer.Option("--prune", help="Drop the rows of files that no longer exist, anywhere.")]
+MaxBody = Annotated[
+    float, typer.Option("--max-body", min=0.001, help="Largest request body, in MiB (413 beyond).", metavar="MB")
+]
+MaxImage = Annotated[
+    float, typer.Option("--max-image", min=0.001, help="Largest image in a request, in MiB (413 beyond).", metavar="MB")
+]

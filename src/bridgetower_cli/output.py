@@ -41,6 +41,7 @@ class Format(str, Enum):
     jsonl = "jsonl"
     csv = "csv"
     paths = "paths"
+    html = "html"
 
 
 STREAMED = ("jsonl", "csv", "paths")  # formats written record by record, as the work goes on
@@ -198,14 +199,14 @@ def _writing():
         raise StdoutClosed() from None
 
 
-def render(records: Iterable, fmt: str, stream: TextIO | None = None, separator: str = "\n") -> int:
-    """Write records to ``stream`` (stdout) in ``fmt``: jsonl, csv and paths record by record as they arrive, a table
-    or JSON once all are in. Returns how many records were written."""
+def render(records: Iterable, fmt: str, stream: TextIO | None = None, separator: str = "\n", title: str = "") -> int:
+    """Write records to ``stream`` (stdout) in ``fmt``: jsonl, csv and paths record by record as they arrive, a table,
+    JSON or an HTML page (``title`` its heading) once all are in. Returns how many records were written."""
     with _writing():
-        return _render(records, fmt, stream or sys.stdout, separator)
+        return _render(records, fmt, stream or sys.stdout, separator, title)
 
 
-def _render(records: Iterable, fmt: str, stream: TextIO, separator: str) -> int:
+def _render(records: Iterable, fmt: str, stream: TextIO, separator: str, title: str = "") -> int:
     fmt = resolve_format(fmt, stream)
     counted = _Counted(records)
     if fmt == "jsonl":
@@ -218,6 +219,10 @@ def _render(records: Iterable, fmt: str, stream: TextIO, separator: str) -> int:
         collected = list(counted)
         if fmt == "json":
             write_json(collected, stream)
+        elif fmt == "html":
+            from .page import write_html
+
+            write_html(collected, stream, title)
         elif collected:
             console = Console(file=stream, no_color="NO_COLOR" in os.environ, highlight=False)
             for table in TABLES.get(type(collected[0]), record_tables)(collected):

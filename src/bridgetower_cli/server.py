@@ -68,6 +68,8 @@ class Settings:
             keep_alive_s=parse_duration(keep_alive) if keep_alive else None,
             api_key=env.get("BT_API_KEY") or None,
             allow_paths=[Path(p).resolve() for p in env.get("BT_SERVE_ALLOW_PATHS", "").split(os.pathsep) if p],
+            max_body_bytes=int(float(env.get("BT_SERVE_MAX_BODY_MB", 64)) * 2**20),
+            max_image_bytes=int(float(env.get("BT_SERVE_MAX_IMAGE_MB", 32)) * 2**20),
         )
 
 
@@ -304,7 +306,7 @@ class ScoreIn(BaseModel):
 
 class FillMaskIn(BaseModel):
     model: str = Field(DEFAULT_MATCHING_MODEL, description="Hub id or checkpoint directory on the server.")
-    images: list[ImageIn]
+    images: list[ImageIn] = Field(description="Images, in order.")
     texts: list[str] = Field(min_length=1, description="Texts with <mask> tokens.")
     top_k: int = Field(5, ge=1, description="Candidates per mask.")
     targets: list[str] | None = Field(None, description="Restrict the candidates to these words.")
@@ -313,8 +315,8 @@ class FillMaskIn(BaseModel):
 class EmbedIn(BaseModel):
     model: str = Field(DEFAULT_CONTRASTIVE_MODEL, description="Hub id or checkpoint directory on the server.")
     kind: Literal["image", "text", "cross"] = Field(description="image, text, or cross ((image, text) pairs).")
-    images: list[ImageIn] = Field(default_factory=list)
-    texts: list[str] = Field(default_factory=list)
+    images: list[ImageIn] = Field(default_factory=list, description="Images (kind image or cross).")
+    texts: list[str] = Field(default_factory=list, description="Texts (kind text or cross).")
 
 
 class RetrieveIn(BaseModel):
@@ -322,30 +324,30 @@ class RetrieveIn(BaseModel):
     query: str | None = Field(None, description="A text query: rank the images under `sources`.")
     sources: list[str] = Field(default_factory=list, description="Server paths (under --allow-path) to search.")
     index: str | None = Field(None, description="Server path of the index (under --allow-path); default the server's.")
-    rebuild: bool = False
+    rebuild: bool = Field(False, description="Start the index afresh.")
     refresh: bool = Field(True, description="Refresh the index for the sources first (false: query it as it is).")
     image: ImageIn | None = Field(None, description="An image query: rank `texts` for it.")
-    texts: list[str] = Field(default_factory=list)
-    top_k: int = Field(10, ge=1)
+    texts: list[str] = Field(default_factory=list, description="With `image`: the texts to rank.")
+    top_k: int = Field(10, ge=1, description="How many hits.")
     rerank_k: int = Field(5, ge=0, description="ITM rescoring of the best ITC hits (0: ITC alone).")
 
 
 class EmbeddingsIn(BaseModel):
     """OpenAI / infinity embeddings request."""
 
-    model: str = Field(DEFAULT_CONTRASTIVE_MODEL)
+    model: str = Field(DEFAULT_CONTRASTIVE_MODEL, description="Hub id or checkpoint directory on the server.")
     input: str | list[str] = Field(description="Texts, or images as data:image/...;base64, URLs.")
-    modality: Literal["text", "image"] = "text"
-    encoding_format: Literal["float"] = "float"
+    modality: Literal["text", "image"] = Field("text", description="What `input` holds.")
+    encoding_format: Literal["float"] = Field("float", description="Only float lists.")
 
 
 class RerankIn(BaseModel):
     """Cohere / TEI rerank request: a text query and image documents (data URLs), or an image query and texts."""
 
-    model: str = Field(DEFAULT_MATCHING_MODEL)
+    model: str = Field(DEFAULT_MATCHING_MODEL, description="Hub id or checkpoint directory on the server.")
     query: str = Field(description="A text, or an image as a data:image/...;base64, URL.")
     documents: list[str] = Field(min_length=1, description="Images (data URLs) for a text query, texts for an image.")
-    top_n: int | None = Field(None, ge=1)
+    top_n: int | None = Field(None, ge=1, description="Keep the best n (default: all).")
 
 
 class Collected(Reporter):

@@ -12,7 +12,7 @@ import torch
 
 from .errors import BtError, InputError
 from .hub import fingerprint
-from .index import EmbeddingIndex, RefreshStats, content_hash, default_index_path, file_state
+from .index import EmbeddingIndex, RefreshStats, content_hash, default_index_path, file_states
 from .inputs import ImageSource, fit_aspect, load_image
 from .records import (
     Candidate,
@@ -261,7 +261,7 @@ def refresh_index(
     indexed, moved or renamed, reuses that embedding), rows of files gone from ``folders`` dropped. Each batch is
     committed on its own, so an interrupted refresh keeps what it finished."""
     reporter = reporter or Reporter()
-    states = [file_state(source.path) for source in sources]
+    states = file_states(source.path for source in sources)
     plan = index.plan(states, folders)
     hashes = {}
     for state in plan.to_embed:
@@ -372,8 +372,9 @@ def retrieve_images(
         try:
             if refresh:
                 reporter.info(refresh_index(runtime, index, sources, outcome, folders, batch_size, reporter).line())
-            paths, slots = index.rows([source.path for source in sources], [] if refresh else folders)
-            similarities = index.similarities(query_embedding.float().cpu().numpy(), slots)
+            query_vector = query_embedding.float().cpu().numpy()
+            want = max(top_k, rerank_k)
+            paths, similarities = index.search(query_vector, want, folders, [source.path for source in sources])
         finally:
             index.close()
         if not paths and refresh:
