@@ -33,6 +33,8 @@ from .options import (
     Device,
     Dtype,
     DtypeOpt,
+    Engine,
+    EngineOpt,
     FormatOpt,
     HitsK,
     Host,
@@ -60,6 +62,7 @@ from .options import (
     PruneFlag,
     QueryImage,
     Quiet,
+    RayAddress,
     Rebuild,
     RerankK,
     RetrieveFormatOpt,
@@ -287,6 +290,8 @@ def embed(
     quiet: Quiet = False,
     server: Server = None,
     api_key: ApiKey = None,
+    engine: EngineOpt = Engine.local,
+    ray_address: RayAddress = None,
 ) -> None:
     """L2-normalised ITC embeddings of images, texts, or (image, text) pairs (--kind cross).
 
@@ -303,10 +308,14 @@ def embed(
         raise BtError("--kind cross needs images and texts", "pass image sources and --text / --texts-file")
     if "image" in kinds and not sources or "text" in kinds and not texts:
         raise BtError(f"--kind {kinds[0]} needs {kinds[0]}s", "pass them, or choose another --kind")
-    if output is not None and output.suffix not in (".npy", ".npz"):
-        raise BtError(f"cannot write {output}: unknown format", "use a file name ending in .npy or .npz")
     reporter = StderrReporter(quiet)
     outcome = Outcome()
+    if engine is Engine.ray:
+        return _embed_on_ray(
+            model, revision, device, dtype, batch_size, ray_address, kinds, sources, output, fmt, outcome, reporter
+        )
+    if output is not None and output.suffix not in (".npy", ".npz"):
+        raise BtError(f"cannot write {output}: unknown format", "use a file name ending in .npy or .npz")
     if server:
         from . import client
 
@@ -324,6 +333,58 @@ def embed(
     from .output import write_embeddings
 
     render_object(write_embeddings(records, output, model), fmt.value)
+    reporter.finish(outcome)
+
+
+def _embed_on_ray(model, revision, device, dtype, batch_size, address, kinds, sources, output, fmt, outcome, reporter):
+    """`bt embed --engine ray`: image embeddings on Ray; with --output DIR, Parquet shards (resumable)."""
+    from .engines import SHARD, RayEngine, shard_paths, write_shard
+    from .records import EmbeddingRecord, Skipped
+
+    if kinds != ["image"]:
+        raise BtError("--engine ray embeds images", "embed texts and pairs with --engine local")
+    if any(s.is_url for s in sources):
+        raise BtError("--engine ray reads local files (or a shared file system), not URLs", "download them first")
+    engine = RayEngine.for_checkpoint(resolve_checkpoint(model, revision), model, device, dtype.value, address)
+    batch_size = batch_size or 8
+    shards = shard_paths(output, len(sources)) if output is not None else []
+    if output is not None:
+        output.mkdir(parents=True, exist_ok=True)
+    todo = [s for k, s in enumerate(sources) if output is None or not shards[k // SHARD].exists()]
+    if output is not None and len(todo) < len(sources):
+        reporter.info(f"{len(sources) - len(todo)} images already in complete shards of {output}: resuming")
+    position = {s.path: k for k, s in enumerate(sources)}
+    pending: dict[int, list] = {}
+    remaining = {}
+    for s in todo:
+        remaining[position[s.path] // SHARD] = remaining.get(position[s.path] // SHARD, 0) + 1
+
+    def records():
+        with reporter.progress(len(todo), "embedding images") as advance:
+            for batch in engine.embed(todo, batch_size):
+                for item in batch:
+                    if item.error:
+                        outcome.skipped.append(Skipped(item.name, item.error))
+                        reporter.skipped(item.name, item.error)
+                    else:
+                        vector = item.embedding.tolist()
+                        yield EmbeddingRecord(item.name, None, "image", model, len(vector), vector)
+                    shard = position[item.path] // SHARD
+                    if output is not None:
+                        if not item.error:
+                            pending.setdefault(shard, []).append((position[item.path], item))
+                        remaining[shard] -= 1
+                        if remaining[shard] == 0:
+                            rows = sorted(pending.pop(shard, []), key=lambda row: row[0])
+                            write_shard(shards[shard], [(i.name, "image", model, i.embedding) for _, i in rows])
+                advance(len(batch))
+
+    if output is None:
+        return _emit(records(), fmt, outcome, reporter)
+    written = sum(1 for _ in records())
+    from .records import EmbeddingsWritten
+
+    render_object(EmbeddingsWritten(str(output), written, engine.dim, model), fmt.value)
     reporter.finish(outcome)
 
 
@@ -470,6 +531,8 @@ def index_command(
     rebuild: Rebuild = False,
     stats: StatsFlag = False,
     prune: PruneFlag = False,
+    engine: EngineOpt = Engine.local,
+    ray_address: RayAddress = None,
     model: Model = DEFAULT_CONTRASTIVE_MODEL,
     revision: Revision = None,
     device: Device = "auto",
@@ -495,13 +558,25 @@ def index_command(
         raise BtError("bt index needs images or folders to index", "e.g. bt index ~/Pictures (or --stats, --prune)")
     sources, folders = _indexable(_only_images(images, "file or folder"))
     reporter = StderrReporter(quiet)
-    runtime, batch_size = ModelOptions(model, revision, device, dtype, threads, batch_size).load(reporter, ("itc",))
+    runtime, ray = None, None
+    if engine is Engine.ray:  # the model runs on Ray's actors; this process only writes the index
+        from .engines import RayEngine
+        from .hub import fingerprint
+        from .index import EmbeddingIndex, default_index_path
+
+        path = resolve_checkpoint(model, revision)
+        ray = RayEngine.for_checkpoint(path, model, device, dtype.value, ray_address)
+        batch_size = batch_size or 8
+        index = EmbeddingIndex(index_file or default_index_path(), fingerprint(path), ray.dim, rebuild, model)
+    else:
+        runtime, batch_size = ModelOptions(model, revision, device, dtype, threads, batch_size).load(reporter, ("itc",))
     from . import tasks
 
     outcome = Outcome()
-    index = tasks.open_index(runtime, index_file, rebuild)
+    if runtime is not None:
+        index = tasks.open_index(runtime, index_file, rebuild)
     try:
-        stats = tasks.refresh_index(runtime, index, sources, outcome, folders, batch_size, reporter)
+        stats = tasks.refresh_index(runtime, index, sources, outcome, folders, batch_size, reporter, engine=ray)
         reporter.info(f"{stats.line()}; {index.count()} images in {index.path}")
     finally:
         index.close()

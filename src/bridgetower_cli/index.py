@@ -125,6 +125,11 @@ def content_hash(path: str) -> str:
     return digest.hexdigest()
 
 
+def bytes_hash(data: bytes) -> str:
+    """``content_hash`` of bytes already read."""
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
 def under(folders: Iterable[Path]) -> list[tuple[str, str]]:
     """Key ranges [low, high) of the paths under each folder (for range scans of the primary key)."""
     ranges = []

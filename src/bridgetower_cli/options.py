@@ -18,6 +18,11 @@ class EmbeddingKind(str, Enum):
     cross = "cross"
 
 
+class Engine(str, Enum):
+    local = "local"
+    ray = "ray"
+
+
 class Dtype(str, Enum):
     auto = "auto"
     float32 = "float32"
@@ -309,4 +314,24 @@ MaxBody = Annotated[
 ]
 MaxImage = Annotated[
     float, typer.Option("--max-image", min=0.001, help="Largest image in a request, in MiB (413 beyond).", metavar="MB")
+]
+EngineOpt = Annotated[
+    Engine,
+    typer.Option(
+        "--engine",
+        envvar="BT_ENGINE",
+        help="local: this process; ray: Ray Data (CPU tasks decode, model actors embed; pip install "
+        '"bridgetower-cli[ray]").',
+        case_sensitive=False,
+        metavar="local|ray",
+    ),
+]
+RayAddress = Annotated[
+    Optional[str],
+    typer.Option(
+        "--ray-address",
+        help="The Ray cluster to join (auto: the running one). Default: $RAY_ADDRESS, else a local Ray.",
+        metavar="ADDRESS",
+        show_default=False,
+    ),
 ]

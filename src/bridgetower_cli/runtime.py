@@ -50,6 +50,15 @@ class Fused:
     lengths: list[int]
 
 
+def pixel_values(image_processor, image: Image.Image) -> torch.Tensor:
+    """One RGB image preprocessed as ``BridgeTowerProcessor`` does (normalised, centre-cropped); [3, S, S]."""
+    try:
+        encoding = image_processor(images=image, do_normalize=True, do_center_crop=True, return_tensors="pt")
+    except ValueError as error:
+        raise InputError(f"the image processor cannot handle it ({error})") from None
+    return encoding["pixel_values"][0]
+
+
 class Runtime:
     """The BridgeTower forward as separate text, image and fusion steps over one loaded backbone."""
 
@@ -76,13 +85,7 @@ class Runtime:
 
     def pixel_values(self, image: Image.Image) -> torch.Tensor:
         """Preprocess one RGB image exactly as ``BridgeTowerProcessor`` does; [3, S, S]."""
-        try:
-            encoding = self.processor.image_processor(
-                images=image, do_normalize=True, do_center_crop=True, return_tensors="pt"
-            )
-        except ValueError as error:
-            raise InputError(f"the image processor cannot handle it ({error})") from None
-        return encoding["pixel_values"][0]
+        return pixel_values(self.processor.image_processor, image)
 
     def tokenize(self, texts: list[str]) -> tuple[list[list[int]], list[bool]]:
         """Token ids per text (truncated to the model's limit) and whether each was truncated."""

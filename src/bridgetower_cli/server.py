@@ -136,8 +136,12 @@ class ModelWorker:
         self.jobs.put(_Match(pairs, future))
         return future.result()
 
-    def stop(self) -> None:
+    def stop(self, wait: bool = False) -> None:
+        """No more jobs after those queued; ``wait``: until the thread is done (at shutdown, so that no model call
+        is still running while the interpreter finalises)."""
         self.jobs.put(None)
+        if wait:
+            self.thread.join(timeout=60)
 
     def _run(self) -> None:
         waiting: list = []
@@ -284,9 +288,10 @@ class ModelPool:
 
     def close(self) -> None:
         with self.lock:
-            for model in self.models.values():
-                model.worker.stop()
+            models = list(self.models.values())
             self.models.clear()
+        for model in models:
+            model.worker.stop(wait=True)
 
 
 # -- request and response shapes ---------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import torch
 
 from .errors import BtError, InputError
 from .hub import fingerprint
-from .index import EmbeddingIndex, RefreshStats, content_hash, default_index_path, file_states
+from .index import EmbeddingIndex, FileState, RefreshStats, content_hash, default_index_path, file_states
 from .inputs import ImageSource, fit_aspect, load_image
 from .records import (
     Candidate,
@@ -241,6 +241,44 @@ def embed(
                 advance(len(pairs))
 
 
+Stored = tuple[list[tuple[FileState, str, list[float]]], list[tuple[FileState, str]]]  # (rows, failures)
+
+
+def _embedded_locally(runtime, todo, hashes: dict, batch_size: int, outcome: Outcome, reporter: Reporter):
+    """Batches of (rows, failures) for the index, embedded in this process."""
+    for chunk in chunks(todo, batch_size):
+        state_of = {source.name: state for source, state in chunk}
+        skipped_before = len(outcome.skipped)
+        rows = []
+        for batch in encode_image_batches(runtime, [s for s, _ in chunk], batch_size, outcome, reporter):
+            for source, image in batch:
+                state = state_of[source.name]
+                digest = hashes.get(state.path) or content_hash(state.path)
+                rows.append((state, digest, image.itc_embedding.float().cpu().tolist()))
+        yield rows, [(state_of[s.name], s.reason) for s in outcome.skipped[skipped_before:]]
+
+
+def _embedded_by(engine, todo, batch_size: int, outcome: Outcome, reporter: Reporter):
+    """Batches of (rows, failures) for the index, embedded by ``engine`` (Ray), reported as the local engine does."""
+    state_of = {source.path: (source, state) for source, state in todo}
+    for batch in engine.embed([source for source, _ in todo], batch_size):
+        rows, failures = [], []
+        for item in batch:
+            source, state = state_of[item.path]
+            if item.padded:
+                reporter.warn(
+                    f"{source.name} is too elongated for the image processor: padded to a wider frame",
+                    kind="elongated images padded",
+                )
+            if item.error:
+                outcome.skipped.append(Skipped(source.name, item.error))
+                reporter.skipped(source.name, item.error)
+                failures.append((state, item.error))
+            else:
+                rows.append((state, item.hash, item.embedding.tolist()))
+        yield rows, failures
+
+
 def open_index(runtime: Runtime, index_file: Path | None = None, rebuild: bool = False) -> EmbeddingIndex:
     """The embedding index for the loaded checkpoint (``index_file``, else the default path)."""
     loaded = runtime.loaded
@@ -256,10 +294,12 @@ def refresh_index(
     folders: Sequence[Path] = (),
     batch_size: int = 8,
     reporter: Reporter | None = None,
+    engine=None,
 ) -> RefreshStats:
     """Bring the index up to date for ``sources``: new and changed files indexed (a file whose content is already
     indexed, moved or renamed, reuses that embedding), rows of files gone from ``folders`` dropped. Each batch is
-    committed on its own, so an interrupted refresh keeps what it finished."""
+    committed on its own, so an interrupted refresh keeps what it finished. ``engine`` (``engines.RayEngine``)
+    embeds on Ray instead of ``runtime``."""
     reporter = reporter or Reporter()
     states = file_states(source.path for source in sources)
     plan = index.plan(states, folders)
@@ -279,20 +319,16 @@ def refresh_index(
     stats.reused = len(reused)
     pending = {state.path for state in plan.to_embed} - {state.path for state, _, _ in reused}
     todo = [(source, state) for source, state in zip(sources, states) if state.path in pending]
+    batches = (
+        _embedded_locally(runtime, todo, hashes, batch_size, outcome, reporter)
+        if engine is None
+        else _embedded_by(engine, todo, batch_size, outcome, reporter)
+    )
     with reporter.progress(len(todo), "indexing images") as advance:
-        for chunk in chunks(todo, batch_size):
-            state_of = {source.name: state for source, state in chunk}
-            skipped_before = len(outcome.skipped)
-            rows = []
-            for batch in encode_image_batches(runtime, [s for s, _ in chunk], batch_size, outcome, reporter):
-                for source, image in batch:
-                    state = state_of[source.name]
-                    digest = hashes.get(state.path) or content_hash(state.path)
-                    rows.append((state, digest, image.itc_embedding.float().cpu().tolist()))
-            failures = [(state_of[s.name], s.reason) for s in outcome.skipped[skipped_before:]]
+        for rows, failures in batches:
             index.store(rows, failures)
             stats.failed += len(failures)
-            advance(len(chunk))
+            advance(len(rows) + len(failures))
     index.maintain()
     return stats
 

@@ -1,0 +1,231 @@
+"""``--engine ray``: image embedding on Ray Data, past one process and one machine.
+
+The pipeline: the file list -> CPU tasks that read, hash and preprocess each image exactly as the local engine does
+(EXIF, modes, elongated images padded, unreadable files kept with their reason) -> a pool of model actors (one per
+GPU when the cluster has GPUs, else CPU actors) running bt's own runtime -> batches streamed back to the driver,
+decoding and the model overlapping. Ray retries a task or restarts an actor that dies. The driver is the only writer:
+``bt index`` stores each batch through the index's transactional path; ``bt embed --output DIR`` writes Parquet
+shards, each complete or absent. Install with ``pip install "bridgetower-cli[ray]"``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import BtError, InputError
+from .inputs import ImageSource, decode_image, fit_aspect, read_bytes
+
+RAY_INSTALL = 'pip install "bridgetower-cli[ray]"'
+SHARD = 1024  # images per Parquet shard of `bt embed --engine ray --output DIR`
+
+
+def require_ray() -> None:
+    try:
+        import ray  # noqa: F401
+        import ray.data  # noqa: F401
+    except ImportError:
+        raise BtError("--engine ray needs Ray Data, which is not installed", RAY_INSTALL) from None
+
+
+@dataclass
+class Embedded:
+    """One image out of the pipeline: its embedding, or why it could not be read."""
+
+    name: str
+    path: str
+    hash: str
+    embedding: np.ndarray | None
+    error: str
+    padded: bool
+
+
+_PROCESSORS: dict[str, object] = {}
+
+
+def _processor(checkpoint: str):
+    """The checkpoint's image processor, loaded once per worker process (no model weights)."""
+    if checkpoint not in _PROCESSORS:
+        from .loading import load_processor, read_config
+
+        path = Path(checkpoint)
+        _PROCESSORS[checkpoint] = load_processor(path, read_config(path, checkpoint)).image_processor
+    return _PROCESSORS[checkpoint]
+
+
+def read_batch(batch: dict, checkpoint: str, image_size: int) -> dict:
+    """The CPU stage: read, hash and preprocess a batch of files as the local engine does."""
+    from .index import bytes_hash
+    from .runtime import pixel_values
+
+    processor = _processor(checkpoint)
+    empty = np.zeros((3, image_size, image_size), dtype=np.float32)
+    out: dict[str, list] = {"name": [], "path": [], "hash": [], "pixels": [], "error": [], "padded": []}
+    for name, path in zip(batch["name"], batch["path"]):
+        source, digest, pixels, error, padded = ImageSource(str(name), path=str(path)), "", empty, "", False
+        try:
+            data = read_bytes(source)
+            digest = bytes_hash(data)
+            image, padded = fit_aspect(decode_image(data), image_size)
+            pixels = pixel_values(processor, image).numpy()
+        except InputError as failure:
+            error = failure.message
+        for key, value in (
+            ("name", str(name)),
+            ("path", str(path)),
+            ("hash", digest),
+            ("pixels", pixels),
+            ("error", error),
+            ("padded", padded),
+        ):
+            out[key].append(value)
+    return {key: np.stack(values) if key == "pixels" else np.array(values) for key, values in out.items()}
+
+
+class EmbedActor:
+    """The model stage: one runtime per actor, loaded once."""
+
+    def __init__(self, checkpoint: str, name: str, device: str, dtype: str):
+        from .loading import load_model
+        from .runtime import Runtime
+
+        # Ray gives a 1-CPU actor one thread (OMP_NUM_THREADS=1); the CPU actor is the node's one model worker: let
+        # it use the node's cores, as the local engine does (decoding tasks interleave with it).
+        threads = None if device not in ("auto", "cpu") else os.cpu_count()
+        self.runtime = Runtime(load_model(Path(checkpoint), name, device, dtype, needs=("itc",), threads=threads))
+        self.dim = self.runtime.network.config.contrastive_hidden_size
+
+    def __call__(self, batch: dict) -> dict:
+        import torch
+
+        ok = batch["error"] == ""
+        embeddings = np.zeros((len(ok), self.dim), dtype=np.float32)
+        if ok.any():
+            states = self.runtime.encode_images(torch.from_numpy(np.ascontiguousarray(batch["pixels"][ok])))
+            embeddings[ok] = np.stack([state.itc_embedding.float().cpu().numpy() for state in states])
+        return {key: batch[key] for key in ("name", "path", "hash", "error", "padded")} | {"embedding": embeddings}
+
+
+def start(address: str | None) -> None:
+    """Join the cluster ``address`` (or ``RAY_ADDRESS``), or start a local Ray."""
+    import logging
+    import warnings
+
+    import ray
+
+    # Ray's own progress and log lines would fill the terminal: bt reports progress itself, on stderr.
+    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
+    warnings.filterwarnings("ignore", module="ray")
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    context.print_on_execution_start = False
+    if not ray.is_initialized():
+        address = address or os.environ.get("RAY_ADDRESS") or None
+        try:
+            ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+        except (ConnectionError, RuntimeError, ValueError) as error:
+            raise BtError(
+                f"cannot join the Ray cluster at {address}: {error}", "start one with `ray start --head`"
+            ) from None
+    for name in ("ray", "ray.data"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def embed_images(
+    checkpoint: Path,
+    name: str,
+    sources: Sequence[ImageSource],
+    image_size: int,
+    batch_size: int,
+    device: str = "auto",
+    dtype: str = "auto",
+    address: str | None = None,
+) -> Iterator[list[Embedded]]:
+    """Embed local image files on Ray Data; yields batches as they complete (in no particular order)."""
+    import ray
+
+    require_ray()
+    start(address)
+    gpus = int(ray.cluster_resources().get("GPU", 0)) if device in ("auto", "cuda") else 0
+    items = [{"name": s.name, "path": s.path} for s in sources]
+    dataset = ray.data.from_items(items, override_num_blocks=max(1, min(len(items) // batch_size, 64)))
+    dataset = dataset.map_batches(
+        read_batch,
+        batch_size=batch_size,
+        fn_kwargs={"checkpoint": str(checkpoint), "image_size": image_size},
+        num_cpus=0.5,  # unlike the model actors: Ray keeps the stages apart, so decoding overlaps the model
+    )
+
+    class Actor(EmbedActor):  # the settings in the class, not as constructor arguments in the object store
+        def __init__(self):
+            super().__init__(str(checkpoint), name, device, dtype)
+
+    dataset = dataset.map_batches(
+        Actor,
+        batch_size=batch_size,
+        compute=ray.data.ActorPoolStrategy(size=max(1, gpus)),  # Ray Data restarts an actor that dies
+        num_gpus=1 if gpus else 0,
+        num_cpus=0 if gpus else 1,
+    )
+    for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+        yield [
+            Embedded(str(n), str(p), str(h), e if not err else None, str(err), bool(pad))
+            for n, p, h, e, err, pad in zip(
+                batch["name"], batch["path"], batch["hash"], batch["embedding"], batch["error"], batch["padded"]
+            )
+        ]
+
+
+@dataclass
+class RayEngine:
+    """Where and how the Ray pipeline runs a checkpoint."""
+
+    checkpoint: Path
+    name: str
+    image_size: int
+    dim: int
+    device: str = "auto"
+    dtype: str = "auto"
+    address: str | None = None
+
+    @classmethod
+    def for_checkpoint(cls, checkpoint: Path, name: str, device: str, dtype: str, address: str | None) -> RayEngine:
+        """Check the checkpoint (ITC heads) and read what the driver needs, without loading the weights here."""
+        from .loading import heads_in, load_processor, read_config, require_heads
+
+        require_ray()
+        config = read_config(checkpoint, name)
+        require_heads(heads_in(checkpoint, config), ("itc",), name)
+        size = load_processor(checkpoint, config).image_processor.size["shortest_edge"]
+        return cls(checkpoint, name, size, config.contrastive_hidden_size, device, dtype, address)
+
+    def embed(self, sources: Sequence[ImageSource], batch_size: int) -> Iterator[list[Embedded]]:
+        return embed_images(
+            self.checkpoint, self.name, sources, self.image_size, batch_size, self.device, self.dtype, self.address
+        )
+
+
+def shard_paths(output: Path, count: int) -> list[Path]:
+    return [output / f"part-{k:05d}.parquet" for k in range(-(-count // SHARD))]
+
+
+def write_shard(path: Path, rows: list[tuple[str, str, str, np.ndarray]]) -> None:
+    """One Parquet shard (id, kind, model, embedding), written to a temporary name and renamed: complete or absent."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.table(
+        {
+            "id": [r[0] for r in rows],
+            "kind": [r[1] for r in rows],
+            "model": [r[2] for r in rows],
+            "embedding": pa.array([r[3].astype(np.float32) for r in rows], type=pa.list_(pa.float32())),
+        }
+    )
+    partial = path.with_name(f".{path.name}.partial")
+    pq.write_table(table, partial)
+    os.replace(partial, path)
