@@ -106,6 +106,22 @@ def bt():
     return run_bt
 
 
+def wait_for_rows(process, index: Path, rows: int, timeout_s: float) -> int:
+    """Poll ``index`` while ``process`` runs until it has committed at least ``rows`` images: how many it had."""
+    import sqlite3
+
+    committed, deadline = 0, time.monotonic() + timeout_s
+    while committed < rows and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.05)
+        if index.exists():
+            try:
+                with sqlite3.connect(index, timeout=5) as db:
+                    committed = db.execute("SELECT COUNT(*) FROM images").fetchone()[0]
+            except sqlite3.OperationalError:
+                continue
+    return committed
+
+
 @pytest.fixture
 def server(samples):
     """A local HTTP server on 127.0.0.1: /cat.jpg, /page.html (text/html), /huge.jpg (declares 1 GiB),

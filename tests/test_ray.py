@@ -9,11 +9,10 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
-from conftest import DEVICE
+from conftest import DEVICE, wait_for_rows
 from PIL import Image
 
 ray = pytest.importorskip("ray")
@@ -91,15 +90,7 @@ def test_a_killed_build_resumes_to_the_same_index(bt, full_checkpoint, samples, 
         "-q",
     ]
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    committed, deadline = 0, time.monotonic() + 240
-    while time.monotonic() < deadline and process.poll() is None and committed < 4:
-        time.sleep(0.05)
-        if index.exists():
-            try:
-                with sqlite3.connect(index, timeout=5) as db:
-                    committed = db.execute("SELECT COUNT(*) FROM images").fetchone()[0]
-            except sqlite3.OperationalError:
-                continue
+    committed = wait_for_rows(process, index, 4, timeout_s=240)
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert 4 <= committed < 240, "the build finished or never committed before the kill"

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import DEVICE
+from conftest import DEVICE, wait_for_rows
 from reference import contrastive, itm_logits, rgb
 
 from bridgetower_cli import inputs, tasks
@@ -224,18 +224,7 @@ def test_sigkill_mid_build_leaves_a_valid_index_that_resumes(full_checkpoint, sa
     env = dict(os.environ, BT_DEVICE=DEVICE, BT_DTYPE="float32")
     command = [*BT_INDEX, folder, "-m", full_checkpoint, "--index", index, "-b", "4", "-q"]
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    committed = 0
-    while time.monotonic() < deadline and process.poll() is None:
-        time.sleep(0.05)
-        if index.exists():
-            try:
-                with sqlite3.connect(index, timeout=5) as db:
-                    committed = db.execute("SELECT COUNT(*) FROM images").fetchone()[0]
-            except sqlite3.OperationalError:
-                continue
-            if committed >= 8:
-                break
+    committed = wait_for_rows(process, index, 8, timeout_s=120)
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert committed >= 8, "the build finished or never committed before the kill"

@@ -38,20 +38,6 @@ SIZES = {
         "contrastive_size": 32,
         "family": "base",
     },
-    "tiny-large": {
-        "image_size": 294,
-        "patch_size": 14,
-        "hidden_size": 64,
-        "heads": 2,
-        "text_layers": 4,
-        "vision_layers": 4,
-        "cross_layers": 2,
-        "intermediate_size": 128,
-        "vocab_size": 600,
-        "tokenizer_vocab": 600,
-        "contrastive_size": 32,
-        "family": "large",
-    },
     "base": {
         "image_size": 288,
         "patch_size": 16,
@@ -81,6 +67,8 @@ SIZES = {
         "family": "large",
     },
 }
+# The large family's geometry (patch 14 at 294 px: a 21 x 21 grid) at tiny width and depth.
+SIZES["tiny-large"] = SIZES["tiny"] | {"image_size": 294, "patch_size": 14, "family": "large"}
 LAYOUTS = ("transformers", "published")
 
 _SUBJECTS = [
