@@ -354,19 +354,6 @@ class EmbeddingIndex:
             return np.zeros((0, self.dim), dtype=np.float32)
         return np.memmap(path, dtype=np.float32, mode="r", shape=(rows, self.dim))
 
-    def rows(self, paths: Iterable[str] = (), folders: Iterable[Path] = ()) -> tuple[list[str], np.ndarray]:
-        """The indexed ``paths`` (in the order given) and every indexed file under ``folders``: (paths, slots)."""
-        found: dict[str, int] = {}
-        for low, high in under(folders):
-            found.update(self.db.execute("SELECT path, slot FROM images WHERE path >= ? AND path < ?", (low, high)))
-        wanted = [p for p in paths if p not in found]
-        for chunk in _chunks(wanted, 500):
-            marks = ",".join("?" * len(chunk))
-            found.update(self.db.execute(f"SELECT path, slot FROM images WHERE path IN ({marks})", chunk))
-        given = [p for p in paths if p in found]
-        order = list(dict.fromkeys([*given, *sorted(found)]))
-        return order, np.fromiter((found[p] for p in order), dtype=np.int64, count=len(order))
-
     def search(
         self, query: np.ndarray, want: int, folders: Iterable[Path] = (), files: Iterable[str] = ()
     ) -> tuple[list[str], np.ndarray]:
@@ -400,21 +387,15 @@ class EmbeddingIndex:
         found = found[:want]
         return [path for path, _ in found], np.asarray([value for _, value in found], dtype=np.float32)
 
-    def similarities(self, query: np.ndarray, slots: np.ndarray) -> np.ndarray:
-        """Cosine similarities (dot products of unit vectors) of ``query`` with the rows at ``slots``: exact,
-        float32. A query over most of the file multiplies the memory map whole, without copying it."""
-        with self.transaction(read=True):
-            matrix = self.vectors()
-            query = np.asarray(query, dtype=np.float32)
-            if len(slots) * 2 > len(matrix):
-                return (matrix @ query)[slots]
-            return matrix[slots] @ query
-
     def embeddings(self, paths: Iterable[str]) -> tuple[list[str], np.ndarray]:
         """The stored embeddings of ``paths`` (those indexed), in the order given: (paths, [n, dim] float32)."""
-        kept, slots = self.rows(list(paths))
+        wanted, found = list(paths), {}
         with self.transaction(read=True):
-            return kept, np.array(self.vectors()[slots])
+            for chunk in _chunks(wanted, 500):
+                marks = ",".join("?" * len(chunk))
+                found.update(self.db.execute(f"SELECT path, slot FROM images WHERE path IN ({marks})", chunk))
+            kept = [p for p in wanted if p in found]
+            return kept, np.array(self.vectors()[[found[p] for p in kept]])
 
     def count(self) -> int:
         return self.db.execute("SELECT COUNT(*) FROM images").fetchone()[0]

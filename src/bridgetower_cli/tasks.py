@@ -12,7 +12,7 @@ import torch
 
 from .errors import BtError, InputError
 from .hub import fingerprint
-from .index import EmbeddingIndex, FileState, RefreshStats, content_hash, default_index_path, file_states
+from .index import EmbeddingIndex, RefreshStats, content_hash, default_index_path, file_states
 from .inputs import ImageSource, fit_aspect, load_image
 from .records import (
     Candidate,
@@ -44,6 +44,12 @@ def encode_text_batches(runtime: Runtime, texts: list[str], batch_size: int, rep
     return states
 
 
+def warn_padded(reporter: Reporter, name: str) -> None:
+    reporter.warn(
+        f"{name} is too elongated for the image processor: padded to a wider frame", kind="elongated images padded"
+    )
+
+
 def read_images(
     runtime: Runtime, sources: Sequence[ImageSource], outcome: Outcome, reporter: Reporter, keep: dict | None = None
 ) -> Iterator[tuple[ImageSource, torch.Tensor]]:
@@ -55,10 +61,7 @@ def read_images(
             if keep is not None:
                 keep[source.name] = image
             if padded:
-                reporter.warn(
-                    f"{source.name} is too elongated for the image processor: padded to a wider frame",
-                    kind="elongated images padded",
-                )
+                warn_padded(reporter, source.name)
             yield source, runtime.pixel_values(image)
         except InputError as error:
             outcome.skipped.append(Skipped(source.name, error.message))
@@ -241,9 +244,6 @@ def embed(
                 advance(len(pairs))
 
 
-Stored = tuple[list[tuple[FileState, str, list[float]]], list[tuple[FileState, str]]]  # (rows, failures)
-
-
 def _embedded_locally(runtime, todo, hashes: dict, batch_size: int, outcome: Outcome, reporter: Reporter):
     """Batches of (rows, failures) for the index, embedded in this process."""
     for chunk in chunks(todo, batch_size):
@@ -266,10 +266,7 @@ def _embedded_by(engine, todo, batch_size: int, outcome: Outcome, reporter: Repo
         for item in batch:
             source, state = state_of[item.path]
             if item.padded:
-                reporter.warn(
-                    f"{source.name} is too elongated for the image processor: padded to a wider frame",
-                    kind="elongated images padded",
-                )
+                warn_padded(reporter, source.name)
             if item.error:
                 outcome.skipped.append(Skipped(source.name, item.error))
                 reporter.skipped(source.name, item.error)
