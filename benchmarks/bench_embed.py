@@ -14,10 +14,10 @@ import json
 import torch
 from common import checkpoint, machine, photo_folder, table, timed
 
-from bridgetower_cli import tasks
-from bridgetower_cli.inputs import expand_image_sources, load_image
-from bridgetower_cli.loading import load_model
-from bridgetower_cli.runtime import Runtime
+from bridgetower_cli.model.loading import load_model
+from bridgetower_cli.model.runtime import Runtime
+from bridgetower_cli.sources import expand_image_sources, load_image
+from bridgetower_cli.tasks import pairs
 
 
 def main() -> None:
@@ -39,7 +39,7 @@ def main() -> None:
             vision(pixels[start : start + args.batch_size])
 
     def bt():
-        return len(list(tasks.embed(runtime, "image", sources, batch_size=args.batch_size)))
+        return len(list(pairs.embed(runtime, "image", sources, batch_size=args.batch_size)))
 
     bare_s, _ = timed(bare, args.repeats)
     bt_s, count = timed(bt, args.repeats)

@@ -41,10 +41,10 @@ def main() -> None:
     parser.add_argument("--json")
     args = parser.parse_args()
 
-    from bridgetower_cli.evaluation import evaluate, load_caption_set
-    from bridgetower_cli.loading import load_model
+    from bridgetower_cli.model.loading import load_model
+    from bridgetower_cli.model.runtime import Runtime
     from bridgetower_cli.records import Outcome
-    from bridgetower_cli.runtime import Runtime
+    from bridgetower_cli.tasks.evaluation import evaluate, load_caption_set
 
     path = checkpoint(args.size, ("itm", "mlm", "itc"))
     runtime = Runtime(load_model(path, args.size, "auto", "float32"))

@@ -25,10 +25,10 @@ from pathlib import Path
 import numpy as np
 from common import CACHE, machine, table
 
-from bridgetower_cli import tasks
-from bridgetower_cli.index import EmbeddingIndex, FileState
-from bridgetower_cli.inputs import expand_image_sources
+from bridgetower_cli.index.store import EmbeddingIndex, FileState
 from bridgetower_cli.records import Outcome
+from bridgetower_cli.sources import expand_image_sources
+from bridgetower_cli.tasks import indexing
 
 DIM = 512
 PER_FOLDER = 1000
@@ -106,7 +106,7 @@ def blob_step(blobs: Path, query: np.ndarray) -> float:
 def refresh_step(index: EmbeddingIndex, root: Path) -> float:
     start = time.perf_counter()
     sources = expand_image_sources([str(root)])
-    stats = tasks.refresh_index(None, index, sources, Outcome(), [root])
+    stats = indexing.refresh_index(None, index, sources, Outcome(), [root])
     assert stats.unchanged == len(sources) and stats.new == 0
     return time.perf_counter() - start
 
@@ -114,7 +114,7 @@ def refresh_step(index: EmbeddingIndex, root: Path) -> float:
 PEAK = """
 import re, sys, numpy as np
 from pathlib import Path
-from bridgetower_cli.index import EmbeddingIndex
+from bridgetower_cli.index.store import EmbeddingIndex
 index = EmbeddingIndex(Path(sys.argv[1]), "synthetic", 512)
 query = np.random.default_rng(1).standard_normal(512).astype(np.float32)
 index.search(query / np.linalg.norm(query), 10, folders=[Path(sys.argv[2])])
@@ -148,7 +148,7 @@ def served_query(root: Path, path: Path, checkpoint_size: str) -> float:
     )
     url = server.stdout.readline().strip()
     # The synthetic index is tied to no checkpoint: serve a copy whose fingerprint is the model's.
-    from bridgetower_cli.hub import fingerprint
+    from bridgetower_cli.model.hub import fingerprint
 
     served = CACHE / "served-index.sqlite"
     for stale in CACHE.glob("served-index.sqlite*"):

@@ -26,7 +26,7 @@ def main() -> None:
     args = parser.parse_args()
     from common import checkpoint
 
-    from bridgetower_cli.loading import load_model
+    from bridgetower_cli.model.loading import load_model
 
     path = checkpoint("base", tuple(args.heads.split(",")))
     size = sum(f.stat().st_size for f in path.glob("*.safetensors")) / 2**20
@@ -35,11 +35,11 @@ def main() -> None:
     after = peak_mib()
     from common import SAMPLES
 
-    from bridgetower_cli import tasks
-    from bridgetower_cli.inputs import expand_image_sources
-    from bridgetower_cli.runtime import Runtime
+    from bridgetower_cli.model.runtime import Runtime
+    from bridgetower_cli.sources import expand_image_sources
+    from bridgetower_cli.tasks import pairs
 
-    tasks.score(Runtime(loaded), expand_image_sources([str(SAMPLES / "cat.jpg")]), ["a cat"])
+    pairs.score(Runtime(loaded), expand_image_sources([str(SAMPLES / "cat.jpg")]), ["a cat"])
     forward = peak_mib()
     params = sum(p.numel() for p in loaded.network.parameters()) / 1e6
     print(f"checkpoint {path.name}: {size:.0f} MiB safetensors, {params:.0f} M parameters, heads {loaded.heads}")

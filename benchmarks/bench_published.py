@@ -24,16 +24,16 @@ import json, re, sys, time
 from pathlib import Path
 def peak():
     return int(re.search(r"VmHWM:\\s+(\\d+) kB", Path("/proc/self/status").read_text()).group(1)) / 1024
-from bridgetower_cli import tasks
-from bridgetower_cli.inputs import expand_image_sources
-from bridgetower_cli.loading import load_model
-from bridgetower_cli.runtime import Runtime
+from bridgetower_cli.tasks import pairs
+from bridgetower_cli.sources import expand_image_sources
+from bridgetower_cli.model.loading import load_model
+from bridgetower_cli.model.runtime import Runtime
 imports = peak()
 start = time.perf_counter()
 loaded = load_model(Path(sys.argv[1]), "bench", "cpu", "float32")
 seconds = time.perf_counter() - start
 after = peak()
-outcome = tasks.score(Runtime(loaded), expand_image_sources([sys.argv[2]]), ["a cat"])
+outcome = pairs.score(Runtime(loaded), expand_image_sources([sys.argv[2]]), ["a cat"])
 records = outcome if isinstance(outcome, list) else list(getattr(outcome, "records", outcome))
 print(json.dumps({"load_s": seconds, "imports_mib": imports, "after_mib": after, "score_mib": peak(),
                   "logit": records[0].logit}))

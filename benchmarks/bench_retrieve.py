@@ -24,12 +24,13 @@ from common import CACHE, checkpoint, machine, photo_folder, table, timed
 from PIL import Image
 from transformers import BridgeTowerForImageAndTextRetrieval, BridgeTowerProcessor
 
-from bridgetower_cli import tasks
-from bridgetower_cli.hub import fingerprint
-from bridgetower_cli.index import EmbeddingIndex
-from bridgetower_cli.inputs import expand_image_sources, load_image
-from bridgetower_cli.loading import load_model
-from bridgetower_cli.runtime import Runtime
+from bridgetower_cli.index.store import EmbeddingIndex
+from bridgetower_cli.model.hub import fingerprint
+from bridgetower_cli.model.loading import load_model
+from bridgetower_cli.model.runtime import Runtime
+from bridgetower_cli.sources import expand_image_sources, load_image
+from bridgetower_cli.tasks import indexing
+from bridgetower_cli.tasks import retrieve as retrieval
 
 QUERY = "two cats sitting on a couch"
 
@@ -41,9 +42,9 @@ def open_index(runtime, path: Path, rebuild=False) -> EmbeddingIndex:
 
 def query(runtime, index, folder, rerank_k):
     sources = expand_image_sources([str(folder)])
-    stats = tasks.refresh_index(runtime, index, sources, [folder])
+    stats = indexing.refresh_index(runtime, index, sources, [folder])
     assert stats.new == stats.changed == 0
-    return tasks.retrieve_images(runtime, index, QUERY, sources, top_k=10, rerank_k=rerank_k).records
+    return retrieval.retrieve_images(runtime, index, QUERY, sources, top_k=10, rerank_k=rerank_k).records
 
 
 def folder_scaling(repeats: int) -> list:
@@ -53,7 +54,7 @@ def folder_scaling(repeats: int) -> list:
     for count in (200, 2000):
         folder = photo_folder(count)
         index = open_index(runtime, CACHE / f"index-tiny-{count}.sqlite")
-        tasks.refresh_index(runtime, index, expand_image_sources([str(folder)]), [folder])
+        indexing.refresh_index(runtime, index, expand_image_sources([str(folder)]), [folder])
         times[count], _ = timed(lambda index=index, folder=folder: query(runtime, index, folder, 5), repeats)
         command = [sys.executable, "-m", "bridgetower_cli", "retrieve", QUERY, str(folder), "-m", str(path)]
         command += ["--index", str(CACHE / f"index-tiny-{count}.sqlite"), "-r", "5", "-d", "cpu", "-f", "json"]
@@ -84,7 +85,7 @@ def base_query(repeats: int) -> tuple[list, list]:
 
         def build():
             index = open_index(runtime, index_path, rebuild=True)
-            tasks.refresh_index(runtime, index, sources, [folder])
+            indexing.refresh_index(runtime, index, sources, [folder])
             return index
 
         build_s, index = timed(build, 1, warmup=0)

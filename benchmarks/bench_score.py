@@ -17,10 +17,10 @@ from common import IMAGES, SAMPLES, TEXTS, checkpoint, machine, table, timed
 from PIL import Image
 from transformers import BridgeTowerForImageAndTextRetrieval, BridgeTowerProcessor
 
-from bridgetower_cli import tasks
-from bridgetower_cli.inputs import ImageSource
-from bridgetower_cli.loading import load_model
-from bridgetower_cli.runtime import Runtime
+from bridgetower_cli.model.loading import load_model
+from bridgetower_cli.model.runtime import Runtime
+from bridgetower_cli.sources import ImageSource
+from bridgetower_cli.tasks import pairs
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -45,7 +45,7 @@ def bt_score(path, device, dtype_name, sources, texts, batch_size):
     runtime = Runtime(load_model(path, "base", device, dtype_name))
 
     def run():
-        records = tasks.score(runtime, sources, texts, batch_size).records
+        records = pairs.score(runtime, sources, texts, batch_size).records
         by_pair = {(r.image, r.text): r.logit for r in records}
         return [by_pair[(s.name, t)] for s in sources for t in texts]
 

@@ -59,17 +59,17 @@ def one_pair(url: str, path: Path, text: str) -> float:
 
 
 def round_trip(path: Path, url: str) -> tuple[float, float]:
-    from bridgetower_cli import tasks
-    from bridgetower_cli.inputs import ImageSource
-    from bridgetower_cli.loading import load_model
+    from bridgetower_cli.model.loading import load_model
+    from bridgetower_cli.model.runtime import Runtime
     from bridgetower_cli.records import Outcome
-    from bridgetower_cli.runtime import Runtime
+    from bridgetower_cli.sources import ImageSource
+    from bridgetower_cli.tasks import pairs
 
     runtime = Runtime(load_model(path, str(path), "cpu", "float32"))
     source = ImageSource("cat", data=CAT.read_bytes())
 
     def local():
-        return list(tasks.score(runtime, [source], ["two cats"], Outcome()))
+        return list(pairs.score(runtime, [source], ["two cats"], Outcome()))
 
     times = {"local": [], "server": []}
     for _ in range(30):

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bridgetower_cli import inputs
+from bridgetower_cli import sources as inputs
 
 
 def png(image: Image.Image, **kwargs) -> bytes:

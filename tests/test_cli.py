@@ -17,12 +17,13 @@ from conftest import DEVICE
 from PIL import Image
 from reference import contrastive, itm_logits, rgb
 
-from bridgetower_cli import tasks
-from bridgetower_cli.catalog import KNOWN_CHECKPOINTS
-from bridgetower_cli.inputs import expand_image_sources
-from bridgetower_cli.loading import load_model
+from bridgetower_cli.model.catalog import KNOWN_CHECKPOINTS
+from bridgetower_cli.model.loading import load_model
+from bridgetower_cli.model.runtime import Runtime
 from bridgetower_cli.records import Outcome, Reporter
-from bridgetower_cli.runtime import Runtime
+from bridgetower_cli.sources import expand_image_sources
+from bridgetower_cli.tasks import pairs
+from bridgetower_cli.tasks import retrieve as retrieval
 
 # -- images are never taken for texts ------------------------------------------------------------------------------
 
@@ -72,7 +73,7 @@ def test_two_stage_orders_reranked_hits_by_probability():
     # Item 0 has the higher match logit but the lower probability (softmax over both ITM logits).
     scores = {0: (2.0, 0.30), 1: (1.0, 0.70), 2: (0.5, 0.50)}
     similarities = torch.tensor([0.9, 0.8, 0.7, 0.1]).numpy()
-    hits = tasks.two_stage(similarities, 4, top_k=4, rerank_k=3, rescore=lambda shortlist: scores)
+    hits = retrieval.two_stage(similarities, 4, top_k=4, rerank_k=3, rescore=lambda shortlist: scores)
     assert [item for item, _, _ in hits] == [1, 2, 0, 3]
     assert hits[3][2] is None and hits[3][1] == pytest.approx(0.1)
 
@@ -81,7 +82,7 @@ def test_score_records_are_ordered_by_the_probability_printed(full_checkpoint, s
     runtime = Runtime(load_model(full_checkpoint, "full", DEVICE, "float32"))
     texts = ["a cat", "two cats on a couch", "a rocket launch", "a cup of coffee", "an astronaut"]
     sources = expand_image_sources([str(samples / "cat.jpg")])
-    records = list(tasks.score(runtime, sources, texts, Outcome()))
+    records = list(pairs.score(runtime, sources, texts, Outcome()))
     image = rgb(samples / "cat.jpg")
     stock = {t: itm_logits(full_checkpoint, image, t).softmax(-1)[1].item() for t in texts}
     assert [r.text for r in records] == sorted(texts, key=stock.get, reverse=True)
@@ -113,7 +114,7 @@ def test_each_image_is_emitted_before_the_next_is_read(full_checkpoint, samples,
     sources = expand_image_sources([str(samples / "cat.jpg"), str(samples / "rocket.jpg")])
     texts = ["a <mask> on a couch", "a <mask> at night"]
     reporter = Advances()
-    records = getattr(tasks, task)(runtime, sources, texts, Outcome(), batch_size=1, reporter=reporter)
+    records = getattr(pairs, task)(runtime, sources, texts, Outcome(), batch_size=1, reporter=reporter)
     first = next(records)
     assert first.image == sources[0].name
     assert reporter.done <= len(texts)  # only the first image's pairs have run
@@ -212,9 +213,9 @@ def test_loading_shows_a_status_on_a_terminal(full_checkpoint):
 
     from rich.console import Console
 
-    from bridgetower_cli.cli import ModelOptions
-    from bridgetower_cli.options import Dtype
-    from bridgetower_cli.output import StderrReporter
+    from bridgetower_cli.cli.app import ModelOptions
+    from bridgetower_cli.cli.options import Dtype
+    from bridgetower_cli.cli.render import StderrReporter
 
     screen = io.StringIO()
     reporter = StderrReporter(console=Console(file=screen, force_terminal=True, width=100))

@@ -9,11 +9,11 @@ import pytest
 from conftest import DEVICE
 from reference import contrastive, rgb
 
-from bridgetower_cli import tasks
-from bridgetower_cli.inputs import expand_image_sources
-from bridgetower_cli.loading import load_model
+from bridgetower_cli.model.loading import load_model
+from bridgetower_cli.model.runtime import Runtime
 from bridgetower_cli.records import Outcome
-from bridgetower_cli.runtime import Runtime
+from bridgetower_cli.sources import expand_image_sources
+from bridgetower_cli.tasks import pairs
 
 TEXTS = ["a cat", "a rocket launch at night over the water"]
 
@@ -60,10 +60,10 @@ def test_unimodal_embeddings_run_no_cross_modal_layer(full_checkpoint, samples):
     for layer in [*tower.cross_modal_text_layers, *tower.cross_modal_image_layers]:
         layer.register_forward_hook(lambda *args: calls.append(1))
     sources = expand_image_sources([str(samples)])
-    assert len(list(tasks.embed(runtime, "image", Outcome(), sources))) == 5
-    assert len(list(tasks.embed(runtime, "text", Outcome(), texts=TEXTS))) == 2
+    assert len(list(pairs.embed(runtime, "image", Outcome(), sources))) == 5
+    assert len(list(pairs.embed(runtime, "text", Outcome(), texts=TEXTS))) == 2
     assert calls == []
-    list(tasks.embed(runtime, "cross", Outcome(), sources[:1], TEXTS))
+    list(pairs.embed(runtime, "cross", Outcome(), sources[:1], TEXTS))
     assert calls
 
 

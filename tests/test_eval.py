@@ -10,10 +10,10 @@ import torch
 from conftest import DEVICE
 from reference import contrastive, itm_logits, rgb
 
-from bridgetower_cli.evaluation import UNSCORED, load_caption_set, protocol_scores, recalls
-from bridgetower_cli.loading import load_model
+from bridgetower_cli.model.loading import load_model
+from bridgetower_cli.model.runtime import Runtime
 from bridgetower_cli.records import Outcome
-from bridgetower_cli.runtime import Runtime
+from bridgetower_cli.tasks.evaluation import UNSCORED, load_caption_set, protocol_scores, recalls
 
 RECALL_FIELDS = ["txt_r1", "txt_r5", "txt_r10", "txt_r_mean", "img_r1", "img_r5", "img_r10", "img_r_mean", "r_mean"]
 

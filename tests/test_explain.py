@@ -9,11 +9,11 @@ from PIL import Image
 from reference import processor, rgb, stock
 from transformers import BridgeTowerForImageAndTextRetrieval
 
-from bridgetower_cli.explain import default_layer, explain
-from bridgetower_cli.inputs import expand_image_sources
-from bridgetower_cli.loading import load_model
+from bridgetower_cli.model.loading import load_model
+from bridgetower_cli.model.runtime import Runtime
 from bridgetower_cli.records import Outcome
-from bridgetower_cli.runtime import Runtime
+from bridgetower_cli.sources import expand_image_sources
+from bridgetower_cli.tasks.explain import default_layer, explain
 
 TEXT = "a cat lying on a couch"
 

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from bridgetower_cli.errors import BtError, InputError
-from bridgetower_cli.inputs import decode_image, expand_image_sources, load_image, read_texts, split_arguments
+from bridgetower_cli.sources import decode_image, expand_image_sources, load_image, read_texts, split_arguments
 
 
 def encode(image: Image.Image, fmt: str, **kwargs) -> bytes:

@@ -17,9 +17,9 @@ import torch
 from conftest import DEVICE, PUBLISHED
 from reference import contrastive, itm_logits, mlm_logits, processor, rgb
 
-from bridgetower_cli.hub import files_to_fetch
-from bridgetower_cli.loading import load_model
-from bridgetower_cli.runtime import Runtime
+from bridgetower_cli.model.hub import files_to_fetch
+from bridgetower_cli.model.loading import load_model
+from bridgetower_cli.model.runtime import Runtime
 from bridgetower_cli.testing import build_checkpoint
 
 WITH_ITM = [name for name, (_, heads) in PUBLISHED.items() if "itm" in heads]

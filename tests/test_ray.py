@@ -46,7 +46,7 @@ def index_contents(path):
         meta = dict(db.execute("SELECT key, value FROM meta"))
         paths = sorted(p for (p,) in db.execute("SELECT path FROM images"))
         failures = sorted(db.execute("SELECT path, reason FROM failures"))
-    from bridgetower_cli.index import EmbeddingIndex
+    from bridgetower_cli.index.store import EmbeddingIndex
 
     _, matrix = EmbeddingIndex(path, meta["model"], int(meta["dim"])).embeddings(paths)
     return paths, matrix, failures
@@ -109,7 +109,7 @@ def test_a_killed_build_resumes_to_the_same_index(bt, full_checkpoint, samples, 
 
 
 def test_embed_on_ray_writes_parquet_shards_that_resume(bt, full_checkpoint, folder, tmp_path, monkeypatch):
-    from bridgetower_cli import engines
+    from bridgetower_cli.engines import ray as engines
 
     monkeypatch.setattr(engines, "SHARD", 4)
     output = tmp_path / "shards"

@@ -16,11 +16,13 @@ import pytest
 from conftest import DEVICE, wait_for_rows
 from reference import contrastive, itm_logits, rgb
 
-from bridgetower_cli import inputs, tasks
-from bridgetower_cli.inputs import expand_image_sources
-from bridgetower_cli.loading import load_model
+from bridgetower_cli import sources as inputs
+from bridgetower_cli.model.loading import load_model
+from bridgetower_cli.model.runtime import Runtime
 from bridgetower_cli.records import Outcome
-from bridgetower_cli.runtime import Runtime
+from bridgetower_cli.sources import expand_image_sources
+from bridgetower_cli.tasks import indexing
+from bridgetower_cli.tasks import retrieve as retrieval
 from bridgetower_cli.testing import build_checkpoint
 
 QUERY = "two cats on a couch"
@@ -170,7 +172,7 @@ def test_image_to_texts_runs_the_vision_tower_once(full_checkpoint, samples):
     calls = []
     runtime.tower.vision_model.visual.embeddings.register_forward_hook(lambda *args: calls.append(1))
     (source,) = expand_image_sources([str(samples / "cat.jpg")])
-    records = tasks.retrieve_texts(runtime, source, CAPTIONS, top_k=10, rerank_k=10)
+    records = retrieval.retrieve_texts(runtime, source, CAPTIONS, top_k=10, rerank_k=10)
     assert calls == [1]
     image = rgb(samples / "cat.jpg")
     expected = {t: itm_logits(full_checkpoint, image, t) for t in CAPTIONS}
@@ -238,7 +240,7 @@ def test_sigkill_mid_build_leaves_a_valid_index_that_resumes(full_checkpoint, sa
 
     (stats,) = json.loads(resumed.stdout)
     assert stats["new"] == 400 - kept and stats["unchanged"] == kept
-    from bridgetower_cli.index import EmbeddingIndex
+    from bridgetower_cli.index.store import EmbeddingIndex
 
     with sqlite3.connect(index) as db:
         meta = dict(db.execute("SELECT key, value FROM meta"))
@@ -262,12 +264,12 @@ def test_two_processes_share_one_index(full_checkpoint, samples, tmp_path):
 
 
 def test_similarities_are_cosines(full_checkpoint, photos, tmp_path):
-    from bridgetower_cli.index import EmbeddingIndex
+    from bridgetower_cli.index.store import EmbeddingIndex
 
     runtime = Runtime(load_model(full_checkpoint, "full", DEVICE, "float32"))
     index = EmbeddingIndex(tmp_path / "ix.sqlite", "m", 32)
     sources = expand_image_sources([str(photos)])
-    tasks.refresh_index(runtime, index, sources, Outcome())
+    indexing.refresh_index(runtime, index, sources, Outcome())
     _, matrix = index.embeddings(s.path for s in sources)
     assert matrix.shape == (5, 32)
     assert np.allclose(np.linalg.norm(matrix, axis=1), 1, atol=1e-5)

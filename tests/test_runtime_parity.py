@@ -8,8 +8,8 @@ from conftest import DEVICE
 from reference import contrastive, itm_logits, mlm_logits, rgb
 
 from bridgetower_cli.errors import BtError
-from bridgetower_cli.loading import load_model
-from bridgetower_cli.runtime import Runtime
+from bridgetower_cli.model.loading import load_model
+from bridgetower_cli.model.runtime import Runtime
 from bridgetower_cli.testing import build_checkpoint
 
 pytestmark = pytest.mark.slow  # builds checkpoints and compares with the stock classes

@@ -26,7 +26,7 @@ pytest.importorskip("fastapi")
 import uvicorn  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 
-from bridgetower_cli.server import ModelWorker, Settings, _Call, create_app  # noqa: E402
+from bridgetower_cli.server.app import ModelWorker, Settings, _Call, create_app  # noqa: E402
 
 TEXTS = ["two cats on a couch", "a rocket launch at night"]
 
@@ -263,8 +263,8 @@ def test_a_client_that_disconnects_mid_request_does_no_harm(live, full_checkpoin
 
 
 def test_concurrent_pairs_are_fused_together(full_checkpoint):
-    from bridgetower_cli.loading import load_model
-    from bridgetower_cli.runtime import Runtime
+    from bridgetower_cli.model.loading import load_model
+    from bridgetower_cli.model.runtime import Runtime
 
     runtime = Runtime(load_model(full_checkpoint, "full", DEVICE, "float32"))
     worker = ModelWorker(runtime, batch_size=16, window_s=0.5)

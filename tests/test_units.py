@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bridgetower_cli.catalog import checkpoint_with, retrieval_heads
+from bridgetower_cli.cli.render import render, render_object
 from bridgetower_cli.errors import BtError
-from bridgetower_cli.index import EmbeddingIndex, FileState, file_state
-from bridgetower_cli.output import render, render_object
+from bridgetower_cli.index.store import EmbeddingIndex, FileState, file_state
+from bridgetower_cli.model.catalog import checkpoint_with, retrieval_heads
 from bridgetower_cli.records import EmbeddingsWritten, RetrievalRecord, ScoreRecord
 
 RECORDS = [ScoreRecord("a.jpg", "a cat", 1.5, 0.8), ScoreRecord("a.jpg", 'a "dog", maybe', -0.5, 0.2)]

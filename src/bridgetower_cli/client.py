@@ -7,7 +7,6 @@ import base64
 from dataclasses import dataclass
 
 from .errors import BtError, InputError
-from .inputs import ImageSource, read_bytes
 from .records import (
     Candidate,
     EmbeddingRecord,
@@ -18,6 +17,7 @@ from .records import (
     ScoreRecord,
     Skipped,
 )
+from .sources import ImageSource, read_bytes
 
 
 @dataclass

@@ -189,7 +189,7 @@ def build_checkpoint(
     ``legacy_pickle`` writes a published layout's weights in torch's old (non-zip) serialisation."""
     import torch
 
-    from .loading import BridgeTowerWithHeads
+    from .model.loading import BridgeTowerWithHeads
 
     unknown = set(heads) - set(HEADS)
     if unknown:

@@ -10,8 +10,8 @@ from collections.abc import Sequence
 from itertools import groupby
 from typing import TextIO
 
-from .errors import BtError, InputError
-from .records import RetrievalRecord, ScoreRecord
+from ..errors import BtError, InputError
+from ..records import RetrievalRecord, ScoreRecord
 
 THUMBNAIL = 240  # pixels, the longer side
 
@@ -32,7 +32,7 @@ def thumbnail(name: str) -> str:
     """A data URL of the image, at most THUMBNAIL pixels wide or high; a URL stays a URL; '' when unreadable."""
     if "://" in name:
         return name
-    from .inputs import ImageSource, load_image
+    from ..sources import ImageSource, load_image
 
     try:
         image = load_image(ImageSource(name, path=name))

@@ -14,11 +14,11 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
-from .errors import BtError
-from .inputs import ImageSource
-from .records import ExplainRecord, Outcome, Reporter, TokenMap
-from .runtime import ImageStates, Runtime, TextStates
-from .tasks import encode_image_batches, encode_text_batches
+from ..errors import BtError
+from ..model.runtime import ImageStates, Runtime, TextStates
+from ..records import ExplainRecord, Outcome, Reporter, TokenMap
+from ..sources import ImageSource
+from .batching import encode_image_batches, encode_text_batches
 
 
 def default_layer(runtime: Runtime) -> int:

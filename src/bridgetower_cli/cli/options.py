@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
-from .output import Format
+from .render import Format
 
 
 class EmbeddingKind(str, Enum):
@@ -42,7 +42,7 @@ ImagesAndTexts = Annotated[
     ),
 ]
 IndexImages = Annotated[
-    Optional[list[str]],
+    list[str] | None,
     typer.Argument(
         help="Local images: files, directories (walked), quoted globs, '-' = paths on stdin.", metavar="IMAGE..."
     ),
@@ -52,7 +52,7 @@ Model = Annotated[
     typer.Option("--model", "-m", envvar="BT_MODEL", help="Hub id or local checkpoint directory.", metavar="ID|DIR"),
 ]
 Revision = Annotated[
-    Optional[str],
+    str | None,
     typer.Option(
         "--revision",
         envvar="BT_REVISION",
@@ -82,7 +82,7 @@ DtypeOpt = Annotated[
     ),
 ]
 Threads = Annotated[
-    Optional[int],
+    int | None,
     typer.Option(
         "--threads",
         envvar="BT_THREADS",
@@ -93,7 +93,7 @@ Threads = Annotated[
     ),
 ]
 BatchSize = Annotated[
-    Optional[int],
+    int | None,
     typer.Option(
         "--batch-size",
         "-b",
@@ -103,7 +103,7 @@ BatchSize = Annotated[
     ),
 ]
 TextsFile = Annotated[
-    Optional[str],
+    str | None,
     typer.Option("--texts-file", "-T", help="Read texts from a file, one per line ('-' = stdin).", metavar="FILE"),
 ]
 FORMATS = "auto = a table on a terminal, JSON in a pipe or file; jsonl and csv stream record by record"
@@ -140,14 +140,12 @@ Quiet = Annotated[
     typer.Option("--quiet", "-q", help="No progress, status or warnings (skips and errors still show)."),
 ]
 ImageArgs = Annotated[
-    Optional[list[str]],
+    list[str] | None,
     typer.Argument(help=f"Images: {SOURCES}.", show_default=False, metavar="[IMAGE]..."),
 ]
-TextOpt = Annotated[
-    Optional[list[str]], typer.Option("--text", "-t", help="A text (repeat for several).", metavar="TEXT")
-]
+TextOpt = Annotated[list[str] | None, typer.Option("--text", "-t", help="A text (repeat for several).", metavar="TEXT")]
 Kind = Annotated[
-    Optional[EmbeddingKind],
+    EmbeddingKind | None,
     typer.Option(
         "--kind",
         help="Default: whatever was given (images and/or texts); cross = (image, text) pairs.",
@@ -155,7 +153,7 @@ Kind = Annotated[
     ),
 ]
 OutputFile = Annotated[
-    Optional[Path],
+    Path | None,
     typer.Option(
         "--output",
         "-o",
@@ -164,17 +162,17 @@ OutputFile = Annotated[
     ),
 ]
 Targets = Annotated[
-    Optional[str],
+    str | None,
     typer.Option("--targets", help="Comma-separated words: restrict the candidates to these.", metavar="W1,W2"),
 ]
 ScoreTopK = Annotated[
-    Optional[int],
+    int | None,
     typer.Option("--top-k", "-k", min=1, help="Keep the best k texts per image. Default: all.", metavar="K"),
 ]
 CandidatesK = Annotated[int, typer.Option("--top-k", "-k", min=1, help="Candidates per mask.", metavar="K")]
 HitsK = Annotated[int, typer.Option("--top-k", "-k", min=1, help="How many hits.", metavar="K")]
 RetrieveInputs = Annotated[
-    Optional[list[str]],
+    list[str] | None,
     typer.Argument(
         help=f"The query text, then the images to search ({SOURCES}). With --image: the texts to rank.",
         show_default=False,
@@ -182,10 +180,10 @@ RetrieveInputs = Annotated[
     ),
 ]
 QueryImage = Annotated[
-    Optional[str], typer.Option("--image", "-i", help="Rank texts for this image instead.", metavar="IMAGE")
+    str | None, typer.Option("--image", "-i", help="Rank texts for this image instead.", metavar="IMAGE")
 ]
 IndexFile = Annotated[
-    Optional[Path],
+    Path | None,
     typer.Option(
         "--index",
         envvar="BT_INDEX",
@@ -210,7 +208,7 @@ Annotations = Annotated[
     ),
 ]
 ImagesRoot = Annotated[
-    Optional[Path],
+    Path | None,
     typer.Option(
         "--images",
         help="The folder the annotations' image paths start from. Default: the annotation file's folder.",
@@ -230,7 +228,7 @@ KTest = Annotated[
 ]
 ItcOnly = Annotated[bool, typer.Option("--itc-only", help="Rank by ITC similarity alone (no ITM).")]
 Layer = Annotated[
-    Optional[int],
+    int | None,
     typer.Option(
         "--layer",
         min=0,
@@ -241,17 +239,17 @@ Layer = Annotated[
 ]
 Words = Annotated[bool, typer.Option("--words", help="Add one panel per word (token) to each picture.")]
 PictureFile = Annotated[
-    Optional[Path],
+    Path | None,
     typer.Option("--output", "-o", help="Write the picture of one (image, text) pair here.", metavar="FILE.png"),
 ]
 PictureDir = Annotated[
-    Optional[Path],
+    Path | None,
     typer.Option(
         "--output-dir", help="Write one picture per (image, text) pair here, named after both.", metavar="DIR"
     ),
 ]
 Server = Annotated[
-    Optional[str],
+    str | None,
     typer.Option(
         "--server",
         envvar="BT_SERVER",
@@ -261,7 +259,7 @@ Server = Annotated[
     ),
 ]
 ApiKey = Annotated[
-    Optional[str],
+    str | None,
     typer.Option("--api-key", envvar="BT_API_KEY", help="The server's API key.", metavar="KEY", show_default=False),
 ]
 Host = Annotated[
@@ -270,7 +268,7 @@ Host = Annotated[
 ]
 Port = Annotated[int, typer.Option("--port", min=0, max=65535, help="Port (0: any free one).", metavar="PORT")]
 ServeModels = Annotated[
-    Optional[list[str]],
+    list[str] | None,
     typer.Option(
         "--model",
         "-m",
@@ -280,7 +278,7 @@ ServeModels = Annotated[
     ),
 ]
 KeepAlive = Annotated[
-    Optional[str],
+    str | None,
     typer.Option(
         "--keep-alive",
         help="Unload a model idle this long (30s, 5m, 1h). Default: keep it.",
@@ -289,7 +287,7 @@ KeepAlive = Annotated[
     ),
 ]
 AllowPaths = Annotated[
-    Optional[list[Path]],
+    list[Path] | None,
     typer.Option(
         "--allow-path",
         help="A folder under which clients may name images and indexes for retrieve (repeat). Default: none.",
@@ -298,7 +296,7 @@ AllowPaths = Annotated[
     ),
 ]
 LikeImage = Annotated[
-    Optional[str],
+    str | None,
     typer.Option("--like", help="Rank the images by their likeness to this image (ITC image-image).", metavar="IMAGE"),
 ]
 NoRefresh = Annotated[
@@ -327,7 +325,7 @@ EngineOpt = Annotated[
     ),
 ]
 RayAddress = Annotated[
-    Optional[str],
+    str | None,
     typer.Option(
         "--ray-address",
         help="The Ray cluster to join (auto: the running one). Default: $RAY_ADDRESS, else a local Ray.",

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import BtError, InputError
-from .inputs import ImageSource, decode_image, fit_aspect, read_bytes
+from ..errors import BtError, InputError
+from ..sources import ImageSource, decode_image, fit_aspect, read_bytes
 
 RAY_INSTALL = 'pip install "bridgetower-cli[ray]"'
 SHARD = 1024  # images per Parquet shard of `bt embed --engine ray --output DIR`
@@ -50,7 +50,7 @@ _PROCESSORS: dict[str, object] = {}
 def _processor(checkpoint: str):
     """The checkpoint's image processor, loaded once per worker process (no model weights)."""
     if checkpoint not in _PROCESSORS:
-        from .loading import load_processor, read_config
+        from ..model.loading import load_processor, read_config
 
         path = Path(checkpoint)
         _PROCESSORS[checkpoint] = load_processor(path, read_config(path, checkpoint)).image_processor
@@ -59,8 +59,8 @@ def _processor(checkpoint: str):
 
 def read_batch(batch: dict, checkpoint: str, image_size: int) -> dict:
     """The CPU stage: read, hash and preprocess a batch of files as the local engine does."""
-    from .index import bytes_hash
-    from .runtime import pixel_values
+    from ..index.store import bytes_hash
+    from ..model.runtime import pixel_values
 
     processor = _processor(checkpoint)
     empty = np.zeros((3, image_size, image_size), dtype=np.float32)
@@ -90,8 +90,8 @@ class EmbedActor:
     """The model stage: one runtime per actor, loaded once."""
 
     def __init__(self, checkpoint: str, name: str, device: str, dtype: str):
-        from .loading import load_model
-        from .runtime import Runtime
+        from ..model.loading import load_model
+        from ..model.runtime import Runtime
 
         # Ray gives a 1-CPU actor one thread (OMP_NUM_THREADS=1); the CPU actor is the node's one model worker: let
         # it use the node's cores, as the local engine does (decoding tasks interleave with it).
@@ -195,7 +195,7 @@ class RayEngine:
     @classmethod
     def for_checkpoint(cls, checkpoint: Path, name: str, device: str, dtype: str, address: str | None) -> RayEngine:
         """Check the checkpoint (ITC heads) and read what the driver needs, without loading the weights here."""
-        from .loading import heads_in, load_processor, read_config, require_heads
+        from ..model.loading import heads_in, load_processor, read_config, require_heads
 
         require_ray()
         config = read_config(checkpoint, name)

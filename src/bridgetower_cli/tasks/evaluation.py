@@ -20,11 +20,11 @@ from pathlib import Path
 
 import torch
 
-from .errors import BtError
-from .inputs import ImageSource
-from .records import EvalRecord, Outcome, Reporter
-from .runtime import Runtime
-from .tasks import chunks, encode_image_batches, encode_text_batches
+from ..errors import BtError
+from ..model.runtime import Runtime
+from ..records import EvalRecord, Outcome, Reporter
+from ..sources import ImageSource
+from .batching import chunks, encode_image_batches, encode_text_batches
 
 UNSCORED = -100.0  # the protocol's score for a pair outside both top-k lists
 

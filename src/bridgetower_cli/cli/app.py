@@ -19,11 +19,12 @@ try:  # the click that Typer runs on: its own vendored copy in recent versions
 except ImportError:  # pragma: no cover - older Typer
     from click.exceptions import ClickException, UsageError
 
-from . import __version__
-from .catalog import DEFAULT_CONTRASTIVE_MODEL, DEFAULT_MATCHING_MODEL, KNOWN_CHECKPOINTS, retrieval_heads
-from .errors import BtError, PartialSuccess, StdoutClosed
-from .hub import resolve_checkpoint
-from .inputs import ImageSource, expand_image_sources, read_texts, split_arguments
+from .. import __version__
+from ..errors import BtError, PartialSuccess, StdoutClosed
+from ..model.catalog import DEFAULT_CONTRASTIVE_MODEL, DEFAULT_MATCHING_MODEL, KNOWN_CHECKPOINTS, retrieval_heads
+from ..model.hub import resolve_checkpoint
+from ..records import ModelRecord, Outcome
+from ..sources import ImageSource, expand_image_sources, read_texts, split_arguments
 from .options import (
     AllowPaths,
     Annotations,
@@ -80,8 +81,7 @@ from .options import (
     Threads,
     Words,
 )
-from .output import STREAMED, Format, StderrReporter, render, render_object, resolve_format, stderr_console
-from .records import ModelRecord, Outcome
+from .render import STREAMED, Format, StderrReporter, render, render_object, resolve_format, stderr_console
 
 DEFAULT_FOR = {DEFAULT_MATCHING_MODEL, DEFAULT_CONTRASTIVE_MODEL}
 SHELLS = ("bash", "zsh", "fish", "powershell", "pwsh")
@@ -130,8 +130,8 @@ class ModelOptions:
         """Resolve the checkpoint first (fast, no torch), then import torch and load it; (runtime, batch size)."""
         path = resolve_checkpoint(self.model, self.revision)
         with reporter.status(f"loading {self.model} ..."):
-            from .loading import load_model
-            from .runtime import Runtime
+            from ..model.loading import load_model
+            from ..model.runtime import Runtime
 
             loaded = load_model(path, self.model, self.device, self.dtype.value, needs, preferred, self.threads)
             runtime = Runtime(loaded)
@@ -209,16 +209,16 @@ def score(
     reporter = StderrReporter(quiet)
     title = f"bt score: {len(sources)} image(s) x {len(texts)} text(s)"
     if server:
-        from . import client
+        from .. import client
 
         outcome = Outcome()
         records = client.score(client.Client(server, api_key), model, sources, texts, top_k, outcome, reporter)
         return _emit(records, fmt, outcome, reporter, title=title)
     runtime, batch_size = ModelOptions(model, revision, device, dtype, threads, batch_size).load(reporter, ("itm",))
-    from . import tasks
+    from ..tasks import pairs
 
     outcome = Outcome()
-    records = tasks.score(runtime, sources, texts, outcome, batch_size, top_k, reporter)
+    records = pairs.score(runtime, sources, texts, outcome, batch_size, top_k, reporter)
     _emit(records, fmt, outcome, reporter, title=title)
 
 
@@ -252,17 +252,17 @@ def fill_mask(
     target_words = [w.strip() for w in targets.split(",") if w.strip()] if targets else None
     reporter = StderrReporter(quiet)
     if server:
-        from . import client
+        from .. import client
 
         outcome = Outcome()
         remote = client.Client(server, api_key)
         records = client.fill_mask(remote, model, sources, texts, top_k, target_words, outcome, reporter)
         return _emit(records, fmt, outcome, reporter)
     runtime, batch_size = ModelOptions(model, revision, device, dtype, threads, batch_size).load(reporter, ("mlm",))
-    from . import tasks
+    from ..tasks import pairs
 
     outcome = Outcome()
-    records = tasks.fill_mask(runtime, sources, texts, outcome, batch_size, top_k, target_words, reporter)
+    records = pairs.fill_mask(runtime, sources, texts, outcome, batch_size, top_k, target_words, reporter)
     _emit(records, fmt, outcome, reporter)
 
 
@@ -317,20 +317,20 @@ def embed(
     if output is not None and output.suffix not in (".npy", ".npz"):
         raise BtError(f"cannot write {output}: unknown format", "use a file name ending in .npy or .npz")
     if server:
-        from . import client
+        from .. import client
 
         remote = client.Client(server, api_key)
         records = (r for k in kinds for r in client.embed(remote, model, k, sources, texts, outcome, reporter))
     else:
         options = ModelOptions(model, revision, device, dtype, threads, batch_size)
         runtime, batch_size = options.load(reporter, ("itc",))
-        from . import tasks
+        from ..tasks import pairs
 
-        records = (r for k in kinds for r in tasks.embed(runtime, k, outcome, sources, texts, batch_size, reporter))
+        records = (r for k in kinds for r in pairs.embed(runtime, k, outcome, sources, texts, batch_size, reporter))
     if output is None:
         _emit(records, fmt, outcome, reporter)
         return
-    from .output import write_embeddings
+    from .render import write_embeddings
 
     render_object(write_embeddings(records, output, model), fmt.value)
     reporter.finish(outcome)
@@ -338,8 +338,8 @@ def embed(
 
 def _embed_on_ray(model, revision, device, dtype, batch_size, address, kinds, sources, output, fmt, outcome, reporter):
     """`bt embed --engine ray`: image embeddings on Ray; with --output DIR, Parquet shards (resumable)."""
-    from .engines import SHARD, RayEngine, shard_paths, write_shard
-    from .records import EmbeddingRecord, Skipped
+    from ..engines.ray import SHARD, RayEngine, shard_paths, write_shard
+    from ..records import EmbeddingRecord, Skipped
 
     if kinds != ["image"]:
         raise BtError("--engine ray embeds images", "embed texts and pairs with --engine local")
@@ -382,7 +382,7 @@ def _embed_on_ray(model, revision, device, dtype, batch_size, address, kinds, so
     if output is None:
         return _emit(records(), fmt, outcome, reporter)
     written = sum(1 for _ in records())
-    from .records import EmbeddingsWritten
+    from ..records import EmbeddingsWritten
 
     render_object(EmbeddingsWritten(str(output), written, engine.dim, model), fmt.value)
     reporter.finish(outcome)
@@ -448,16 +448,16 @@ def retrieve(
             raise BtError(f"--image takes one image; {image} holds {len(sources)}", "name a single image file")
         title = f"texts for {image}"
         if server:
-            from . import client
+            from .. import client
 
             payload = {"texts": texts, "top_k": top_k, "rerank_k": rerank_k}
             remote = client.Client(server, api_key)
             records = client.retrieve(remote, model, payload, outcome, reporter, image=sources[0])
             return _emit(records, fmt, outcome, reporter, separator, title)
         runtime, batch_size = options.load(reporter, *retrieval_heads(rerank_k))
-        from . import tasks
+        from ..tasks import retrieve as retrieval
 
-        records = tasks.retrieve_texts(runtime, sources[0], texts, top_k, rerank_k, batch_size, reporter)
+        records = retrieval.retrieve_texts(runtime, sources[0], texts, top_k, rerank_k, batch_size, reporter)
     else:
         if text or texts_file:
             raise BtError(
@@ -478,7 +478,7 @@ def retrieve(
         specs = _only_images(specs, "or folder to search")
         title = f"images like {like}" if like is not None else query
         if server:  # the images and the index live with the server, under its --allow-path roots
-            from . import client
+            from .. import client
 
             if like is not None:
                 raise BtError("--like is not served yet", "run it without --server")
@@ -501,9 +501,9 @@ def retrieve(
             sources, folders = _indexable(specs)
         needs = ("itc",) if like is not None else retrieval_heads(rerank_k)[0]
         runtime, batch_size = options.load(reporter, needs, retrieval_heads(rerank_k)[1])
-        from . import tasks
+        from ..tasks import retrieve as retrieval
 
-        records = tasks.retrieve_images(
+        records = retrieval.retrieve_images(
             runtime,
             query,
             sources,
@@ -544,7 +544,7 @@ def index_command(
 ) -> None:
     """Build or refresh the retrieval index of local images without querying it; --stats, --prune."""
     if stats or prune:
-        from .index import open_existing
+        from ..index.store import open_existing
 
         index = open_existing(index_file)
         try:
@@ -560,9 +560,9 @@ def index_command(
     reporter = StderrReporter(quiet)
     runtime, ray = None, None
     if engine is Engine.ray:  # the model runs on Ray's actors; this process only writes the index
-        from .engines import RayEngine
-        from .hub import fingerprint
-        from .index import EmbeddingIndex, default_index_path
+        from ..engines.ray import RayEngine
+        from ..index.store import EmbeddingIndex, default_index_path
+        from ..model.hub import fingerprint
 
         path = resolve_checkpoint(model, revision)
         ray = RayEngine.for_checkpoint(path, model, device, dtype.value, ray_address)
@@ -570,13 +570,13 @@ def index_command(
         index = EmbeddingIndex(index_file or default_index_path(), fingerprint(path), ray.dim, rebuild, model)
     else:
         runtime, batch_size = ModelOptions(model, revision, device, dtype, threads, batch_size).load(reporter, ("itc",))
-    from . import tasks
+    from ..tasks import indexing
 
     outcome = Outcome()
     if runtime is not None:
-        index = tasks.open_index(runtime, index_file, rebuild)
+        index = indexing.open_index(runtime, index_file, rebuild)
     try:
-        stats = tasks.refresh_index(runtime, index, sources, outcome, folders, batch_size, reporter, engine=ray)
+        stats = indexing.refresh_index(runtime, index, sources, outcome, folders, batch_size, reporter, engine=ray)
         reporter.info(f"{stats.line()}; {index.count()} images in {index.path}")
     finally:
         index.close()
@@ -620,7 +620,7 @@ def explain(
         )
     reporter = StderrReporter(quiet)
     runtime, batch_size = ModelOptions(model, revision, device, dtype, threads, batch_size).load(reporter, ("itm",))
-    from .explain import explain as explain_pairs
+    from ..tasks.explain import explain as explain_pairs
     from .pictures import overlay, panels, picture_name, save_png
 
     if output is None and output_dir is None and resolve_format(fmt.value) == "table":
@@ -672,7 +672,7 @@ def serve(
     try:
         import uvicorn
 
-        from .server import Settings, create_app, is_loopback, parse_duration
+        from ..server.app import Settings, create_app, is_loopback, parse_duration
     except ImportError:
         raise BtError("bt serve needs the server packages", 'pip install "bridgetower-cli[serve]"') from None
     if not is_loopback(host) and not api_key:
@@ -736,7 +736,7 @@ def eval_command(
     quiet: Quiet = False,
 ) -> None:
     """Image-text retrieval recall (R@1/5/10) of a checkpoint on a caption set, by the BridgeTower protocol."""
-    from .evaluation import load_caption_set
+    from ..tasks.evaluation import load_caption_set
 
     caption_set = load_caption_set(annotations, images or annotations.parent, split)
     reporter = StderrReporter(quiet)
@@ -744,7 +744,7 @@ def eval_command(
     runtime, batch_size = ModelOptions(model, revision, device, dtype, threads, batch_size).load(
         reporter, needs, ("itm", "itc")
     )
-    from .evaluation import evaluate
+    from ..tasks.evaluation import evaluate
 
     outcome = Outcome()
     record = evaluate(runtime, caption_set, outcome, k_test, itc_only, batch_size, reporter)
@@ -760,7 +760,7 @@ def eval_command(
 @app.command(epilog="Examples:\n\n  bt models\n\n  bt models -f json | jq -r '.[] | select(.cached) | .id'")
 def models(fmt: FormatOpt = Format.auto) -> None:
     """The public BridgeTower checkpoints: their heads, image size, and whether they are in the local cache."""
-    from .hub import cached_snapshot
+    from ..model.hub import cached_snapshot
 
     records = [
         ModelRecord(c.id, list(c.heads), c.image_size, cached_snapshot(c.id) is not None, c.id in DEFAULT_FOR)

@@ -30,10 +30,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from .catalog import DEFAULT_CONTRASTIVE_MODEL, DEFAULT_MATCHING_MODEL, retrieval_heads
-from .errors import BtError
-from .inputs import ImageSource, expand_image_sources
-from .records import Outcome, Reporter
+from ..errors import BtError
+from ..model.catalog import DEFAULT_CONTRASTIVE_MODEL, DEFAULT_MATCHING_MODEL, retrieval_heads
+from ..records import Outcome, Reporter
+from ..sources import ImageSource, expand_image_sources
 
 # -- settings ------------------------------------------------------------------------------------------------------
 
@@ -264,9 +264,9 @@ class ModelPool:
             return model
 
     def _load(self, name: str) -> _Model:
-        from .hub import resolve_checkpoint
-        from .loading import load_model
-        from .runtime import Runtime
+        from ..model.hub import resolve_checkpoint
+        from ..model.loading import load_model
+        from ..model.runtime import Runtime
 
         s = self.settings
         runtime = Runtime(load_model(resolve_checkpoint(name), name, s.device, s.dtype, threads=s.threads))
@@ -474,7 +474,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return _error(RequestError(500, f"unexpected {type(error).__name__}", "see the server's log"))
 
     def run(model: str, needs: tuple[str, ...], work, preferred: tuple[str, ...] = ()):
-        from .loading import require_heads
+        from ..model.loading import require_heads
 
         try:
             with pool.use(model) as runtime:
@@ -511,23 +511,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.post("/v1/score")
     def score(body: ScoreIn) -> dict:
-        from . import tasks
+        from ..tasks import pairs
 
         sources, outcome, reporter = sources_of(body.images), Outcome(), Collected()
 
         def work(runtime):
-            return list(tasks.score(runtime, sources, list(body.texts), outcome, _batch(runtime), body.top_k, reporter))
+            return list(pairs.score(runtime, sources, list(body.texts), outcome, _batch(runtime), body.top_k, reporter))
 
         return answer(run(body.model, ("itm",), work), outcome, reporter)
 
     @app.post("/v1/fill-mask")
     def fill_mask(body: FillMaskIn) -> dict:
-        from . import tasks
+        from ..tasks import pairs
 
         sources, outcome, reporter = sources_of(body.images), Outcome(), Collected()
 
         def work(runtime):
-            records = tasks.fill_mask(
+            records = pairs.fill_mask(
                 runtime, sources, list(body.texts), outcome, _batch(runtime), body.top_k, body.targets, reporter
             )
             return list(records)
@@ -536,18 +536,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.post("/v1/embed")
     def embed(body: EmbedIn) -> dict:
-        from . import tasks
+        from ..tasks import pairs
 
         sources, outcome, reporter = sources_of(body.images), Outcome(), Collected()
 
         def work(runtime):
-            return list(tasks.embed(runtime, body.kind, outcome, sources, list(body.texts), _batch(runtime), reporter))
+            return list(pairs.embed(runtime, body.kind, outcome, sources, list(body.texts), _batch(runtime), reporter))
 
         return answer(run(body.model, ("itc",), work), outcome, reporter)
 
     @app.post("/v1/retrieve")
     def retrieve(body: RetrieveIn) -> dict:
-        from . import tasks
+        from ..tasks import retrieve as retrieval
 
         outcome, reporter = Outcome(), Collected()
         needs, preferred = retrieval_heads(body.rerank_k)
@@ -555,7 +555,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             (source,) = sources_of([body.image])
 
             def work(runtime):
-                return tasks.retrieve_texts(
+                return retrieval.retrieve_texts(
                     runtime, source, list(body.texts), body.top_k, body.rerank_k, _batch(runtime), reporter
                 )
 
@@ -572,7 +572,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise RequestError(422, error.message, error.hint) from None
 
         def work(runtime):
-            return tasks.retrieve_images(
+            return retrieval.retrieve_images(
                 runtime,
                 body.query,
                 sources,
@@ -602,7 +602,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.post("/v1/embeddings")
     def embeddings(body: EmbeddingsIn) -> dict:
-        from . import tasks
+        from ..tasks import pairs
 
         inputs = [body.input] if isinstance(body.input, str) else list(body.input)
         if not inputs:
@@ -618,7 +618,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
         def work(runtime):
             texts = inputs if body.modality == "text" else []
-            records = list(tasks.embed(runtime, body.modality, outcome, sources, texts, _batch(runtime)))
+            records = list(pairs.embed(runtime, body.modality, outcome, sources, texts, _batch(runtime)))
             tokens = sum(len(ids) for ids in runtime.tokenize(texts)[0]) if texts else 0
             return records, tokens
 
@@ -634,7 +634,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.post("/v1/rerank")
     def rerank(body: RerankIn) -> dict:
-        from .tasks import encode_image_batches, encode_text_batches
+        from ..tasks.batching import encode_image_batches, encode_text_batches
 
         outcome, reporter = Outcome(), Reporter()
         if body.query.startswith("data:image/"):  # an image query ranks text documents

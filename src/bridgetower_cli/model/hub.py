@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 from urllib.parse import quote
 
-from .errors import BtError
+from ..errors import BtError
 
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 # What bt reads from a repo: configs, tokenizer files (tokenizer.json, vocab.json, merges.txt, ...) and the weights.

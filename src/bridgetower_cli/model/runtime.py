@@ -15,7 +15,7 @@ from PIL import Image
 from torch import nn
 from transformers.masking_utils import create_bidirectional_mask
 
-from .errors import InputError
+from ..errors import InputError
 from .loading import LoadedModel
 
 

@@ -19,8 +19,8 @@ from transformers.models.bridgetower.modeling_bridgetower import (
 )
 from transformers.utils import logging as hf_logging
 
+from ..errors import BtError
 from .catalog import HEAD_DESCRIPTIONS, checkpoint_with
-from .errors import BtError
 from .hub import weight_files
 
 # The weight names that prove a head is in a checkpoint (all of them must be there).

@@ -7,7 +7,7 @@ import platform
 from dataclasses import dataclass
 from importlib import metadata
 
-from .catalog import KNOWN_CHECKPOINTS
+from ..model.catalog import KNOWN_CHECKPOINTS
 
 
 @dataclass
@@ -42,9 +42,9 @@ def environment(device: str = "auto", dtype: str = "auto") -> Environment:
     import torch
     from huggingface_hub import constants
 
-    from .hub import cached_snapshot
-    from .index import default_index_path
-    from .loading import select_device, select_dtype
+    from ..index.store import default_index_path
+    from ..model.hub import cached_snapshot
+    from ..model.loading import select_device, select_dtype
 
     index = default_index_path()
     return Environment(

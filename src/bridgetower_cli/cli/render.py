@@ -19,8 +19,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from .errors import BtError, PartialSuccess, StdoutClosed
-from .records import (
+from ..errors import BtError, PartialSuccess, StdoutClosed
+from ..records import (
     EmbeddingRecord,
     EmbeddingsWritten,
     ExplainRecord,

@@ -23,7 +23,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .errors import BtError
+from ..errors import BtError
 
 SCHEMA_VERSION = "2"
 SCHEMA = """

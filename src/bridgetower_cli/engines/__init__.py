@@ -1,0 +1,1 @@
+"""Engines that embed images past this process (Ray Data)."""

@@ -1,0 +1,1 @@
+"""The embedding index behind ``bt retrieve`` and ``bt index``."""

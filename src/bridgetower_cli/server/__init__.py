@@ -1,0 +1,1 @@
+"""``bt serve``: the ASGI app."""

@@ -1,0 +1,1 @@
+"""The commands' work as library calls: batching over the runtime, plain result records out."""

@@ -1,0 +1,93 @@
+"""Batching over the runtime, shared by every task: texts and images encoded in batches (unreadable images skipped
+and reported), and (image, text) pairs fused in batches."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import torch
+
+from ..errors import InputError
+from ..model.runtime import Fused, ImageStates, Runtime, TextStates
+from ..records import Outcome, Reporter, Skipped
+from ..sources import ImageSource, fit_aspect, load_image
+
+
+def chunks(items: Sequence, size: int) -> Iterator[Sequence]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def encode_text_batches(runtime: Runtime, texts: list[str], batch_size: int, reporter: Reporter) -> list[TextStates]:
+    states: list[TextStates] = []
+    for batch in chunks(texts, batch_size):
+        states += runtime.encode_texts(list(batch))
+    for text, state in zip(texts, states):
+        if state.truncated:
+            reporter.warn(f"text truncated to {runtime.max_length} tokens: {text[:40]!r}...", kind="texts truncated")
+    return states
+
+
+def warn_padded(reporter: Reporter, name: str) -> None:
+    reporter.warn(
+        f"{name} is too elongated for the image processor: padded to a wider frame", kind="elongated images padded"
+    )
+
+
+def read_images(
+    runtime: Runtime, sources: Sequence[ImageSource], outcome: Outcome, reporter: Reporter, keep: dict | None = None
+) -> Iterator[tuple[ImageSource, torch.Tensor]]:
+    """Pixel values per readable source; unreadable ones are reported and recorded as skipped. ``keep`` collects
+    the RGB image the model sees, by source name."""
+    for source in sources:
+        try:
+            image, padded = fit_aspect(load_image(source), runtime.image_size)
+            if keep is not None:
+                keep[source.name] = image
+            if padded:
+                warn_padded(reporter, source.name)
+            yield source, runtime.pixel_values(image)
+        except InputError as error:
+            outcome.skipped.append(Skipped(source.name, error.message))
+            reporter.skipped(source.name, error.message)
+
+
+def encode_image_batches(
+    runtime: Runtime,
+    sources: Sequence[ImageSource],
+    batch_size: int,
+    outcome: Outcome,
+    reporter: Reporter,
+    keep_images: dict | None = None,
+) -> Iterator[list[tuple[ImageSource, ImageStates]]]:
+    """Read, preprocess and encode images, ``batch_size`` at a time; bad images are skipped (``keep_images``: see
+    ``read_images``)."""
+    batch: list[tuple[ImageSource, torch.Tensor]] = []
+
+    def flush():
+        states = runtime.encode_images(torch.stack([pixels for _, pixels in batch]))
+        return [(source, state) for (source, _), state in zip(batch, states)]
+
+    for item in read_images(runtime, sources, outcome, reporter, keep_images):
+        batch.append(item)
+        if len(batch) == batch_size:
+            yield flush()
+            batch = []
+    if batch:
+        yield flush()
+
+
+def fused_pairs(
+    runtime: Runtime, batch: list[tuple[ImageSource, ImageStates]], text_states: list[TextStates], batch_size: int
+) -> Iterator[tuple[list[tuple[ImageSource, int]], Fused]]:
+    """Every image of ``batch`` with every text, fused ``batch_size`` pairs at a time: ((source, text index) per
+    pair, the fused batch)."""
+    pairs = [(source, image, j) for source, image in batch for j in range(len(text_states))]
+    for chunk in chunks(pairs, batch_size):
+        fused = runtime.fuse([text_states[j] for _, _, j in chunk], [image for _, image, _ in chunk])
+        yield [(source, j) for source, _, j in chunk], fused
+
+
+def best_first(records: list) -> list:
+    """Records in the order of their ITM match probability (softmax over both logits), the highest first."""
+    return sorted(records, key=lambda record: record.probability, reverse=True)

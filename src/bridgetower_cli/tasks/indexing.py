@@ -1,0 +1,101 @@
+"""Keeping the embedding index up to date for a set of image files (``bt index``, and ``bt retrieve`` before it
+searches)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from pathlib import Path
+
+from ..index.store import EmbeddingIndex, RefreshStats, content_hash, default_index_path, file_states
+from ..model.hub import fingerprint
+from ..model.runtime import Runtime
+from ..records import Outcome, Reporter, Skipped
+from ..sources import ImageSource
+from .batching import chunks, encode_image_batches, warn_padded
+
+
+def _embedded_locally(runtime, todo, hashes: dict, batch_size: int, outcome: Outcome, reporter: Reporter):
+    """Batches of (rows, failures) for the index, embedded in this process."""
+    for chunk in chunks(todo, batch_size):
+        state_of = {source.name: state for source, state in chunk}
+        skipped_before = len(outcome.skipped)
+        rows = []
+        for batch in encode_image_batches(runtime, [s for s, _ in chunk], batch_size, outcome, reporter):
+            for source, image in batch:
+                state = state_of[source.name]
+                digest = hashes.get(state.path) or content_hash(state.path)
+                rows.append((state, digest, image.itc_embedding.float().cpu().tolist()))
+        yield rows, [(state_of[s.name], s.reason) for s in outcome.skipped[skipped_before:]]
+
+
+def _embedded_by(engine, todo, batch_size: int, outcome: Outcome, reporter: Reporter):
+    """Batches of (rows, failures) for the index, embedded by ``engine`` (Ray), reported as the local engine does."""
+    state_of = {source.path: (source, state) for source, state in todo}
+    for batch in engine.embed([source for source, _ in todo], batch_size):
+        rows, failures = [], []
+        for item in batch:
+            source, state = state_of[item.path]
+            if item.padded:
+                warn_padded(reporter, source.name)
+            if item.error:
+                outcome.skipped.append(Skipped(source.name, item.error))
+                reporter.skipped(source.name, item.error)
+                failures.append((state, item.error))
+            else:
+                rows.append((state, item.hash, item.embedding.tolist()))
+        yield rows, failures
+
+
+def open_index(runtime: Runtime, index_file: Path | None = None, rebuild: bool = False) -> EmbeddingIndex:
+    """The embedding index for the loaded checkpoint (``index_file``, else the default path)."""
+    loaded = runtime.loaded
+    dim = loaded.network.config.contrastive_hidden_size
+    return EmbeddingIndex(index_file or default_index_path(), fingerprint(loaded.path), dim, rebuild, loaded.name)
+
+
+def refresh_index(
+    runtime: Runtime,
+    index: EmbeddingIndex,
+    sources: Sequence[ImageSource],
+    outcome: Outcome,
+    folders: Sequence[Path] = (),
+    batch_size: int = 8,
+    reporter: Reporter | None = None,
+    engine=None,
+) -> RefreshStats:
+    """Bring the index up to date for ``sources``: new and changed files indexed (a file whose content is already
+    indexed, moved or renamed, reuses that embedding), rows of files gone from ``folders`` dropped. Each batch is
+    committed on its own, so an interrupted refresh keeps what it finished. ``engine`` (``engines.RayEngine``)
+    embeds on Ray instead of ``runtime``."""
+    reporter = reporter or Reporter()
+    states = file_states(source.path for source in sources)
+    plan = index.plan(states, folders)
+    hashes = {}
+    for state in plan.to_embed:
+        with contextlib.suppress(OSError):  # unreadable: embedding it fails and records why
+            hashes[state.path] = content_hash(state.path)
+    known = index.slots_of(hashes.values())
+    reused = [
+        (state, hashes[state.path], known[hashes[state.path]])
+        for state in plan.to_embed
+        if hashes.get(state.path) in known
+    ]
+    index.link(reused)
+    index.drop(plan.to_drop)
+    stats = RefreshStats(len(plan.to_embed) - plan.changed, plan.changed, len(plan.to_drop), plan.unchanged)
+    stats.reused = len(reused)
+    pending = {state.path for state in plan.to_embed} - {state.path for state, _, _ in reused}
+    todo = [(source, state) for source, state in zip(sources, states) if state.path in pending]
+    batches = (
+        _embedded_locally(runtime, todo, hashes, batch_size, outcome, reporter)
+        if engine is None
+        else _embedded_by(engine, todo, batch_size, outcome, reporter)
+    )
+    with reporter.progress(len(todo), "indexing images") as advance:
+        for rows, failures in batches:
+            index.store(rows, failures)
+            stats.failed += len(failures)
+            advance(len(rows) + len(failures))
+    index.maintain()
+    return stats
