@@ -117,7 +117,7 @@ def test_no_refresh_queries_the_index_as_it_is(bt, full_checkpoint, photos, tmp_
     def no_walk(*args, **kwargs):
         raise AssertionError("--no-refresh walked the folder")
 
-    monkeypatch.setattr(inputs, "_walk", no_walk)  # bt's folder walk
+    monkeypatch.setattr(inputs, "walk", no_walk)  # bt's folder walk
     result = bt(*args, "-n")
     assert result.code == 0, result.stderr
     assert {r["image"] for r in result.json()} == indexed  # neither new.jpg nor the loss of coffee.jpg
@@ -150,11 +150,16 @@ def test_index_from_another_model_is_refused_then_rebuilt(bt, checkpoints, photo
     assert rebuilt.code == 0 and rebuilt.json()[0]["new"] == 5
 
 
-def test_corrupt_index_gives_a_clear_error(bt, full_checkpoint, photos, tmp_path):
+def test_a_damaged_index_gives_a_clear_error(bt, full_checkpoint, photos, tmp_path):
     index = tmp_path / "ix.sqlite"
-    index.write_bytes(b"this is not a database" * 100)
+    assert bt("index", photos, "-m", full_checkpoint, "--index", index).code == 0
+    data = bytearray(index.read_bytes())
+    assert len(data) >= 4 * 4096
+    data[2 * 4096 :] = b"\xff" * (len(data) - 2 * 4096)  # every page past the first two scribbled over
+    index.write_bytes(bytes(data))
     result = bt("retrieve", QUERY, photos, "-m", full_checkpoint, "--index", index)
-    assert result.code == 1 and "is corrupt" in result.stderr and "--rebuild" in result.stderr
+    assert result.code == 1 and "is damaged" in result.stderr and "--rebuild" in result.stderr, result.stderr
+    assert "unexpected" not in result.stderr
     assert bt("retrieve", QUERY, photos, "-m", full_checkpoint, "--index", index, "--rebuild").code == 0
 
 

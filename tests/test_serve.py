@@ -26,7 +26,10 @@ pytest.importorskip("fastapi")
 import uvicorn  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 
-from bridgetower_cli.server.app import ModelWorker, Settings, _Call, create_app  # noqa: E402
+from bridgetower_cli.server import Settings, create_app  # noqa: E402
+from bridgetower_cli.server.workers import Job, ModelWorker  # noqa: E402
+
+LOCAL = "http://127.0.0.1"
 
 TEXTS = ["two cats on a couch", "a rocket launch at night"]
 
@@ -42,7 +45,13 @@ def shared(tmp_path_factory, samples) -> Path:
 @pytest.fixture(scope="module")
 def live(full_checkpoint, shared):
     """A real server on 127.0.0.1 (uvicorn in a thread), the full checkpoint loaded: (URL, app)."""
-    settings = Settings(models=[str(full_checkpoint)], device=DEVICE, dtype="float32", allow_paths=[shared.resolve()])
+    settings = Settings(
+        models=[str(full_checkpoint)],
+        device=DEVICE,
+        dtype="float32",
+        allow_paths=[shared.resolve()],
+        index_dir=shared / "server-indexes",
+    )
     app = create_app(settings)
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
@@ -83,9 +92,11 @@ def numbers_close(a, b) -> bool:
 )
 def test_every_command_through_the_server_equals_in_process(bt, live, full_checkpoint, shared, tmp_path, command):
     url, _ = live
-    args = [a.format(photos=shared / "photos", index=shared / f"ix-{len(command)}.sqlite") for a in command]
-    local = bt(*args, "-m", full_checkpoint, "-f", "json")
-    remote = bt(*args, "-m", full_checkpoint, "-f", "json", "--server", url)
+    name = f"ix-{len(command)}"
+    local = [a.format(photos=shared / "photos", index=tmp_path / f"{name}.sqlite") for a in command]
+    remote = [a.format(photos=shared / "photos", index=name) for a in command]
+    local = bt(*local, "-m", full_checkpoint, "-f", "json")
+    remote = bt(*remote, "-m", full_checkpoint, "-f", "json", "--server", url)
     assert local.code == remote.code == 0, remote.stderr
     assert numbers_close(local.json(), remote.json())
 
@@ -190,8 +201,8 @@ def test_the_openapi_schema_documents_the_fields(live):
         ("/v1/score", {"images": "cat.jpg", "texts": ["a"]}, 422, "invalid request: images"),
         ("/v1/score", {"images": [{"name": "x", "data": "%%%"}], "texts": ["a"]}, 422, "not valid base64"),
         ("/v1/embeddings", {"input": ["data:image/png;base64,AAAA"], "modality": "image"}, 422, "input[0]"),
-        ("/v1/score", {"model": "/no/such/model", "images": [], "texts": ["a"]}, 404, "no checkpoint directory"),
-        ("/v1/retrieve", {"query": "a cat", "sources": ["/etc"]}, 403, "outside the server's --allow-path"),
+        ("/v1/score", {"model": "/no/such/model", "images": [], "texts": ["a"]}, 403, "is not served here"),
+        ("/v1/retrieve", {"query": "a cat", "sources": ["/etc"]}, 403, "not under the server's --allow-path roots"),
     ],
 )
 def test_bad_requests_get_the_right_status_and_the_server_lives_on(live, full_checkpoint, path, body, status, message):
@@ -210,7 +221,7 @@ def test_bad_requests_get_the_right_status_and_the_server_lives_on(live, full_ch
 
 def test_body_cap_and_api_key(full_checkpoint):
     app = create_app(Settings(api_key="s3cret", max_body_bytes=10_000, device=DEVICE))
-    with TestClient(app) as client:
+    with TestClient(app, base_url=LOCAL) as client:
         assert client.get("/health").status_code == 200  # health needs no key
         assert client.post("/v1/score", json={"images": [], "texts": ["a"]}).status_code == 401
         wrong = client.post("/v1/score", json={}, headers={"Authorization": "Bearer nope"})
@@ -236,7 +247,7 @@ def test_binding_beyond_loopback_needs_a_key(bt):
 def test_a_path_outside_allow_path_is_refused(bt, live, full_checkpoint, samples):
     url, _ = live
     result = bt("retrieve", "a cat", samples, "-m", full_checkpoint, "--server", url)
-    assert result.code == 1 and "outside the server's --allow-path roots" in result.stderr
+    assert result.code == 1 and "not under the server's --allow-path roots" in result.stderr
 
 
 def test_a_client_that_disconnects_mid_request_does_no_harm(live, full_checkpoint, samples):
@@ -272,9 +283,9 @@ def test_concurrent_pairs_are_fused_together(full_checkpoint):
     pixels = runtime.pixel_values(rgb(Path(__file__).parent.parent / "samples" / "cat.jpg"))
     (image,) = runtime.encode_images(pixels[None])
     hold, results = threading.Event(), {}
-    worker.jobs.put(_Call(hold.wait, (), Future()))  # keeps the worker busy while the requests queue up
+    worker.jobs.put(Job(hold.wait, (), Future()))  # keeps the worker busy while the requests queue up
     threads = [
-        threading.Thread(target=lambda k=k: results.__setitem__(k, worker.match([(t, image) for t in texts])))
+        threading.Thread(target=lambda k=k: results.__setitem__(k, worker.match(None, [(t, image) for t in texts])))
         for k in range(3)
     ]
     for thread in threads:
@@ -290,29 +301,15 @@ def test_concurrent_pairs_are_fused_together(full_checkpoint):
         assert all(abs(a[0] - b[0]) <= 1e-5 and abs(a[1] - b[1]) <= 1e-5 for a, b in zip(results[k], alone))
 
 
-def test_a_full_queue_answers_503(full_checkpoint):
-    app = create_app(Settings(models=[str(full_checkpoint)], device=DEVICE, max_waiting=1))
-    with TestClient(app) as client:
-        model = app.state.pool.models[str(full_checkpoint)]
-        assert model.slots.acquire(blocking=False)  # one request in flight
-        try:
-            busy = client.post("/v1/score", json={"model": str(full_checkpoint), "images": [], "texts": ["a"]})
-        finally:
-            model.slots.release()
-        assert busy.status_code == 503 and busy.headers["retry-after"] == "1"
-        free = client.post("/v1/score", json={"model": str(full_checkpoint), "images": [], "texts": ["a"]})
-        assert free.status_code == 200
-
-
 def test_keep_alive_unloads_an_idle_model(full_checkpoint):
-    app = create_app(Settings(device=DEVICE, keep_alive_s=0.0))
-    with TestClient(app) as client:
+    app = create_app(Settings(models=[str(full_checkpoint)], device=DEVICE, keep_alive_s=0.0))
+    with TestClient(app, base_url=LOCAL) as client:
         body = {"model": str(full_checkpoint), "images": [], "texts": ["a"]}
         assert client.post("/v1/score", json=body).status_code == 200
-        assert client.get("/health").json()["models"] == [str(full_checkpoint)]
+        assert [m["id"] for m in client.get("/v1/models").json()["data"]] == [str(full_checkpoint)]
         time.sleep(0.01)
         assert app.state.pool.unload_idle() == [str(full_checkpoint)]
-        assert client.get("/health").json()["models"] == []
+        assert client.get("/v1/models").json()["data"] == []
         assert client.post("/v1/score", json=body).status_code == 200  # loaded again on use
 
 
@@ -322,7 +319,7 @@ def test_sigterm_during_an_index_refresh_leaves_the_index_consistent(full_checkp
     folder.mkdir()
     for k in range(150):
         shutil.copy(samples / "cat.jpg", folder / f"img{k:04d}.jpg")
-    index = tmp_path / "ix.sqlite"
+    index = tmp_path / "indexes" / "ix.sqlite"
     env = dict(os.environ, BT_DEVICE=DEVICE)
     server = subprocess.Popen(
         [
@@ -336,6 +333,8 @@ def test_sigterm_during_an_index_refresh_leaves_the_index_consistent(full_checkp
             full_checkpoint,
             "--allow-path",
             tmp_path,
+            "--index-dir",
+            tmp_path / "indexes",
             "-b",
             "2",
         ],
@@ -348,7 +347,7 @@ def test_sigterm_during_an_index_refresh_leaves_the_index_consistent(full_checkp
     answer = {}
 
     def query():
-        body = {"model": str(full_checkpoint), "query": "a cat", "sources": [str(folder)], "index": str(index)}
+        body = {"model": str(full_checkpoint), "query": "a cat", "sources": [str(folder)], "index": "ix"}
         try:
             answer["response"] = requests.post(f"{url}/v1/retrieve", json=body, timeout=300)
         except requests.RequestException as error:

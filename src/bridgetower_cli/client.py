@@ -1,5 +1,5 @@
 """The CLI as a client of ``bt serve`` (``--server URL``, env ``BT_SERVER``): images go as bytes, records come back
-in the CLI's own schemas and are rendered by the same output module. No torch, no transformers: only requests."""
+in the CLI's own schemas and are rendered by the same output module. No torch, no transformers: only httpx."""
 
 from __future__ import annotations
 
@@ -19,37 +19,70 @@ from .records import (
 )
 from .sources import ImageSource, read_bytes
 
+DEFAULT_TIMEOUT_S = 660.0  # a little past the server's default request deadline (10 min), so its 504 comes first
+
 
 @dataclass
 class Client:
+    """A bt server at ``url`` (http or https), with its API key; ``timeout_s``: how long to wait for the server's
+    next byte (env BT_TIMEOUT)."""
+
     url: str
     api_key: str | None = None
-    timeout_s: float | None = None  # no read timeout: a large job takes as long as it takes
+    timeout_s: float | None = None
 
     def post(self, path: str, payload: dict) -> dict:
-        import requests
+        import httpx
 
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
-        url = self.url.rstrip("/") + path
+        timeout = httpx.Timeout(self.timeout_s or DEFAULT_TIMEOUT_S, connect=min(10.0, self.timeout_s or 10.0))
         try:
-            response = requests.post(url, json=payload, headers=headers, timeout=(5, self.timeout_s))
-        except requests.ConnectionError:
-            raise BtError(
-                f"no bt server answers at {self.url}", "start one with `bt serve`, or unset BT_SERVER"
-            ) from None
-        except requests.RequestException as error:
-            raise BtError(f"the request to {self.url} failed: {type(error).__name__}", "is it a bt server?") from None
+            response = httpx.post(self.url.rstrip("/") + path, json=payload, headers=headers, timeout=timeout)
+        except httpx.HTTPError as error:
+            raise _failure(self.url, error, timeout.read) from None
         try:
             body = response.json()
         except ValueError:
-            body = {}
-        if response.status_code >= 400:
-            message = body.get("error") if isinstance(body, dict) else None
+            body = None
+        if not isinstance(body, dict) or response.status_code < 400 and "records" not in body and path in BT_PATHS:
+            kind = response.headers.get("content-type", "no content type").split(";")[0]
             raise BtError(
-                f"the bt server at {self.url} answered {response.status_code}: {message or response.reason}",
-                body.get("hint") if isinstance(body, dict) else None,
+                f"{self.url} is not a bt server (it answered {response.status_code} with {kind})",
+                "check the URL in --server / BT_SERVER",
             )
+        if response.status_code >= 400:
+            message = body.get("error") or response.reason_phrase
+            raise BtError(f"the bt server at {self.url} answered {response.status_code}: {message}", body.get("hint"))
         return body
+
+
+BT_PATHS = ("/v1/score", "/v1/fill-mask", "/v1/embed", "/v1/retrieve")
+
+
+def _failure(url: str, error, timeout_s: float) -> BtError:
+    """A transport error as one line that names what failed: DNS, TLS, the connection, or the wait."""
+    import ssl
+
+    import httpx
+
+    cause, seen = error, []
+    while cause is not None and cause not in seen:
+        seen.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    text = " ".join(str(e) for e in seen)
+    if any(isinstance(e, ssl.SSLError) for e in seen) or "SSL" in text or "TLS" in text:
+        return BtError(f"the TLS handshake with {url} failed ({seen[-1]})", "is it https? check the certificate")
+    if isinstance(error, httpx.ConnectTimeout):
+        return BtError(f"no bt server accepts connections at {url} (connect timed out)", "check the host and port")
+    if isinstance(error, httpx.TimeoutException):
+        return BtError(
+            f"no answer within {timeout_s:g} s from {url}", "raise --timeout (env BT_TIMEOUT), or send less at once"
+        )
+    if "Name or service not known" in text or "nodename nor servname" in text or "name resolution" in text:
+        return BtError(f"cannot resolve the host of {url}", "check the host name in --server / BT_SERVER")
+    if isinstance(error, httpx.ConnectError):
+        return BtError(f"no bt server answers at {url}", "start one with `bt serve`, or unset BT_SERVER")
+    return BtError(f"the request to {url} failed: {type(error).__name__}", "is it a bt server?")
 
 
 def encoded_images(sources: list[ImageSource], outcome: Outcome, reporter: Reporter) -> list[dict]:

@@ -26,11 +26,11 @@ from ..model.hub import resolve_checkpoint
 from ..records import ModelRecord, Outcome
 from ..sources import ImageSource, expand_image_sources, read_texts, split_arguments
 from .options import (
-    AllowPaths,
     Annotations,
     ApiKey,
     BatchSize,
     CandidatesK,
+    ClientTimeout,
     Device,
     Dtype,
     DtypeOpt,
@@ -38,27 +38,22 @@ from .options import (
     EngineOpt,
     FormatOpt,
     HitsK,
-    Host,
     ImageArgs,
     ImagesAndTexts,
     ImagesRoot,
     IndexFile,
     IndexImages,
     ItcOnly,
-    KeepAlive,
     Kind,
     KTest,
     Layer,
     LikeImage,
-    MaxBody,
-    MaxImage,
     Model,
     NoRefresh,
     NoRerank,
     OutputFile,
     PictureDir,
     PictureFile,
-    Port,
     Print0,
     PruneFlag,
     QueryImage,
@@ -71,7 +66,6 @@ from .options import (
     Revision,
     ScoreFormatOpt,
     ScoreTopK,
-    ServeModels,
     Server,
     Split,
     StatsFlag,
@@ -203,6 +197,7 @@ def score(
     quiet: Quiet = False,
     server: Server = None,
     api_key: ApiKey = None,
+    timeout: ClientTimeout = None,
 ) -> None:
     """Image-text matching (ITM head) for every image x text pair; per image, the best match probability first."""
     sources, texts = _images_and_texts(inputs, text, texts_file)
@@ -212,7 +207,7 @@ def score(
         from .. import client
 
         outcome = Outcome()
-        records = client.score(client.Client(server, api_key), model, sources, texts, top_k, outcome, reporter)
+        records = client.score(client.Client(server, api_key, timeout), model, sources, texts, top_k, outcome, reporter)
         return _emit(records, fmt, outcome, reporter, title=title)
     runtime, batch_size = ModelOptions(model, revision, device, dtype, threads, batch_size).load(reporter, ("itm",))
     from ..tasks import pairs
@@ -246,6 +241,7 @@ def fill_mask(
     quiet: Quiet = False,
     server: Server = None,
     api_key: ApiKey = None,
+    timeout: ClientTimeout = None,
 ) -> None:
     """Predict the <mask> words of each text, conditioned on each image (MLM head)."""
     sources, texts = _images_and_texts(inputs, text, texts_file)
@@ -255,7 +251,7 @@ def fill_mask(
         from .. import client
 
         outcome = Outcome()
-        remote = client.Client(server, api_key)
+        remote = client.Client(server, api_key, timeout)
         records = client.fill_mask(remote, model, sources, texts, top_k, target_words, outcome, reporter)
         return _emit(records, fmt, outcome, reporter)
     runtime, batch_size = ModelOptions(model, revision, device, dtype, threads, batch_size).load(reporter, ("mlm",))
@@ -290,6 +286,7 @@ def embed(
     quiet: Quiet = False,
     server: Server = None,
     api_key: ApiKey = None,
+    timeout: ClientTimeout = None,
     engine: EngineOpt = Engine.local,
     ray_address: RayAddress = None,
 ) -> None:
@@ -319,7 +316,7 @@ def embed(
     if server:
         from .. import client
 
-        remote = client.Client(server, api_key)
+        remote = client.Client(server, api_key, timeout)
         records = (r for k in kinds for r in client.embed(remote, model, k, sources, texts, outcome, reporter))
     else:
         options = ModelOptions(model, revision, device, dtype, threads, batch_size)
@@ -388,6 +385,18 @@ def _embed_on_ray(model, revision, device, dtype, batch_size, address, kinds, so
     reporter.finish(outcome)
 
 
+def server_index_name(index_file: Path | None) -> str | None:
+    """With --server, --index names one of the server's own indexes: a plain name, never a path."""
+    if index_file is None:
+        return None
+    if len(index_file.parts) != 1 or index_file.suffix == ".sqlite":
+        raise BtError(
+            f"with --server, --index names one of the server's indexes, not a file ({index_file})",
+            "pass a plain name, e.g. --index photos",
+        )
+    return str(index_file)
+
+
 def _indexable(specs: list[str]) -> tuple[list[ImageSource], list[Path]]:
     sources = expand_image_sources(specs)
     urls = [s.name for s in sources if s.is_url]
@@ -428,6 +437,7 @@ def retrieve(
     quiet: Quiet = False,
     server: Server = None,
     api_key: ApiKey = None,
+    timeout: ClientTimeout = None,
 ) -> None:
     """Rank images for a text (ITC shortlist over a persistent index, ITM rerank) or like an image; or texts for an
     image (--image)."""
@@ -451,7 +461,7 @@ def retrieve(
             from .. import client
 
             payload = {"texts": texts, "top_k": top_k, "rerank_k": rerank_k}
-            remote = client.Client(server, api_key)
+            remote = client.Client(server, api_key, timeout)
             records = client.retrieve(remote, model, payload, outcome, reporter, image=sources[0])
             return _emit(records, fmt, outcome, reporter, separator, title)
         runtime, batch_size = options.load(reporter, *retrieval_heads(rerank_k))
@@ -485,13 +495,13 @@ def retrieve(
             payload = {
                 "query": query,
                 "sources": [os.path.abspath(spec) for spec in specs],
-                "index": str(index_file.resolve()) if index_file else None,
+                "index": server_index_name(index_file),
                 "rebuild": rebuild,
                 "refresh": not no_refresh,
                 "top_k": top_k,
                 "rerank_k": rerank_k,
             }
-            records = client.retrieve(client.Client(server, api_key), model, payload, outcome, reporter)
+            records = client.retrieve(client.Client(server, api_key, timeout), model, payload, outcome, reporter)
             return _emit(records, fmt, outcome, reporter, separator, title)
         if no_refresh:  # no walk: the files named, and what the index holds under the folders named
             folders = [Path(spec).expanduser() for spec in specs if Path(spec).expanduser().is_dir()]
@@ -643,71 +653,10 @@ def explain(
     _emit(records(), fmt, outcome, reporter)
 
 
-@app.command(
-    epilog="Examples:\n\n"
-    "  bt serve -m BridgeTower/bridgetower-base-itm-mlm &\n\n"
-    "  BT_SERVER=http://127.0.0.1:8765 bt score samples/cat.jpg 'a cat'\n\n"
-    '  bt serve --host 0.0.0.0 --api-key "$KEY" --allow-path ~/Pictures --keep-alive 10m\n\n'
-    "Endpoints: /v1/score, /v1/fill-mask, /v1/embed, /v1/retrieve, /v1/models, /v1/embeddings (OpenAI), "
-    "/v1/rerank (Cohere), /health; the schema at /docs. The app is bridgetower_cli.server:app for any ASGI "
-    "server (settings from BT_SERVE_* variables).",
-)
-def serve(
-    host: Host = "127.0.0.1",
-    port: Port = 8765,
-    models: ServeModels = None,
-    keep_alive: KeepAlive = None,
-    allow_path: AllowPaths = None,
-    api_key: ApiKey = None,
-    max_body: MaxBody = 64,
-    max_image: MaxImage = 32,
-    device: Device = "auto",
-    dtype: DtypeOpt = Dtype.auto,
-    threads: Threads = None,
-    batch_size: BatchSize = None,
-) -> None:
-    """Keep models loaded and answer every command (--server URL, env BT_SERVER) over HTTP."""
-    import socket
+from .serve import EPILOG as SERVE_EPILOG  # noqa: E402
+from .serve import serve  # noqa: E402
 
-    try:
-        import uvicorn
-
-        from ..server.app import Settings, create_app, is_loopback, parse_duration
-    except ImportError:
-        raise BtError("bt serve needs the server packages", 'pip install "bridgetower-cli[serve]"') from None
-    if not is_loopback(host) and not api_key:
-        raise BtError(
-            f"serving on {host} (beyond this machine) needs an API key",
-            "pass --api-key KEY (env BT_API_KEY), or serve on 127.0.0.1",
-        )
-    settings = Settings(
-        models=models or [],
-        device=device,
-        dtype=dtype.value,
-        threads=threads,
-        batch_size=batch_size,
-        keep_alive_s=parse_duration(keep_alive) if keep_alive else None,
-        api_key=api_key,
-        allow_paths=[p.expanduser().resolve() for p in allow_path or []],
-        max_body_bytes=int(max_body * 2**20),
-        max_image_bytes=int(max_image * 2**20),
-    )
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    listener = socket.socket(family, socket.SOCK_STREAM)
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        listener.bind((host, port))
-        listener.listen(2048)  # a client that connects while models load waits in the backlog, never refused
-    except OSError as error:
-        raise BtError(f"cannot serve on {host}:{port}: {error.strerror or error}", "choose another --port") from None
-    bound = listener.getsockname()[1]
-    shown = f"[{host}]" if family == socket.AF_INET6 else host
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), log_level="warning", timeout_graceful_shutdown=120))
-    print(f"http://{shown}:{bound}", flush=True)
-    stderr_console().print(f"bt: serving on http://{shown}:{bound} (Ctrl-C or SIGTERM to stop)", highlight=False)
-    # uvicorn finishes the requests in flight on SIGTERM, then raises the signal again: end with status 0 then.
-    signal.signal(signal.SIGTERM, lambda *_: None)
-    server.run(sockets=[listener])
+app.command(epilog=SERVE_EPILOG)(serve)
 
 
 @app.command(

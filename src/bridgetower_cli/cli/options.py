@@ -313,6 +313,64 @@ MaxBody = Annotated[
 MaxImage = Annotated[
     float, typer.Option("--max-image", min=0.001, help="Largest image in a request, in MiB (413 beyond).", metavar="MB")
 ]
+MaxTexts = Annotated[int, typer.Option("--max-texts", min=1, help="Texts per request (413 beyond).", metavar="N")]
+MaxImages = Annotated[int, typer.Option("--max-images", min=1, help="Images per request (413 beyond).", metavar="N")]
+DecodePixels = Annotated[
+    float,
+    typer.Option(
+        "--decode-budget",
+        min=1,
+        help="Megapixels decoding at once, all requests together; a larger image is refused, others wait.",
+        metavar="MP",
+    ),
+]
+RequestTimeout = Annotated[
+    str,
+    typer.Option(
+        "--request-timeout",
+        help="A request's deadline (504 past it; its work stops at the next batch).",
+        metavar="DURATION",
+    ),
+]
+GracefulTimeout = Annotated[
+    str,
+    typer.Option(
+        "--graceful-timeout",
+        help="On SIGTERM: how long requests in flight may finish before they are cancelled.",
+        metavar="DURATION",
+    ),
+]
+MaxWaiting = Annotated[
+    int, typer.Option("--max-waiting", min=1, help="Requests in per model; past it 503 + Retry-After.", metavar="N")
+]
+MaxModels = Annotated[
+    int,
+    typer.Option("--max-models", min=1, help="Models loaded at once (the least recently used unloads).", metavar="N"),
+]
+NoPull = Annotated[
+    bool,
+    typer.Option("--no-pull", help="Serve only the models given with -m, not the public checkpoints."),
+]
+IndexDir = Annotated[
+    Path | None,
+    typer.Option(
+        "--index-dir",
+        help="The server's own folder of indexes, which requests name (default $XDG_CACHE_HOME/bt/server-indexes).",
+        metavar="DIR",
+        show_default=False,
+    ),
+]
+ClientTimeout = Annotated[
+    float | None,
+    typer.Option(
+        "--timeout",
+        envvar="BT_TIMEOUT",
+        min=0.1,
+        help="With --server: seconds to wait for the server's next byte. Default: 660.",
+        metavar="SECONDS",
+        show_default=False,
+    ),
+]
 EngineOpt = Annotated[
     Engine,
     typer.Option(

@@ -12,8 +12,10 @@ content hash. The index records its model and refuses to mix in another. No torc
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import re
 import sqlite3
 import time
 from collections.abc import Iterable
@@ -44,6 +46,36 @@ CREATE TABLE IF NOT EXISTS failures (
     reason TEXT NOT NULL
 );
 """
+
+
+SQLITE_MAGIC = b"SQLite format 3\x00"
+APPLICATION_ID = 0x62742069  # "bt i", in the SQLite header (PRAGMA application_id): a bt index, even if damaged
+
+
+def refuse_foreign(path: Path) -> None:
+    """Refuse to open (and so to write, rebuild or unlink) a file that is not a bt index: only a bt index, a missing
+    file or an empty one may become one."""
+    try:
+        with open(path, "rb") as file:
+            header = file.read(100)
+    except FileNotFoundError:
+        return
+    except OSError as error:
+        raise BtError(f"cannot read the index {path}: {error.strerror or error}", "check its permissions") from None
+    if not header:
+        return
+    hint = "pass --index with another file name; bt never overwrites a file it did not create"
+    if header[:16] != SQLITE_MAGIC:
+        raise BtError(f"{path} is not a bt index (not an SQLite file)", hint)
+    if int.from_bytes(header[68:72], "big") == APPLICATION_ID:
+        return
+    try:  # an index of bt 0.1 and 0.2, before the application id: known by its meta table
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)) as db:
+            keys = {key for (key,) in db.execute("SELECT key FROM meta")}
+    except sqlite3.DatabaseError:
+        keys = set()
+    if not {"schema", "model", "dim"} <= keys:
+        raise BtError(f"{path} is not a bt index (an SQLite database of something else)", hint)
 
 
 def default_index_path() -> Path:
@@ -151,11 +183,13 @@ class EmbeddingIndex:
         self.row_bytes = 4 * dim
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            refuse_foreign(self.path)
             if rebuild:
                 for stale in [Path(f"{self.path}{suffix}") for suffix in ("", "-wal", "-shm")] + self._vector_files():
                     stale.unlink(missing_ok=True)
             self.db = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
             self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
             self.db.execute("PRAGMA synchronous=NORMAL")
             self._check_schema()
             self.db.executescript(SCHEMA)
@@ -165,7 +199,7 @@ class EmbeddingIndex:
                 raise BtError(
                     f"cannot write the index {self.path}: {error}", "pass --index FILE on a writable path"
                 ) from None
-            raise BtError(f"the index {self.path} is corrupt ({error})", "rebuild it with --rebuild") from None
+            raise BtError(f"the index {self.path} is damaged ({error})", "rebuild it with --rebuild") from None
         except OSError as error:
             raise BtError(
                 f"cannot create the index {self.path}: {error.strerror or error}",
@@ -206,7 +240,13 @@ class EmbeddingIndex:
             )
 
     def _vector_files(self) -> list[Path]:
-        return sorted(self.path.parent.glob(f"{self.path.name}.vectors-*"))
+        """This index's vector files: exactly ``<name>.vectors-<generation>`` (the name never a pattern)."""
+        pattern = re.compile(re.escape(self.path.name) + r"\.vectors-\d+")
+        try:
+            names = os.listdir(self.path.parent)
+        except OSError:
+            return []
+        return sorted(self.path.parent / name for name in names if pattern.fullmatch(name))
 
     def _remove_stale_vector_files(self, generation: int) -> None:
         """Under the write lock: no compaction is writing the next generation meanwhile."""

@@ -75,6 +75,11 @@ class Runtime:
         self.max_length = min(
             self.tokenizer.model_max_length, self.tower.config.text_config.max_position_embeddings - 2
         )
+        # No token spans more characters than its byte-level form has: a text longer than this has more tokens than
+        # the limit (twice over), so cutting it here first keeps its first max_length tokens as they were, and a
+        # 10-million-character text costs what a short one does.
+        longest_token = max(map(len, self.tokenizer.get_vocab()))
+        self.text_char_limit = 2 * (self.max_length + 1) * longest_token
 
     @property
     def default_batch_size(self) -> int:
@@ -88,10 +93,13 @@ class Runtime:
         return pixel_values(self.processor.image_processor, image)
 
     def tokenize(self, texts: list[str]) -> tuple[list[list[int]], list[bool]]:
-        """Token ids per text (truncated to the model's limit) and whether each was truncated."""
+        """Token ids per text (truncated to the model's limit) and whether each was truncated. Plain CPU work with
+        no model call: a server runs it on the request's thread."""
+        cut = [len(text) > self.text_char_limit for text in texts]
+        texts = [text[: self.text_char_limit] for text in texts]
         ids = self.tokenizer(texts, truncation=True, max_length=self.max_length)["input_ids"]
-        at_limit = [k for k, tokens in enumerate(ids) if len(tokens) == self.max_length]
-        truncated = [False] * len(texts)
+        at_limit = [k for k, tokens in enumerate(ids) if len(tokens) == self.max_length and not cut[k]]
+        truncated = list(cut)
         if at_limit:  # only a text that filled the limit can have been cut
             full = self.tokenizer([texts[k] for k in at_limit])["input_ids"]
             for k, tokens in zip(at_limit, full):
@@ -105,11 +113,14 @@ class Runtime:
 
     # -- unimodal passes ----------------------------------------------------------------------------------------
 
-    @torch.inference_mode()
     def encode_texts(self, texts: list[str]) -> list[TextStates]:
         """The text tower once per text: cross-stack inputs and, with ITC heads, the unimodal text embedding."""
+        return self.encode_tokens(*self.tokenize(texts))
+
+    @torch.inference_mode()
+    def encode_tokens(self, ids: list[list[int]], truncated: list[bool]) -> list[TextStates]:
+        """``encode_texts`` of texts already tokenized (``tokenize``)."""
         tower = self.tower
-        ids, truncated = self.tokenize(texts)
         padded = self.tokenizer.pad({"input_ids": ids}, return_tensors="pt")
         input_ids = padded["input_ids"].to(self.device)
         attention_mask = padded["attention_mask"].to(self.device)

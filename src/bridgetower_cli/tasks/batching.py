@@ -8,9 +8,10 @@ from collections.abc import Iterator, Sequence
 import torch
 
 from ..errors import InputError
+from ..images import decode_image, decoding, fit_aspect, max_file_bytes
 from ..model.runtime import Fused, ImageStates, Runtime, TextStates
 from ..records import Outcome, Reporter, Skipped
-from ..sources import ImageSource, fit_aspect, load_image
+from ..sources import ImageSource, read_bytes
 
 
 def chunks(items: Sequence, size: int) -> Iterator[Sequence]:
@@ -37,19 +38,24 @@ def warn_padded(reporter: Reporter, name: str) -> None:
 def read_images(
     runtime: Runtime, sources: Sequence[ImageSource], outcome: Outcome, reporter: Reporter, keep: dict | None = None
 ) -> Iterator[tuple[ImageSource, torch.Tensor]]:
-    """Pixel values per readable source; unreadable ones are reported and recorded as skipped. ``keep`` collects
-    the RGB image the model sees, by source name."""
+    """Pixel values per readable source; unreadable ones are reported and recorded as skipped. Each image is
+    decoded and preprocessed within the process's decode budget (a server's). ``keep`` collects the RGB image the
+    model sees, by source name."""
     for source in sources:
         try:
-            image, padded = fit_aspect(load_image(source), runtime.image_size)
-            if keep is not None:
-                keep[source.name] = image
-            if padded:
-                warn_padded(reporter, source.name)
-            yield source, runtime.pixel_values(image)
+            data = read_bytes(source, max_file_bytes())
+            with decoding(data):
+                image, padded = fit_aspect(decode_image(data), runtime.image_size)
+                pixels = runtime.pixel_values(image)
         except InputError as error:
             outcome.skipped.append(Skipped(source.name, error.message))
             reporter.skipped(source.name, error.message)
+            continue
+        if keep is not None:
+            keep[source.name] = image
+        if padded:
+            warn_padded(reporter, source.name)
+        yield source, pixels
 
 
 def encode_image_batches(

@@ -1,0 +1,129 @@
+"""``bt serve``: the server's options, its start-up checks, and uvicorn on a socket bound here."""
+
+from __future__ import annotations
+
+import signal
+import socket
+
+from ..errors import BtError
+from .options import (
+    AllowPaths,
+    ApiKey,
+    BatchSize,
+    DecodePixels,
+    Device,
+    Dtype,
+    DtypeOpt,
+    GracefulTimeout,
+    Host,
+    IndexDir,
+    KeepAlive,
+    MaxBody,
+    MaxImage,
+    MaxImages,
+    MaxModels,
+    MaxTexts,
+    MaxWaiting,
+    NoPull,
+    Port,
+    RequestTimeout,
+    ServeModels,
+    Threads,
+)
+from .render import stderr_console
+
+EPILOG = (
+    "Examples:\n\n"
+    "  bt serve -m BridgeTower/bridgetower-base-itm-mlm &\n\n"
+    "  BT_SERVER=http://127.0.0.1:8765 bt score samples/cat.jpg 'a cat'\n\n"
+    '  bt serve --host 0.0.0.0 --api-key "$KEY" --allow-path ~/Pictures --keep-alive 10m\n\n'
+    "Endpoints: /v1/score, /v1/fill-mask, /v1/embed, /v1/retrieve, /v1/models, /v1/embeddings (OpenAI), "
+    "/v1/rerank (Cohere), /health; the schema at /docs (with a key: /openapi.json, keyed). Requests may use the "
+    "models given with -m and, unless --no-pull, the public checkpoints; paths only under --allow-path (every file "
+    "found checked after resolving links); indexes by plain name in --index-dir. The app is "
+    "bridgetower_cli.server:app for any ASGI server (settings from BT_SERVE_* variables)."
+)
+
+
+def serve(
+    host: Host = "127.0.0.1",
+    port: Port = 8765,
+    models: ServeModels = None,
+    keep_alive: KeepAlive = None,
+    allow_path: AllowPaths = None,
+    index_dir: IndexDir = None,
+    api_key: ApiKey = None,
+    no_pull: NoPull = False,
+    max_models: MaxModels = 2,
+    max_body: MaxBody = 64,
+    max_image: MaxImage = 32,
+    max_texts: MaxTexts = 1024,
+    max_images: MaxImages = 256,
+    decode_budget: DecodePixels = 89.5,
+    max_waiting: MaxWaiting = 64,
+    request_timeout: RequestTimeout = "10m",
+    graceful_timeout: GracefulTimeout = "30s",
+    device: Device = "auto",
+    dtype: DtypeOpt = Dtype.auto,
+    threads: Threads = None,
+    batch_size: BatchSize = None,
+) -> None:
+    """Keep models loaded and answer every command (--server URL, env BT_SERVER) over HTTP."""
+    try:
+        import uvicorn
+
+        from ..server import Settings, create_app
+        from ..server.settings import default_index_dir, is_loopback, parse_duration
+    except ImportError:
+        raise BtError("bt serve needs the server packages", 'pip install "bridgetower-cli[serve]"') from None
+    if not is_loopback(host) and not api_key:
+        raise BtError(
+            f"serving on {host} (beyond this machine) needs an API key",
+            "pass --api-key KEY (env BT_API_KEY), or serve on 127.0.0.1",
+        )
+    from ..model.hub import resolve_checkpoint
+
+    for model in models or []:  # a missing model is one line now, not a failed start-up later
+        resolve_checkpoint(model)
+    graceful_s = parse_duration(graceful_timeout)
+    settings = Settings(
+        models=models or [],
+        device=device,
+        dtype=dtype.value,
+        threads=threads,
+        batch_size=batch_size,
+        keep_alive_s=parse_duration(keep_alive) if keep_alive else None,
+        api_key=api_key,
+        host=host,
+        allow_paths=[p.expanduser().resolve() for p in allow_path or []],
+        index_dir=index_dir.expanduser() if index_dir else default_index_dir(),
+        no_pull=no_pull,
+        max_models=max_models,
+        max_body_bytes=int(max_body * 2**20),
+        max_image_bytes=int(max_image * 2**20),
+        max_texts=max_texts,
+        max_images=max_images,
+        decode_pixels=int(decode_budget * 1e6),
+        max_waiting=max_waiting,
+        request_timeout_s=parse_duration(request_timeout),
+        graceful_timeout_s=graceful_s,
+    )
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind((host, port))
+        listener.listen(2048)  # a client that connects while models load waits in the backlog, never refused
+    except OSError as error:
+        raise BtError(f"cannot serve on {host}:{port}: {error.strerror or error}", "choose another --port") from None
+    bound = listener.getsockname()[1]
+    shown = f"[{host}]" if family == socket.AF_INET6 else host
+    # uvicorn waits for the requests in flight a little longer than the app lets them run, so that a request cut
+    # at the graceful timeout still answers (503) before its connection closes.
+    config = uvicorn.Config(create_app(settings), log_level="warning", timeout_graceful_shutdown=graceful_s + 5)
+    server = uvicorn.Server(config)
+    print(f"http://{shown}:{bound}", flush=True)
+    stderr_console().print(f"bt: serving on http://{shown}:{bound} (Ctrl-C or SIGTERM to stop)", highlight=False)
+    # uvicorn raises the signal again once it has stopped: end with status 0 then.
+    signal.signal(signal.SIGTERM, lambda *_: None)
+    server.run(sockets=[listener])

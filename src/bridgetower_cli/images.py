@@ -1,0 +1,219 @@
+"""Decoding images with bounds: pixels per image (``BT_MAX_IMAGE_PIXELS``; JPEGs over it decode at a reduced scale),
+pixels decoding at once in this process (a server's decode budget), and every mode made RGB without large copies."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import threading
+from collections.abc import Iterator
+
+from .errors import Busy, InputError, UsageError
+
+# Decoded images above this many pixels are refused (env BT_MAX_IMAGE_PIXELS): Pillow's own bomb limit. A larger JPEG
+# is decoded at 1/2, 1/4 or 1/8 scale (JPEG draft mode) to fit under it: a 108-megapixel phone photo is read at
+# 27 megapixels, still far above what the model sees, with a quarter of the memory.
+DEFAULT_MAX_IMAGE_PIXELS = 89_478_485
+
+
+def max_image_pixels() -> int:
+    value = os.environ.get("BT_MAX_IMAGE_PIXELS", "")
+    if not value:
+        return DEFAULT_MAX_IMAGE_PIXELS
+    if not value.isdigit() or int(value) < 1:
+        raise UsageError(
+            f"BT_MAX_IMAGE_PIXELS={value} is not a positive whole number", "e.g. BT_MAX_IMAGE_PIXELS=200000000"
+        )
+    return int(value)
+
+
+def _open(data: bytes):
+    """The image's header, parsed (no pixels decoded yet)."""
+    from PIL import Image, UnidentifiedImageError
+
+    if not data:
+        raise InputError("empty (0 bytes)")
+    Image.MAX_IMAGE_PIXELS = None  # bt applies its own limit, after any reduced-scale decoding
+    try:
+        return Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise InputError("not an image file bt can read") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as error:
+        raise InputError(f"damaged image ({error})") from None
+
+
+def _scale(image, limit: int) -> int:
+    """1 when the image fits the limit, else the JPEG reduction (2, 4, 8) that makes it fit; refuse otherwise."""
+    width, height = image.size
+    if width * height <= limit:
+        return 1
+    scale = next((s for s in (2, 4, 8) if image.format == "JPEG" and width * height <= limit * s * s), None)
+    if scale is None:
+        raise InputError(
+            f"too large to decode safely ({width}x{height} pixels, over {limit}; BT_MAX_IMAGE_PIXELS raises it)"
+        )
+    return scale
+
+
+def decoded_pixels(data: bytes, max_pixels: int | None = None) -> int:
+    """How many pixels decoding ``data`` allocates (after any reduced-scale JPEG decoding); refuses what
+    ``decode_image`` would refuse, from the header alone."""
+    image = _open(data)
+    scale = _scale(image, max_pixels or max_image_pixels())
+    width, height = image.size
+    return -(-width // scale) * -(-height // scale)
+
+
+def decode_image(data: bytes, max_pixels: int | None = None):
+    """Decode bytes to an RGB PIL image: EXIF orientation applied, first frame, any mode made RGB; images over
+    ``max_pixels`` are read at a reduced JPEG scale, or refused."""
+    from PIL import ImageOps
+
+    image = _open(data)
+    try:
+        scale = _scale(image, max_pixels or max_image_pixels())
+        if scale > 1:
+            width, height = image.size
+            image.draft("RGB", (width // scale, height // scale))
+        image.seek(0)
+        image.load()
+        image = ImageOps.exif_transpose(image)
+    except (OSError, SyntaxError, ValueError, EOFError) as error:
+        raise InputError(f"damaged image ({error})") from None
+    return to_rgb(image)
+
+
+_DEEP_MODES = ("I;16", "I;16B", "I;16L", "I", "F")
+
+
+def _to_8_bit(image):
+    """A 16-bit, 32-bit or float greyscale image as 8-bit L: values over 255 scaled from 16 bits (round half up),
+    a block of rows at a time, so no copy of the whole image is made beside the 8-bit result."""
+    import numpy as np
+    from PIL import Image
+
+    width, height = image.size
+    wide = (image.getextrema()[1] or 0) > 255
+    out = np.empty((height, width), dtype=np.uint8)
+    rows = max(1, 2**20 // max(1, width))
+    for start in range(0, height, rows):
+        block = np.asarray(image.crop((0, start, width, min(height, start + rows))))
+        if block.dtype.kind == "f":
+            block = np.nan_to_num(block.astype(np.float64))
+            scaled = block * (255.0 / 65535.0) if wide else block
+            out[start : start + rows] = np.clip(np.floor(scaled + 0.5), 0, 255)
+        else:
+            block = block.astype(np.int64)
+            out[start : start + rows] = ((block * 255 + 32767) // 65535 if wide else block).clip(0, 255)
+    return Image.fromarray(out, mode="L")
+
+
+def to_rgb(image):
+    """Any PIL mode to RGB: 16-bit and float scaled to 8 bits, transparency composited on white."""
+    from PIL import Image
+
+    if image.mode in _DEEP_MODES:
+        image = _to_8_bit(image)
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        image = image.convert("RGBA")
+        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, image)
+    return image.convert("RGB") if image.mode != "RGB" else image
+
+
+def fit_aspect(image, size: int):
+    """Pad a very elongated image (black, centred) to the widest aspect ratio the BridgeTower image processor can
+    resize at ``size`` (its short side would otherwise round to zero). Returns (image, whether it was padded)."""
+    from PIL import Image
+
+    longest = 1333 / 800 * size  # the processor's cap on the long side
+    limit = longest / 32 / 1.25  # keep the short side well above one 32-pixel block
+    width, height = image.size
+    if max(width, height) <= limit * min(width, height):
+        return image, False
+    if width > height:
+        canvas = Image.new("RGB", (width, round(width / limit)))
+        canvas.paste(image, (0, (canvas.height - height) // 2))
+    else:
+        canvas = Image.new("RGB", (round(height / limit), height))
+        canvas.paste(image, ((canvas.width - width) // 2, 0))
+    return canvas, True
+
+
+class DecodeBudget:
+    """The pixels that may be decoding at once in this process: a server's request threads take their image's
+    pixels before decoding and give them back when its pixel values are made, so a burst of large images waits its
+    turn instead of taking memory all at once. An image larger than the whole budget is refused."""
+
+    def __init__(self, pixels: int, max_bytes: int | None = None, timeout_s: float = 60.0):
+        self.pixels = pixels
+        self.max_bytes = max_bytes
+        self.timeout_s = timeout_s
+        self.used = 0
+        self.condition = threading.Condition()
+
+    @contextlib.contextmanager
+    def hold(self, pixels: int) -> Iterator[None]:
+        if pixels > self.pixels:
+            raise InputError(f"too large for this server ({pixels} pixels, over its decode budget of {self.pixels})")
+        with self.condition:
+            if not self.condition.wait_for(lambda: self.used + pixels <= self.pixels, timeout=self.timeout_s):
+                raise Busy(f"images wait longer than {self.timeout_s:.0f} s to be decoded", "retry shortly")
+            self.used += pixels
+        try:
+            yield
+        finally:
+            _give_back_memory()
+            with self.condition:
+                self.used -= pixels
+                self.condition.notify_all()
+
+
+def _release_memory():
+    """glibc's ``malloc_trim``, where there is one: memory freed by one thread's decoding goes back to the system
+    instead of staying in that thread's arena, where no other thread would reuse it."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return libc.malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+_trim = None
+
+
+def _give_back_memory() -> None:
+    global _trim
+    if _trim is None:
+        _trim = _release_memory() or (lambda _: 0)
+    _trim(0)
+
+
+_budget: DecodeBudget | None = None
+
+
+def set_decode_budget(budget: DecodeBudget | None) -> None:
+    """Bound the pixels decoding at once in this process (a server sets it at start; the CLI decodes one at a time)."""
+    global _budget
+    _budget = budget
+
+
+def max_file_bytes() -> int | None:
+    """The largest image file this process reads (a server's --max-image); None: no cap (the CLI)."""
+    return None if _budget is None else _budget.max_bytes
+
+
+@contextlib.contextmanager
+def decoding(data: bytes) -> Iterator[None]:
+    """Hold the process's decode budget (if any) for ``data``'s pixels while it is decoded and preprocessed."""
+    if _budget is None:
+        yield
+        return
+    with _budget.hold(decoded_pixels(data)):
+        yield

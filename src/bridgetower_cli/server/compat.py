@@ -1,0 +1,83 @@
+"""The ecosystem's shapes: OpenAI / infinity embeddings and Cohere / TEI rerank, through the same tasks as bt's
+own endpoints. An input that cannot be used is a 422 naming it (these APIs have no partial answers)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+
+from ..errors import InputError
+from ..records import Outcome
+from ..sources import ImageSource
+from .dispatch import Dispatcher
+from .schemas import EmbeddingsIn, ImageIn, RerankIn
+
+
+def _refuse_skips(outcome: Outcome) -> None:
+    if outcome.skipped:
+        raise InputError(f"{outcome.skipped[0].name}: {outcome.skipped[0].reason}", "send images bt can read")
+
+
+def router(dispatch: Dispatcher) -> APIRouter:
+    routes = APIRouter()
+
+    @routes.post("/v1/embeddings")
+    async def embeddings(body: EmbeddingsIn, request: Request) -> dict:
+        """OpenAI / infinity embeddings: texts, or images as data URLs (`modality`)."""
+        from ..tasks import pairs
+
+        inputs = [body.input] if isinstance(body.input, str) else list(body.input)
+        if not inputs:
+            raise InputError("input is empty", "send at least one text or image")
+        images = [ImageIn(name=f"input[{k}]", data=x) for k, x in enumerate(inputs)] if body.modality == "image" else []
+        texts = inputs if body.modality == "text" else []
+        dispatch.check(body, texts, images)
+        outcome = Outcome()
+
+        def work(runtime):
+            sources, batch = dispatch.images(images), dispatch.batch_size(runtime)
+            records = list(pairs.embed(runtime, body.modality, outcome, sources, texts, batch))
+            tokens = sum(len(ids) for ids in runtime.tokenize(texts)[0]) if texts else 0
+            return records, tokens
+
+        records, tokens = await dispatch.run(request, body.model, ("itc",), work)
+        _refuse_skips(outcome)
+        return {
+            "object": "list",
+            "data": [{"object": "embedding", "index": k, "embedding": r.embedding} for k, r in enumerate(records)],
+            "model": body.model,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
+
+    @routes.post("/v1/rerank")
+    async def rerank(body: RerankIn, request: Request) -> dict:
+        """Cohere / TEI rerank by the ITM match probability: a text and image documents, or an image and texts."""
+        from ..tasks import pairs
+
+        image_query = body.query.startswith("data:image/")
+        documents = list(body.documents)
+        if image_query:
+            images, texts = [ImageIn(name="query", data=body.query)], documents
+        else:
+            images = [ImageIn(name=f"documents[{k}]", data=d) for k, d in enumerate(documents)]
+            texts = [body.query]
+        dispatch.check(body, texts, images)
+        outcome = Outcome()
+
+        def work(runtime):
+            sources: list[ImageSource] = dispatch.images(images)
+            unique = list(dict.fromkeys(texts))
+            return list(pairs.score(runtime, sources, unique, outcome, dispatch.batch_size(runtime)))
+
+        records = await dispatch.run(request, body.model, ("itm",), work)
+        _refuse_skips(outcome)
+        if image_query:
+            probability = {r.text: r.probability for r in records}
+            scores = [probability[text] for text in documents]
+        else:
+            probability = {r.image: r.probability for r in records}
+            scores = [probability[image.name] for image in images]
+        results = [{"index": k, "relevance_score": score} for k, score in enumerate(scores)]
+        results.sort(key=lambda r: r["relevance_score"], reverse=True)
+        return {"results": results[: body.top_n], "model": body.model}
+
+    return routes

@@ -1,0 +1,113 @@
+"""bt's own endpoints: /v1/score, /v1/fill-mask, /v1/embed, /v1/retrieve (the CLI's records), /v1/models."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+
+from ..errors import InputError
+from ..model.catalog import retrieval_heads
+from ..records import Outcome, Skipped
+from .dispatch import Collected, Dispatcher, answer
+from .schemas import EmbedIn, FillMaskIn, RecordsOut, RetrieveIn, ScoreIn
+
+
+def router(dispatch: Dispatcher) -> APIRouter:
+    routes = APIRouter()
+
+    @routes.get("/v1/models")
+    async def models() -> dict:
+        """The models loaded now."""
+        return {
+            "object": "list",
+            "data": [{"id": name, "object": "model", "owned_by": "bt"} for name in dispatch.pool.models],
+        }
+
+    @routes.post("/v1/score", response_model=RecordsOut)
+    async def score(body: ScoreIn, request: Request) -> dict:
+        """ITM scores of every image x text pair, as `bt score`."""
+        from ..tasks import pairs
+
+        dispatch.check(body, body.texts, body.images)
+        outcome, reporter = Outcome(), Collected()
+
+        def work(runtime):
+            sources, batch = dispatch.images(body.images), dispatch.batch_size(runtime)
+            return list(pairs.score(runtime, sources, list(body.texts), outcome, batch, body.top_k, reporter))
+
+        return answer(await dispatch.run(request, body.model, ("itm",), work), outcome, reporter)
+
+    @routes.post("/v1/fill-mask", response_model=RecordsOut)
+    async def fill_mask(body: FillMaskIn, request: Request) -> dict:
+        """Masked words of each text given each image, as `bt fill-mask`."""
+        from ..tasks import pairs
+
+        dispatch.check(body, [*body.texts, *(body.targets or [])], body.images)
+        outcome, reporter = Outcome(), Collected()
+
+        def work(runtime):
+            sources, batch = dispatch.images(body.images), dispatch.batch_size(runtime)
+            texts, top_k, targets = list(body.texts), body.top_k, body.targets
+            return list(pairs.fill_mask(runtime, sources, texts, outcome, batch, top_k, targets, reporter))
+
+        return answer(await dispatch.run(request, body.model, ("mlm",), work), outcome, reporter)
+
+    @routes.post("/v1/embed", response_model=RecordsOut)
+    async def embed(body: EmbedIn, request: Request) -> dict:
+        """ITC embeddings of images, texts or pairs, as `bt embed`."""
+        from ..tasks import pairs
+
+        dispatch.check(body, body.texts, body.images)
+        outcome, reporter = Outcome(), Collected()
+
+        def work(runtime):
+            sources, batch = dispatch.images(body.images), dispatch.batch_size(runtime)
+            return list(pairs.embed(runtime, body.kind, outcome, sources, list(body.texts), batch, reporter))
+
+        return answer(await dispatch.run(request, body.model, ("itc",), work), outcome, reporter)
+
+    @routes.post("/v1/retrieve", response_model=RecordsOut)
+    async def retrieve(body: RetrieveIn, request: Request) -> dict:
+        """Images for a text (over one of the server's indexes, refreshed for `sources`), or texts for an image."""
+        from ..tasks import retrieve as retrieval
+
+        needs, preferred = retrieval_heads(body.rerank_k)
+        outcome, reporter = Outcome(), Collected()
+        if body.image is not None:
+            if not body.texts:
+                raise InputError("an image query needs texts to rank", 'send them as "texts"')
+            dispatch.check(body, body.texts, [body.image])
+
+            def work(runtime):
+                (source,), batch = dispatch.images([body.image]), dispatch.batch_size(runtime)
+                texts = list(body.texts)
+                return retrieval.retrieve_texts(runtime, source, texts, body.top_k, body.rerank_k, batch, reporter)
+
+            return answer(await dispatch.run(request, body.model, needs, work, preferred), outcome, reporter)
+        if body.query is None or not body.sources:
+            raise InputError("a retrieve request needs a query and sources, or an image and texts")
+        dispatch.check(body, [body.query])
+        index = dispatch.policy.index(body.index, body.rebuild)
+
+        def search(runtime):
+            served = dispatch.policy.sources(body.sources, walk=body.refresh)
+            for name, reason in served.expansion.left_out:
+                outcome.skipped.append(Skipped(name, reason))
+                reporter.skipped(name, reason)
+            return retrieval.retrieve_images(
+                runtime,
+                body.query,
+                served.expansion.sources,
+                outcome,
+                served.folders,
+                index,
+                body.rebuild,
+                body.top_k,
+                body.rerank_k,
+                dispatch.batch_size(runtime),
+                reporter,
+                refresh=body.refresh,
+            )
+
+        return answer(await dispatch.run(request, body.model, needs, search, preferred), outcome, reporter)
+
+    return routes

@@ -1,0 +1,95 @@
+"""Request and response shapes, every field documented (the OpenAPI schema at /openapi.json)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from ..model.catalog import DEFAULT_CONTRASTIVE_MODEL, DEFAULT_MATCHING_MODEL
+
+MODEL = "A model this server serves: one given to bt serve -m, or (unless --no-pull) a public checkpoint id."
+
+
+class ImageIn(BaseModel):
+    name: str = Field(description="How records refer to the image (the client's path or URL); unique per request.")
+    data: str = Field(description="The image file's bytes, base64-encoded (or a data:image/...;base64, URL).")
+
+
+class ScoreIn(BaseModel):
+    model: str = Field(DEFAULT_MATCHING_MODEL, description=MODEL)
+    images: list[ImageIn] = Field(description="Images, in order.")
+    texts: list[str] = Field(min_length=1, description="Texts to score against every image.")
+    top_k: int | None = Field(None, ge=1, description="Keep the best k texts per image.")
+
+
+class FillMaskIn(BaseModel):
+    model: str = Field(DEFAULT_MATCHING_MODEL, description=MODEL)
+    images: list[ImageIn] = Field(description="Images, in order.")
+    texts: list[str] = Field(min_length=1, description="Texts with <mask> tokens.")
+    top_k: int = Field(5, ge=1, le=1000, description="Candidates per mask.")
+    targets: list[str] | None = Field(None, description="Restrict the candidates to these words.")
+
+
+class EmbedIn(BaseModel):
+    model: str = Field(DEFAULT_CONTRASTIVE_MODEL, description=MODEL)
+    kind: Literal["image", "text", "cross"] = Field(description="image, text, or cross ((image, text) pairs).")
+    images: list[ImageIn] = Field(default_factory=list, description="Images (kind image or cross).")
+    texts: list[str] = Field(default_factory=list, description="Texts (kind text or cross).")
+
+
+class RetrieveIn(BaseModel):
+    model: str = Field(DEFAULT_CONTRASTIVE_MODEL, description=MODEL)
+    query: str | None = Field(None, description="A text query: rank the images under `sources`.")
+    sources: list[str] = Field(default_factory=list, description="Server paths and globs (under --allow-path).")
+    index: str | None = Field(
+        None, description="The name of one of the server's indexes (letters, digits, . _ -); default 'default'."
+    )
+    rebuild: bool = Field(False, description="Start the named index afresh (needs `index`).")
+    refresh: bool = Field(True, description="Refresh the index for the sources first (false: query it as it is).")
+    image: ImageIn | None = Field(None, description="An image query: rank `texts` for it.")
+    texts: list[str] = Field(default_factory=list, description="With `image`: the texts to rank.")
+    top_k: int = Field(10, ge=1, le=10000, description="How many hits.")
+    rerank_k: int = Field(5, ge=0, le=10000, description="ITM rescoring of the best ITC hits (0: ITC alone).")
+
+
+class EmbeddingsIn(BaseModel):
+    """OpenAI / infinity embeddings request."""
+
+    model: str = Field(DEFAULT_CONTRASTIVE_MODEL, description=MODEL)
+    input: str | list[str] = Field(description="Texts, or images as data:image/...;base64, URLs.")
+    modality: Literal["text", "image"] = Field("text", description="What `input` holds.")
+    encoding_format: Literal["float"] = Field("float", description="Only float lists.")
+
+
+class RerankIn(BaseModel):
+    """Cohere / TEI rerank request: a text query and image documents (data URLs), or an image query and texts."""
+
+    model: str = Field(DEFAULT_MATCHING_MODEL, description=MODEL)
+    query: str = Field(description="A text, or an image as a data:image/...;base64, URL.")
+    documents: list[str] = Field(min_length=1, description="Images (data URLs) for a text query, texts for an image.")
+    top_n: int | None = Field(None, ge=1, description="Keep the best n (default: all).")
+
+
+class Message(BaseModel):
+    level: Literal["warning", "info"] = Field(description="How the CLI shows it.")
+    message: str = Field(description="The message.")
+    kind: str | None = Field(None, description="Warnings that may repeat share a kind (the CLI summarises them).")
+
+
+class SkippedOut(BaseModel):
+    name: str = Field(description="The input left out.")
+    reason: str = Field(description="Why.")
+
+
+class RecordsOut(BaseModel):
+    """bt's own answer: the CLI's records, the inputs skipped, and the messages the CLI shows on stderr."""
+
+    records: list[dict] = Field(description="The records, as the CLI prints them with -f json.")
+    skipped: list[SkippedOut] = Field(description="Inputs left out, with why.")
+    messages: list[Message] = Field(description="Warnings and notes.")
+
+
+class ErrorOut(BaseModel):
+    error: str = Field(description="What went wrong, in one line.")
+    hint: str | None = Field(None, description="What to do about it.")
