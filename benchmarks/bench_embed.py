@@ -16,6 +16,7 @@ from common import checkpoint, machine, photo_folder, table, timed
 
 from bridgetower_cli.model.loading import load_model
 from bridgetower_cli.model.runtime import Runtime
+from bridgetower_cli.records import Outcome
 from bridgetower_cli.sources import expand_image_sources, load_image
 from bridgetower_cli.tasks import pairs
 
@@ -39,7 +40,7 @@ def main() -> None:
             vision(pixels[start : start + args.batch_size])
 
     def bt():
-        return len(list(pairs.embed(runtime, "image", sources, batch_size=args.batch_size)))
+        return len(list(pairs.embed(runtime, "image", Outcome(), sources, batch_size=args.batch_size)))
 
     bare_s, _ = timed(bare, args.repeats)
     bt_s, count = timed(bt, args.repeats)

@@ -28,6 +28,7 @@ from bridgetower_cli.index.store import EmbeddingIndex
 from bridgetower_cli.model.hub import fingerprint
 from bridgetower_cli.model.loading import load_model
 from bridgetower_cli.model.runtime import Runtime
+from bridgetower_cli.records import Outcome
 from bridgetower_cli.sources import expand_image_sources, load_image
 from bridgetower_cli.tasks import indexing
 from bridgetower_cli.tasks import retrieve as retrieval
@@ -37,14 +38,16 @@ QUERY = "two cats sitting on a couch"
 
 def open_index(runtime, path: Path, rebuild=False) -> EmbeddingIndex:
     loaded = runtime.loaded
-    return EmbeddingIndex(path, fingerprint(loaded.path), loaded.network.config.contrastive_hidden_size, rebuild)
+    dim = loaded.network.config.contrastive_hidden_size
+    return EmbeddingIndex.for_writing(path, fingerprint(loaded.path), dim, rebuild)
 
 
 def query(runtime, index, folder, rerank_k):
+    """One query as `bt retrieve` runs it: refresh (nothing to do), search, rerank."""
     sources = expand_image_sources([str(folder)])
-    stats = indexing.refresh_index(runtime, index, sources, [folder])
-    assert stats.new == stats.changed == 0
-    return retrieval.retrieve_images(runtime, index, QUERY, sources, top_k=10, rerank_k=rerank_k).records
+    return retrieval.retrieve_images(
+        runtime, QUERY, sources, Outcome(), [folder], index.path, top_k=10, rerank_k=rerank_k
+    )
 
 
 def folder_scaling(repeats: int) -> list:
@@ -54,7 +57,7 @@ def folder_scaling(repeats: int) -> list:
     for count in (200, 2000):
         folder = photo_folder(count)
         index = open_index(runtime, CACHE / f"index-tiny-{count}.sqlite")
-        indexing.refresh_index(runtime, index, expand_image_sources([str(folder)]), [folder])
+        indexing.refresh_index(runtime, index, expand_image_sources([str(folder)]), Outcome(), [folder])
         times[count], _ = timed(lambda index=index, folder=folder: query(runtime, index, folder, 5), repeats)
         command = [sys.executable, "-m", "bridgetower_cli", "retrieve", QUERY, str(folder), "-m", str(path)]
         command += ["--index", str(CACHE / f"index-tiny-{count}.sqlite"), "-r", "5", "-d", "cpu", "-f", "json"]
@@ -85,7 +88,7 @@ def base_query(repeats: int) -> tuple[list, list]:
 
         def build():
             index = open_index(runtime, index_path, rebuild=True)
-            indexing.refresh_index(runtime, index, sources, [folder])
+            indexing.refresh_index(runtime, index, sources, Outcome(), [folder])
             return index
 
         build_s, index = timed(build, 1, warmup=0)

@@ -19,6 +19,7 @@ from transformers import BridgeTowerForImageAndTextRetrieval, BridgeTowerProcess
 
 from bridgetower_cli.model.loading import load_model
 from bridgetower_cli.model.runtime import Runtime
+from bridgetower_cli.records import Outcome
 from bridgetower_cli.sources import ImageSource
 from bridgetower_cli.tasks import pairs
 
@@ -45,7 +46,7 @@ def bt_score(path, device, dtype_name, sources, texts, batch_size):
     runtime = Runtime(load_model(path, "base", device, dtype_name))
 
     def run():
-        records = pairs.score(runtime, sources, texts, batch_size).records
+        records = list(pairs.score(runtime, sources, texts, Outcome(), batch_size))
         by_pair = {(r.image, r.text): r.logit for r in records}
         return [by_pair[(s.name, t)] for s in sources for t in texts]
 

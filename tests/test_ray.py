@@ -48,7 +48,7 @@ def index_contents(path):
         failures = sorted(db.execute("SELECT path, reason FROM failures"))
     from bridgetower_cli.index.store import EmbeddingIndex
 
-    _, matrix = EmbeddingIndex(path, meta["model"], int(meta["dim"])).embeddings(paths)
+    _, matrix = EmbeddingIndex.for_reading(path).embeddings(paths)
     return paths, matrix, failures
 
 

@@ -129,7 +129,7 @@ def test_index_stats_and_prune(bt, full_checkpoint, photos, tmp_path):
     assert bt("index", photos, "-m", full_checkpoint, "--index", index).code == 0
     stats = bt("index", "--stats", "--index", index, "-f", "json").json()
     assert stats["images"] == 5 and stats["model"] == str(full_checkpoint) and stats["dim"] == 32
-    assert stats["vector_bytes"] == 5 * 32 * 4 and stats["last_refresh"]
+    assert stats["vector_bytes"] == 64 + 5 * 32 * 4 and stats["last_refresh"]
     (photos / "rocket.jpg").unlink()
     pruned = bt("index", "--prune", "--index", index, "-f", "json")
     assert "1 rows of files that are gone dropped" in pruned.stderr and pruned.json()["images"] == 4
@@ -250,7 +250,7 @@ def test_sigkill_mid_build_leaves_a_valid_index_that_resumes(full_checkpoint, sa
     with sqlite3.connect(index) as db:
         meta = dict(db.execute("SELECT key, value FROM meta"))
         paths = [p for (p,) in db.execute("SELECT path FROM images")]
-    _, matrix = EmbeddingIndex(index, meta["model"], int(meta["dim"])).embeddings(paths)
+    _, matrix = EmbeddingIndex.for_reading(index).embeddings(paths)
     assert len(paths) == 400 and np.allclose(np.linalg.norm(matrix, axis=1), 1, atol=1e-5)  # no torn vector
 
 
@@ -272,7 +272,7 @@ def test_similarities_are_cosines(full_checkpoint, photos, tmp_path):
     from bridgetower_cli.index.store import EmbeddingIndex
 
     runtime = Runtime(load_model(full_checkpoint, "full", DEVICE, "float32"))
-    index = EmbeddingIndex(tmp_path / "ix.sqlite", "m", 32)
+    index = EmbeddingIndex.for_writing(tmp_path / "ix.sqlite", "m", 32)
     sources = expand_image_sources([str(photos)])
     indexing.refresh_index(runtime, index, sources, Outcome())
     _, matrix = index.embeddings(s.path for s in sources)

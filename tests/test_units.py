@@ -12,7 +12,8 @@ import pytest
 
 from bridgetower_cli.cli.render import render, render_object
 from bridgetower_cli.errors import BtError
-from bridgetower_cli.index.store import EmbeddingIndex, FileState, file_state
+from bridgetower_cli.index.files import FileState, file_state
+from bridgetower_cli.index.store import EmbeddingIndex
 from bridgetower_cli.model.catalog import checkpoint_with, retrieval_heads
 from bridgetower_cli.records import EmbeddingsWritten, RetrievalRecord, ScoreRecord
 
@@ -94,7 +95,7 @@ def test_index_plans_new_changed_unchanged_and_gone(tmp_path):
     for name in ("a.jpg", "b.jpg", "c.jpg"):
         (folder / name).write_bytes(name.encode())
         files.append(file_state(str(folder / name)))
-    index = EmbeddingIndex(tmp_path / "ix.sqlite", "fp", 4)
+    index = EmbeddingIndex.for_writing(tmp_path / "ix.sqlite", "fp", 4)
     index.store([(files[0], "h0", unit(4, 0)), (files[1], "h1", unit(4, 1))], [(files[2], "damaged")])
     plan = index.plan(files, [folder])
     assert plan.to_embed == [] and plan.unchanged == 3 and plan.to_drop == []
@@ -108,29 +109,29 @@ def test_index_plans_new_changed_unchanged_and_gone(tmp_path):
 
 
 def test_index_refuses_another_checkpoint(tmp_path):
-    EmbeddingIndex(tmp_path / "ix.sqlite", "one", 4, label="first").close()
+    EmbeddingIndex.for_writing(tmp_path / "ix.sqlite", "one", 4, label="first").close()
     with pytest.raises(BtError, match=r"was built with another model \(first\)"):
-        EmbeddingIndex(tmp_path / "ix.sqlite", "two", 4, label="second")
+        EmbeddingIndex.for_writing(tmp_path / "ix.sqlite", "two", 4, label="second")
 
 
 def test_the_vector_file_is_compacted_into_a_new_generation(tmp_path):
-    index = EmbeddingIndex(tmp_path / "ix.sqlite", "fp", 4)
+    index = EmbeddingIndex.for_writing(tmp_path / "ix.sqlite", "fp", 4)
     files = [FileState(f"/photos/{k}.jpg", k, k) for k in range(3000)]
     index.store([(f, f"h{k}", unit(4, k)) for k, f in enumerate(files)], [])
     index.drop([f.path for f in files[:2000]])  # two thirds of the rows unreferenced
-    first = index.vectors_path()
+    first = index.vectors().path
     index.maintain()
-    assert index.vectors_path() != first and not first.exists()
+    assert index.vectors().path != first and not first.exists()
     assert index.stats().vector_rows == 1000
     paths, matrix = index.embeddings([f.path for f in files[2000:]])
     assert np.array_equal(matrix, np.asarray([unit(4, k) for k in range(2000, 3000)], dtype=np.float32))
 
 
 def test_a_torn_vector_row_is_never_read(tmp_path):
-    index = EmbeddingIndex(tmp_path / "ix.sqlite", "fp", 4)
+    index = EmbeddingIndex.for_writing(tmp_path / "ix.sqlite", "fp", 4)
     a, b = FileState("/a.jpg", 1, 1), FileState("/b.jpg", 2, 2)
     index.store([(a, "ha", unit(4, 1))], [])
-    with open(index.vectors_path(), "ab") as file:  # a crash mid-append: half a row, never committed
+    with open(index.vectors().path, "ab") as file:  # a crash mid-append: half a row, never committed
         file.write(b"\x00" * 6)
     index.store([(b, "hb", unit(4, 2))], [])
     paths, matrix = index.embeddings(["/a.jpg", "/b.jpg"])
@@ -138,23 +139,23 @@ def test_a_torn_vector_row_is_never_read(tmp_path):
 
 
 def test_stats_and_prune(tmp_path):
-    index = EmbeddingIndex(tmp_path / "ix.sqlite", "fp", 4, label="tiny")
+    index = EmbeddingIndex.for_writing(tmp_path / "ix.sqlite", "fp", 4, label="tiny")
     real = tmp_path / "real.jpg"
     real.write_bytes(b"x")
     index.store([(file_state(str(real)), "h", unit(4, 0)), (FileState("/gone.jpg", 1, 1), "g", unit(4, 1))], [])
     stats = index.stats()
-    assert (stats.images, stats.model, stats.dim, stats.vector_bytes) == (2, "tiny", 4, 32)
+    assert (stats.images, stats.model, stats.dim, stats.vector_bytes) == (2, "tiny", 4, 64 + 32)
     assert stats.last_refresh is not None
     assert index.prune() == 1 and index.count() == 1
 
 
 def test_search_is_exact_top_k_within_the_folders_and_files_named(tmp_path):
-    index = EmbeddingIndex(tmp_path / "ix.sqlite", "fp", 8)
+    index = EmbeddingIndex.for_writing(tmp_path / "ix.sqlite", "fp", 8)
     files = [FileState(f"/lib/{'a' if k % 2 else 'b'}/{k:04d}.jpg", k, k) for k in range(600)]
     vectors = np.asarray([unit(8, k) for k in range(600)], dtype=np.float32)
     index.store([(f, f"h{k}", v) for k, (f, v) in enumerate(zip(files, vectors))], [])
     index.drop([f.path for f in files[:100]])  # unreferenced (garbage) rows in the vector file
-    index.link([(FileState("/elsewhere/copy.jpg", 1, 1), "h300", 300)])  # a second path on one slot
+    index.link([(FileState("/elsewhere/copy.jpg", 1, 1), "h300")])  # a second path on one slot
     query = np.asarray(unit(8, 9999), dtype=np.float32)
     paths, similarities = index.search(query, 25, folders=[Path("/lib/a")], files=["/elsewhere/copy.jpg"])
     allowed = {f.path: vectors[k] @ query for k, f in enumerate(files) if k >= 100 and f.path.startswith("/lib/a/")}

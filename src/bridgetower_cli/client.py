@@ -15,7 +15,6 @@ from .records import (
     Reporter,
     RetrievalRecord,
     ScoreRecord,
-    Skipped,
 )
 from .sources import ImageSource, read_bytes
 
@@ -92,8 +91,7 @@ def encoded_images(sources: list[ImageSource], outcome: Outcome, reporter: Repor
         try:
             data = read_bytes(source)
         except InputError as error:
-            outcome.skipped.append(Skipped(source.name, error.message))
-            reporter.skipped(source.name, error.message)
+            outcome.skip(source.name, error.message, reporter)
             continue
         images.append({"name": source.name, "data": base64.b64encode(data).decode("ascii")})
     return images
@@ -107,8 +105,7 @@ def _received(body: dict, outcome: Outcome, reporter: Reporter) -> list[dict]:
         else:
             reporter.info(message["message"])
     for item in body.get("skipped", []):
-        outcome.skipped.append(Skipped(item["name"], item["reason"]))
-        reporter.skipped(item["name"], item["reason"])
+        outcome.skip(item["name"], item["reason"], reporter)
     return body.get("records", [])
 
 

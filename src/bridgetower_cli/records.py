@@ -27,10 +27,14 @@ class Skipped:
 
 @dataclass
 class Outcome:
-    """Records out of a task, and the inputs it had to skip."""
+    """The inputs a task had to skip."""
 
-    records: list = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)
+
+    def skip(self, name: str, reason: str, reporter: Reporter) -> None:
+        """Leave one input out: recorded here, reported as it happens."""
+        self.skipped.append(Skipped(name, reason))
+        reporter.skipped(name, reason)
 
 
 class Reporter:
@@ -165,3 +169,59 @@ class ExplainRecord:
     grid: list[list[float]]
     tokens: list[TokenMap]
     picture: str | None = None
+
+
+@dataclass
+class RefreshStats:
+    """What a refresh of the index did."""
+
+    new: int = 0
+    changed: int = 0
+    removed: int = 0
+    unchanged: int = 0
+    failed: int = 0
+    reused: int = 0  # new or changed files whose embedding came from an indexed file with the same content
+    elsewhere: int = 0  # files another bt process was embedding: left to it
+
+    def line(self) -> str:
+        extra = (
+            (f", {self.reused} reused" if self.reused else "")
+            + (f", {self.failed} unreadable" if self.failed else "")
+            + (f", {self.elsewhere} being indexed by another bt process" if self.elsewhere else "")
+        )
+        return (
+            f"index: {self.new} new, {self.changed} changed, {self.removed} removed, {self.unchanged} unchanged{extra}"
+        )
+
+
+@dataclass
+class IndexStats:
+    """What ``bt index --stats`` reports."""
+
+    index: str
+    model: str
+    fingerprint: str
+    dim: int
+    images: int
+    unreadable: int
+    sqlite_bytes: int
+    vector_bytes: int
+    vector_rows: int
+    last_refresh: str | None
+
+
+@dataclass
+class IndexCheck:
+    """What ``bt index --check`` found: rows whose vector is missing, out of range, non-finite, not of unit length
+    or not matching its checksum (``damaged_paths``: what ``--repair`` embeds again)."""
+
+    index: str
+    images: int
+    damaged: int
+    vector_file: str
+    catalog: str
+    damaged_paths: list[str]
+
+    @property
+    def sound(self) -> bool:
+        return self.damaged == 0 and self.vector_file == "ok" and self.catalog == "ok"

@@ -30,6 +30,7 @@ from .options import (
     ApiKey,
     BatchSize,
     CandidatesK,
+    CheckFlag,
     ClientTimeout,
     Device,
     Dtype,
@@ -60,6 +61,7 @@ from .options import (
     Quiet,
     RayAddress,
     Rebuild,
+    RepairFlag,
     RerankK,
     RetrieveFormatOpt,
     RetrieveInputs,
@@ -73,6 +75,7 @@ from .options import (
     TextOpt,
     TextsFile,
     Threads,
+    Wait,
     Words,
 )
 from .render import STREAMED, Format, StderrReporter, render, render_object, resolve_format, stderr_console
@@ -336,7 +339,7 @@ def embed(
 def _embed_on_ray(model, revision, device, dtype, batch_size, address, kinds, sources, output, fmt, outcome, reporter):
     """`bt embed --engine ray`: image embeddings on Ray; with --output DIR, Parquet shards (resumable)."""
     from ..engines.ray import SHARD, RayEngine, shard_paths, write_shard
-    from ..records import EmbeddingRecord, Skipped
+    from ..records import EmbeddingRecord
 
     if kinds != ["image"]:
         raise BtError("--engine ray embeds images", "embed texts and pairs with --engine local")
@@ -361,8 +364,7 @@ def _embed_on_ray(model, revision, device, dtype, batch_size, address, kinds, so
             for batch in engine.embed(todo, batch_size):
                 for item in batch:
                     if item.error:
-                        outcome.skipped.append(Skipped(item.name, item.error))
-                        reporter.skipped(item.name, item.error)
+                        outcome.skip(item.name, item.error, reporter)
                     else:
                         vector = item.embedding.tolist()
                         yield EmbeddingRecord(item.name, None, "image", model, len(vector), vector)
@@ -423,6 +425,7 @@ def retrieve(
     index_file: IndexFile = None,
     rebuild: Rebuild = False,
     no_refresh: NoRefresh = False,
+    wait: Wait = 60.0,
     top_k: HitsK = 10,
     rerank_k: RerankK = 5,
     no_rerank: NoRerank = False,
@@ -526,6 +529,7 @@ def retrieve(
             batch_size,
             reporter,
             refresh=not no_refresh,
+            wait_s=wait,
         )
     _emit(records, fmt, outcome, reporter, separator, title)
 
@@ -533,6 +537,7 @@ def retrieve(
 @app.command(
     "index",
     epilog="Examples:\n\n  bt index ~/Pictures\n\n  bt index photos/ --index photos.sqlite --rebuild\n\n"
+    "  bt index --check && bt index --stats -f json\n\n"
     "Default model: BridgeTower/bridgetower-large-itm-mlm-itc.",
 )
 def index_command(
@@ -541,6 +546,9 @@ def index_command(
     rebuild: Rebuild = False,
     stats: StatsFlag = False,
     prune: PruneFlag = False,
+    check: CheckFlag = False,
+    repair: RepairFlag = False,
+    wait: Wait = 60.0,
     engine: EngineOpt = Engine.local,
     ray_address: RayAddress = None,
     model: Model = DEFAULT_CONTRASTIVE_MODEL,
@@ -552,45 +560,100 @@ def index_command(
     fmt: FormatOpt = Format.auto,
     quiet: Quiet = False,
 ) -> None:
-    """Build or refresh the retrieval index of local images without querying it; --stats, --prune."""
-    if stats or prune:
-        from ..index.store import open_existing
+    """Build or refresh the retrieval index of local images without querying it; --stats, --prune, --check,
+    --repair."""
+    from ..index.files import default_index_path
+    from ..index.store import EmbeddingIndex
 
-        index = open_existing(index_file)
-        try:
-            if prune:
-                reporter = StderrReporter(quiet)
-                reporter.info(f"index: {index.prune()} rows of files that are gone dropped")
-            return render_object(index.stats(), fmt.value)
-        finally:
-            index.close()
-    if not images:
-        raise BtError("bt index needs images or folders to index", "e.g. bt index ~/Pictures (or --stats, --prune)")
-    sources, folders = _indexable(_only_images(images, "file or folder"))
+    path = index_file or default_index_path()
     reporter = StderrReporter(quiet)
+    if stats:
+        with EmbeddingIndex.for_reading(path, check=False) as index:
+            render_object(index.stats(), fmt.value)
+            return index.check_quickly()  # the figures first, then whatever damage they hide
+    if prune:
+        with EmbeddingIndex.for_writing(path, None, None, wait_s=wait) as index:
+            reporter.info(f"index: {index.prune()} rows of files that are gone dropped")
+            return render_object(index.stats(), fmt.value)
+    if check or repair:
+        options = ModelOptions(model, revision, device, dtype, threads, batch_size)
+        return _check_index(path, repair, wait, options, fmt, reporter)
+    if not images:
+        raise BtError("bt index needs images or folders to index", "e.g. bt index ~/Pictures (or --stats, --check)")
+    sources, folders = _indexable(_only_images(images, "file or folder"))
     runtime, ray = None, None
     if engine is Engine.ray:  # the model runs on Ray's actors; this process only writes the index
         from ..engines.ray import RayEngine
-        from ..index.store import EmbeddingIndex, default_index_path
         from ..model.hub import fingerprint
 
-        path = resolve_checkpoint(model, revision)
-        ray = RayEngine.for_checkpoint(path, model, device, dtype.value, ray_address)
+        checkpoint = resolve_checkpoint(model, revision)
+        ray = RayEngine.for_checkpoint(checkpoint, model, device, dtype.value, ray_address)
         batch_size = batch_size or 8
-        index = EmbeddingIndex(index_file or default_index_path(), fingerprint(path), ray.dim, rebuild, model)
+        index = EmbeddingIndex.for_writing(path, fingerprint(checkpoint), ray.dim, rebuild, model, wait_s=wait)
     else:
         runtime, batch_size = ModelOptions(model, revision, device, dtype, threads, batch_size).load(reporter, ("itc",))
+        from ..tasks import indexing
+
+        index = indexing.open_index(runtime, path, rebuild, wait_s=wait)
     from ..tasks import indexing
 
     outcome = Outcome()
-    if runtime is not None:
-        index = indexing.open_index(runtime, index_file, rebuild)
-    try:
+    with index:
         stats = indexing.refresh_index(runtime, index, sources, outcome, folders, batch_size, reporter, engine=ray)
         reporter.info(f"{stats.line()}; {index.count()} images in {index.path}")
-    finally:
-        index.close()
     _emit([stats], fmt, outcome, reporter)
+
+
+def _check_index(path: Path, repair: bool, wait: float, options: ModelOptions, fmt: Format, reporter) -> None:
+    """``--check``: verify every row; ``--repair``: embed again exactly the damaged rows (the model must be the
+    index's). Exit 1 while damage remains."""
+    from ..index.store import EmbeddingIndex
+
+    opener = (
+        (lambda: EmbeddingIndex.for_writing(path, None, None, wait_s=wait, check=False))
+        if repair
+        else (lambda: EmbeddingIndex.for_reading(path, check=False))
+    )
+    with opener() as index:
+        with reporter.progress(index.count(), "checking the index") as advance:
+            report = index.verify(advance)
+        if repair and not report.sound:
+            report = _repair(index, report, options, reporter)
+    render_object(report, fmt.value)
+    if not report.sound:
+        from ..errors import IndexDamaged
+
+        raise IndexDamaged(
+            f"the index {path} is damaged: {report.damaged} rows ({report.vector_file}; catalog {report.catalog})",
+            "bt index --repair re-embeds them" if not repair else "rebuild it with --rebuild",
+        )
+
+
+def _repair(index, report, options: ModelOptions, reporter):
+    """Forget the damaged rows (a new vector file if its own is missing or foreign), embed their files again."""
+    import os
+
+    from ..model.hub import fingerprint
+    from ..tasks import indexing
+
+    if report.catalog != "ok":
+        return report  # the catalog itself: only --rebuild can mend that
+    runtime, batch_size = options.load(reporter, ("itc",))
+    if fingerprint(runtime.loaded.path) != index.fingerprint:
+        raise BtError(
+            f"the index {index.path} was built with {index.label}, not {options.model}",
+            f"repair it with -m {index.label}",
+        )
+    index.forget(report.damaged_paths, new_vector_file=report.vector_file != "ok")
+    present = [p for p in report.damaged_paths if os.path.exists(p)]
+    outcome = Outcome()
+    if present:
+        sources = [ImageSource(p, path=p) for p in present]
+        stats = indexing.refresh_index(runtime, index, sources, outcome, (), batch_size, reporter)
+        reporter.info(
+            f"repaired: {stats.line()}; {len(report.damaged_paths) - len(present)} rows of files gone dropped"
+        )
+    return index.verify()
 
 
 @app.command(

@@ -42,7 +42,7 @@ def environment(device: str = "auto", dtype: str = "auto") -> Environment:
     import torch
     from huggingface_hub import constants
 
-    from ..index.store import default_index_path
+    from ..index.files import default_index_path
     from ..model.hub import cached_snapshot
     from ..model.loading import select_device, select_dtype
 

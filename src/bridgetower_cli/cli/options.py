@@ -307,6 +307,25 @@ StatsFlag = Annotated[
     bool, typer.Option("--stats", help="Report the index: images, model, size on disk, last refresh.")
 ]
 PruneFlag = Annotated[bool, typer.Option("--prune", help="Drop the rows of files that no longer exist, anywhere.")]
+CheckFlag = Annotated[
+    bool,
+    typer.Option("--check", help="Verify the whole index (every row against its checksum); exit 1 on damage."),
+]
+RepairFlag = Annotated[
+    bool,
+    typer.Option(
+        "--repair", help="Embed again exactly the rows whose vectors are missing or damaged (needs the model)."
+    ),
+]
+Wait = Annotated[
+    float,
+    typer.Option(
+        "--wait",
+        min=0,
+        help="Seconds to wait for another bt process writing the index before reporting it busy.",
+        metavar="SECONDS",
+    ),
+]
 MaxBody = Annotated[
     float, typer.Option("--max-body", min=0.001, help="Largest request body, in MiB (413 beyond).", metavar="MB")
 ]

@@ -240,8 +240,8 @@ def render_object(record, fmt: str, stream: TextIO | None = None) -> None:
 
 
 def _render_object(record, fmt: str, stream: TextIO) -> None:
-    if fmt == "json":
-        stream.write(json.dumps(_plain(record), indent=2, ensure_ascii=False) + "\n")
+    if fmt == "json":  # one object: every field, null where it does not apply
+        stream.write(json.dumps(asdict(record), indent=2, ensure_ascii=False) + "\n")
     elif fmt == "table":
         table = Table(show_header=False)
         table.add_column(style="bold")

@@ -59,7 +59,7 @@ def _processor(checkpoint: str):
 
 def read_batch(batch: dict, checkpoint: str, image_size: int) -> dict:
     """The CPU stage: read, hash and preprocess a batch of files as the local engine does."""
-    from ..index.store import bytes_hash
+    from ..index.files import bytes_hash
     from ..model.runtime import pixel_values
 
     processor = _processor(checkpoint)

@@ -1,509 +1,404 @@
-"""The embedding index behind ``bt retrieve``: a SQLite file, the source of truth, and a vector file beside it.
+"""The embedding index behind ``bt retrieve``: the catalog (SQLite, the source of truth) and the vector file.
 
-SQLite holds, per image, its absolute path, size, mtime, a content hash and the slot of its embedding; failures;
-the model it was built with. The embeddings live in ``<index>.vectors-<generation>``: float32 rows, appended and
-never rewritten in place, read by queries through a memory map (no copy, no row read out of SQLite). Kill-safety:
-a batch's vectors are appended and flushed to disk before the SQLite transaction that references them commits, so a
-crash leaves at most unreferenced rows at the end of the vector file. When more than half the rows are unreferenced
-(changed or deleted files), the file is rewritten as the next generation and the switch committed in one
-transaction; stale generations are deleted under the write lock. A moved or renamed file reuses its embedding by
-content hash. The index records its model and refuses to mix in another. No torch here.
+Kill-safety: a batch's vectors are appended and on disk before the transaction that references them commits, so a
+crash leaves at most unreferenced rows after the committed count, cut by the next append. Every slot is decided in
+the transaction that writes it (a moved file's too), so writers and compactions interleave in any order without a
+wrong or dangling slot; claims keep two writers from embedding one file. When more than half the rows are
+unreferenced, the file is rewritten as the next generation and switched in one commit. Readers take a snapshot and
+never wait. Integrity costs nothing per query: the header and the row count are checked on open, and the rows a
+query returns are checked against their CRC-32. No torch here.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
-import re
-import sqlite3
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 
-from ..errors import BtError
+from ..errors import BtError, IndexDamaged
+from ..records import IndexCheck, IndexStats
+from .catalog import Catalog
+from .files import FileState, RefreshPlan, under
+from .migrations import known_schema, schema_of, upgrade
+from .vectors import VectorFile, checksum, checksums, no_space, vector_files
 
-SCHEMA_VERSION = "2"
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS images (
-    path TEXT PRIMARY KEY,
-    size INTEGER NOT NULL,
-    mtime_ns INTEGER NOT NULL,
-    hash TEXT NOT NULL,
-    slot INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS images_by_hash ON images (hash);
-CREATE INDEX IF NOT EXISTS images_by_slot ON images (slot);
-CREATE TABLE IF NOT EXISTS failures (
-    path TEXT PRIMARY KEY,
-    size INTEGER NOT NULL,
-    mtime_ns INTEGER NOT NULL,
-    reason TEXT NOT NULL
-);
-"""
+REPAIR = "bt index --repair re-embeds exactly the damaged rows (--check lists them)"
+_MAPS: dict[tuple[str, int], tuple[int, VectorFile]] = {}  # the vector files mapped in this process, by generation
 
 
-SQLITE_MAGIC = b"SQLite format 3\x00"
-APPLICATION_ID = 0x62742069  # "bt i", in the SQLite header (PRAGMA application_id): a bt index, even if damaged
-
-
-def refuse_foreign(path: Path) -> None:
-    """Refuse to open (and so to write, rebuild or unlink) a file that is not a bt index: only a bt index, a missing
-    file or an empty one may become one."""
+def _vector_file(index: Path, generation: int, dim: int) -> VectorFile:
+    """One generation's vector file, its memory map kept for the life of the process (re-made if the file was
+    replaced, as a rebuild does)."""
+    key = (str(index), generation)
     try:
-        with open(path, "rb") as file:
-            header = file.read(100)
-    except FileNotFoundError:
-        return
-    except OSError as error:
-        raise BtError(f"cannot read the index {path}: {error.strerror or error}", "check its permissions") from None
-    if not header:
-        return
-    hint = "pass --index with another file name; bt never overwrites a file it did not create"
-    if header[:16] != SQLITE_MAGIC:
-        raise BtError(f"{path} is not a bt index (not an SQLite file)", hint)
-    if int.from_bytes(header[68:72], "big") == APPLICATION_ID:
-        return
-    try:  # an index of bt 0.1 and 0.2, before the application id: known by its meta table
-        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)) as db:
-            keys = {key for (key,) in db.execute("SELECT key FROM meta")}
-    except sqlite3.DatabaseError:
-        keys = set()
-    if not {"schema", "model", "dim"} <= keys:
-        raise BtError(f"{path} is not a bt index (an SQLite database of something else)", hint)
-
-
-def default_index_path() -> Path:
-    """``$BT_INDEX``, else ``$XDG_CACHE_HOME/bt/index.sqlite`` (``~/.cache/bt/index.sqlite``)."""
-    if os.environ.get("BT_INDEX"):
-        return Path(os.environ["BT_INDEX"]).expanduser()
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return cache / "bt" / "index.sqlite"
-
-
-class FileState(NamedTuple):
-    path: str
-    size: int
-    mtime_ns: int
-
-
-@dataclass
-class RefreshPlan:
-    """What a refresh must do: files to embed (new or changed) and rows to drop."""
-
-    to_embed: list[FileState]
-    to_drop: list[str]
-    unchanged: int
-    changed: int
-
-
-@dataclass
-class RefreshStats:
-    new: int = 0
-    changed: int = 0
-    removed: int = 0
-    unchanged: int = 0
-    failed: int = 0
-    reused: int = 0  # new or changed files whose embedding came from an indexed file with the same content
-
-    def line(self) -> str:
-        extra = (f", {self.reused} reused" if self.reused else "") + (
-            f", {self.failed} unreadable" if self.failed else ""
-        )
-        return (
-            f"index: {self.new} new, {self.changed} changed, {self.removed} removed, {self.unchanged} unchanged{extra}"
-        )
-
-
-@dataclass
-class IndexStats:
-    """What ``bt index --stats`` reports."""
-
-    index: str
-    model: str
-    fingerprint: str
-    dim: int
-    images: int
-    unreadable: int
-    sqlite_bytes: int
-    vector_bytes: int
-    vector_rows: int
-    last_refresh: str | None
-
-
-def file_state(path: str) -> FileState:
-    """Size and mtime of an absolute path (as ``ImageSource.path`` holds)."""
-    stat = os.stat(path)
-    return FileState(path, stat.st_size, stat.st_mtime_ns)
-
-
-def file_states(paths: Iterable[str]) -> list[FileState]:
-    """``file_state`` of many paths, in a tight loop."""
-    stat = os.stat
-    return [FileState(path, (s := stat(path)).st_size, s.st_mtime_ns) for path in paths]
-
-
-def content_hash(path: str) -> str:
-    """A file's content id (BLAKE2b, 128 bits): how a moved or renamed image is recognised."""
-    digest = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as file:
-        for block in iter(lambda: file.read(2**20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def bytes_hash(data: bytes) -> str:
-    """``content_hash`` of bytes already read."""
-    return hashlib.blake2b(data, digest_size=16).hexdigest()
-
-
-def under(folders: Iterable[Path]) -> list[tuple[str, str]]:
-    """Key ranges [low, high) of the paths under each folder (for range scans of the primary key)."""
-    ranges = []
-    for folder in folders:
-        prefix = os.path.join(os.path.abspath(folder), "")
-        ranges.append((prefix, prefix[:-1] + chr(ord(prefix[-1]) + 1)))
-    return ranges
+        inode = os.stat(f"{index}.vectors-{generation}").st_ino
+    except OSError:
+        inode = -1
+    cached = _MAPS.get(key)
+    if cached is None or cached[0] != inode or cached[1].dim != dim:
+        for stale in [k for k in _MAPS if k[0] == key[0]]:  # one generation mapped per index: no leak of old ones
+            del _MAPS[stale]
+        _MAPS[key] = (inode, VectorFile(index, generation, dim))
+    return _MAPS[key][1]
 
 
 class EmbeddingIndex:
-    """A SQLite index of image embeddings for one model, with its vector file."""
+    """An open index. ``for_writing`` may create, upgrade and change it; ``for_reading`` only reads a snapshot."""
 
-    def __init__(self, path: Path, fingerprint: str, dim: int, rebuild: bool = False, label: str | None = None):
-        """``fingerprint`` identifies the checkpoint (``hub.fingerprint``); ``label`` is how messages name it."""
-        self.path = Path(path)
-        self.fingerprint = fingerprint
-        self.label = label or fingerprint
-        self.dim = dim
-        self.row_bytes = 4 * dim
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            refuse_foreign(self.path)
-            if rebuild:
-                for stale in [Path(f"{self.path}{suffix}") for suffix in ("", "-wal", "-shm")] + self._vector_files():
-                    stale.unlink(missing_ok=True)
-            self.db = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
-            self.db.execute("PRAGMA synchronous=NORMAL")
-            self._check_schema()
-            self.db.executescript(SCHEMA)
-            self._check_model()
-        except sqlite3.DatabaseError as error:
-            if "readonly" in str(error) or "unable to open" in str(error):
-                raise BtError(
-                    f"cannot write the index {self.path}: {error}", "pass --index FILE on a writable path"
-                ) from None
-            raise BtError(f"the index {self.path} is damaged ({error})", "rebuild it with --rebuild") from None
-        except OSError as error:
+    def __init__(self, catalog: Catalog, fingerprint: str | None, dim: int | None, label: str | None):
+        self.catalog, self.path = catalog, catalog.path
+        meta = catalog.meta()
+        if fingerprint is not None and (meta.get("model") != fingerprint or meta.get("dim") != str(dim)):
+            catalog.close()
             raise BtError(
-                f"cannot create the index {self.path}: {error.strerror or error}",
-                "pass --index FILE on a writable path",
-            ) from None
-
-    # -- opening -------------------------------------------------------------------------------------------------
-
-    def _check_schema(self) -> None:
-        tables = {name for (name,) in self.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        if "meta" in tables:
-            schema = self.db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
-            if schema and schema[0] != SCHEMA_VERSION:
-                raise BtError(
-                    f"the index {self.path} was written by another version of bt (schema {schema[0]})",
-                    "rebuild it with --rebuild (the embeddings are computed again)",
-                )
-
-    def _check_model(self) -> None:
-        with self.transaction():
-            meta = dict(self.db.execute("SELECT key, value FROM meta"))
-            if not meta:
-                rows = [
-                    ("schema", SCHEMA_VERSION),
-                    ("model", self.fingerprint),
-                    ("dim", str(self.dim)),
-                    ("label", self.label),
-                    ("generation", "0"),
-                ]
-                self.db.executemany("INSERT INTO meta VALUES (?, ?)", rows)
-                meta = dict(rows)
-            if meta.get("model") == self.fingerprint and meta.get("dim") == str(self.dim):
-                self._remove_stale_vector_files(int(meta["generation"]))
-        if meta.get("model") != self.fingerprint or meta.get("dim") != str(self.dim):
-            raise BtError(
-                f"the index {self.path} was built with another model ({meta.get('label')}), not {self.label}",
+                f"the index {self.path} was built with another model ({meta.get('label')}), not {label}",
                 "rebuild it with --rebuild, or keep one index per model with --index FILE",
             )
+        self.fingerprint, self.dim = meta["model"], int(meta["dim"])
+        self.label = meta.get("label", self.fingerprint)
 
-    def _vector_files(self) -> list[Path]:
-        """This index's vector files: exactly ``<name>.vectors-<generation>`` (the name never a pattern)."""
-        pattern = re.compile(re.escape(self.path.name) + r"\.vectors-\d+")
+    @classmethod
+    def for_writing(
+        cls,
+        path: Path,
+        fingerprint: str | None,
+        dim: int | None,
+        rebuild: bool = False,
+        label: str | None = None,
+        **options,
+    ) -> EmbeddingIndex:
+        """Open (creating, or with ``rebuild`` starting afresh, or upgrading) the index for ``fingerprint``; None:
+        an existing index, whatever its model (``--prune``, ``--repair``)."""
+        if fingerprint is None and not Path(path).is_file():
+            raise BtError(f"no index at {path}", "build one with bt index DIR, or pass --index FILE")
+        catalog = Catalog(path, write=True, wait_s=options.get("wait_s", 60.0))
         try:
-            names = os.listdir(self.path.parent)
-        except OSError:
-            return []
-        return sorted(self.path.parent / name for name in names if pattern.fullmatch(name))
+            if rebuild:
+                _start_afresh(catalog)
+            if schema_of(catalog) == 0:
+                if fingerprint is None:
+                    raise BtError(f"{path} is not a bt index (an empty catalog)", "build one with bt index DIR")
+                with catalog.transaction():
+                    catalog.create(fingerprint, dim, label or fingerprint)
+                VectorFile(catalog.path, 0, dim).create()
+            upgrade(catalog)
+            index = cls(catalog, fingerprint, dim, label or fingerprint)
+        except BaseException:
+            catalog.close()
+            raise
+        if options.get("check", True):
+            index.check_quickly()
+        return index
 
-    def _remove_stale_vector_files(self, generation: int) -> None:
-        """Under the write lock: no compaction is writing the next generation meanwhile."""
-        current = self.vectors_path(generation)
-        for file in self._vector_files():
-            if file != current:
-                file.unlink(missing_ok=True)
-
-    def vectors_path(self, generation: int | None = None) -> Path:
-        if generation is None:
-            generation = self._generation()
-        return Path(f"{self.path}.vectors-{generation}")
-
-    def _generation(self) -> int:
-        return int(self.db.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()[0])
-
-    def transaction(self, read: bool = False):
-        return _Transaction(self.db, read)
+    @classmethod
+    def for_reading(
+        cls, path: Path, fingerprint: str | None = None, dim: int | None = None, label: str | None = None, check=True
+    ) -> EmbeddingIndex:
+        """Open an existing index read-only (``fingerprint`` None: whatever its model). An index of an older bt is
+        upgraded first, where it can be written."""
+        if not Path(path).is_file():
+            raise BtError(f"no index at {path}", "build one with bt index DIR, or pass --index FILE")
+        catalog = Catalog(path, write=False)
+        try:
+            version = known_schema(catalog)
+            if version == 0:
+                raise BtError(f"{path} is not a bt index (an empty catalog)", "build one with bt index DIR")
+            if version < 3:
+                catalog.close()
+                with contextlib.closing(Catalog(path, write=True)) as writer:
+                    upgrade(writer)
+                catalog = Catalog(path, write=False)
+            index = cls(catalog, fingerprint, dim, label)
+        except BaseException:
+            catalog.close()
+            raise
+        if check:
+            index.check_quickly()
+        return index
 
     def close(self) -> None:
-        self.db.close()
+        self.catalog.close()
 
-    # -- refresh ---------------------------------------------------------------------------------------------------
+    def __enter__(self) -> EmbeddingIndex:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- state ------------------------------------------------------------------------------------------------
+
+    def _state(self) -> tuple[int, int]:
+        """(generation, committed rows), as of the transaction in progress."""
+        meta = self.catalog.meta()
+        return int(meta.get("generation", "0")), int(meta.get("rows", "0"))
+
+    def vectors(self) -> VectorFile:
+        return _vector_file(self.path, self._state()[0], self.dim)
+
+    def check_quickly(self) -> None:
+        """O(1): the vector file is this index's and holds every row the catalog references."""
+        with self.catalog.transaction():
+            generation, rows = self._state()
+            try:
+                _vector_file(self.path, generation, self.dim).check(rows)
+            except IndexDamaged as damage:
+                raise IndexDamaged(f"the index {self.path} is damaged: {damage.message}", REPAIR) from None
+
+    # -- writing ----------------------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def writing(self):
+        """A refresh: who writes is recorded (a busy reader names it); this writer's claims are released at the
+        end, however it ends."""
+        with self.catalog.transaction():
+            self.catalog.set_meta(writer=f"bt (pid {os.getpid()})")
+        try:
+            yield self
+        finally:
+            with contextlib.suppress(BtError), self.catalog.transaction() as db:
+                db.execute("DELETE FROM claims WHERE owner = ?", (self.catalog.owner,))
+                db.execute("DELETE FROM meta WHERE key = 'writer'")
 
     def plan(self, files: Iterable[FileState], folders: Iterable[Path] = ()) -> RefreshPlan:
-        """Compare files on disk with the index; rows under ``folders`` whose file is gone are to be dropped."""
-        ranges = under(folders)
+        return self.catalog.plan(files, folders)
 
-        def inside(path: str) -> bool:
-            return any(low <= path < high for low, high in ranges)
-
-        known: dict[str, tuple[int, int]] = {}
-        query = (
-            "SELECT path, size, mtime_ns FROM images WHERE {0} "
-            "UNION ALL SELECT path, size, mtime_ns FROM failures WHERE {0}"
-        )
-        for low, high in ranges:  # the rows under the folders: range scans of the primary keys
-            known.update(
-                (p, (s, m))
-                for p, s, m in self.db.execute(query.format("path >= ? AND path < ?"), (low, high, low, high))
-            )
-        files = list(files)
-        outside = [f.path for f in files if not inside(f.path)] if ranges else [f.path for f in files]
-        for chunk in _chunks(outside, 400):
-            marks = ",".join("?" * len(chunk))
-            known.update((p, (s, m)) for p, s, m in self.db.execute(query.format(f"path IN ({marks})"), chunk + chunk))
-        to_embed, changed = [], 0
-        for state in files:
-            stamp = known.get(state.path)
-            if stamp != (state.size, state.mtime_ns):
-                to_embed.append(state)
-                changed += stamp is not None
-        present = {state.path for state in files}
-        to_drop = [p for p in known if p not in present and inside(p)] if ranges else []
-        return RefreshPlan(to_embed, to_drop, len(files) - len(to_embed), changed)
+    def link(self, files: list[tuple[FileState, str]]) -> list[str]:
+        """Index files whose content is indexed already (moved, renamed, copied): the paths linked."""
+        with self.catalog.transaction():
+            return self.catalog.link(files)
 
     def drop(self, paths: list[str]) -> None:
-        with self.transaction():
-            self.db.executemany("DELETE FROM images WHERE path = ?", [(p,) for p in paths])
-            self.db.executemany("DELETE FROM failures WHERE path = ?", [(p,) for p in paths])
+        with self.catalog.transaction():
+            self.catalog.drop(paths)
+            self.catalog.touched()
 
-    def slots_of(self, hashes: Iterable[str]) -> dict[str, int]:
-        """The embedding slot of each content hash already indexed."""
-        found: dict[str, int] = {}
-        for chunk in _chunks(list(set(hashes)), 500):
-            marks = ",".join("?" * len(chunk))
-            found.update(self.db.execute(f"SELECT hash, slot FROM images WHERE hash IN ({marks})", chunk))
-        return found
-
-    def link(self, rows: list[tuple[FileState, str, int]]) -> None:
-        """Index files whose embedding is already stored (same content): (state, hash, slot)."""
-        with self.transaction():
-            self._put(rows)
+    def claim(self, files: list[FileState]) -> tuple[list[str], str | None]:
+        """Claim files to embed; those another live writer is embedding, or has indexed since, are left out."""
+        with self.catalog.transaction():
+            return self.catalog.claim(files)
 
     def store(self, rows: list[tuple[FileState, str, list[float]]], failures: list[tuple[FileState, str]]) -> None:
         """Write a batch of embeddings (state, hash, vector) and of unreadable files: the vectors appended and on
         disk before the transaction that references them commits."""
-        with self.transaction():
-            first = self._append(np.asarray([vector for _, _, vector in rows], dtype=np.float32)) if rows else 0
-            self._put([(state, digest, first + k) for k, (state, digest, _) in enumerate(rows)])
-            self.db.executemany(
-                "INSERT OR REPLACE INTO failures VALUES (?, ?, ?, ?)",
-                [(s.path, s.size, s.mtime_ns, reason) for s, reason in failures],
-            )
-            self.db.executemany("DELETE FROM images WHERE path = ?", [(s.path,) for s, _ in failures])
-            self.db.execute("INSERT OR REPLACE INTO meta VALUES ('refreshed_at', ?)", (str(time.time()),))
+        with self.catalog.transaction():
+            generation, committed = self._state()
+            if rows:
+                matrix = np.asarray([vector for _, _, vector in rows], dtype=np.float32)
+                first = _vector_file(self.path, generation, self.dim).append(matrix, committed)
+                crcs = checksums(matrix)
+                self.catalog.put([(s, h, first + k, crcs[k]) for k, (s, h, _) in enumerate(rows)])
+                self.catalog.set_meta(rows=committed + len(rows))
+            self.catalog.fail(failures)
+            self.catalog.unclaim([s.path for s, _, _ in rows] + [s.path for s, _ in failures])
+            self.catalog.touched()
 
-    def maintain(self) -> None:
-        """After a refresh: compact the vector file once more than half of it is unreferenced."""
-        if self._garbage() > max(1024, self.count()):
-            self.compact()
-
-    def _put(self, rows: list[tuple[FileState, str, int]]) -> None:
-        self.db.executemany(
-            "INSERT OR REPLACE INTO images VALUES (?, ?, ?, ?, ?)",
-            [(s.path, s.size, s.mtime_ns, digest, slot) for s, digest, slot in rows],
-        )
-        self.db.executemany("DELETE FROM failures WHERE path = ?", [(s.path,) for s, _, _ in rows])
-
-    def _append(self, vectors: np.ndarray) -> int:
-        """Append rows to the vector file (inside a write transaction: one writer at a time); the first new slot."""
-        path = self.vectors_path()
-        with open(path, "ab") as file:
-            size = file.seek(0, os.SEEK_END)
-            whole = size // self.row_bytes
-            if size != whole * self.row_bytes:  # a torn row from a crash: never referenced, cut it
-                file.truncate(whole * self.row_bytes)
-            file.write(np.ascontiguousarray(vectors, dtype=np.float32).tobytes())
-            file.flush()
-            os.fsync(file.fileno())
-        return whole
-
-    def _garbage(self) -> int:
+    def maintain(self) -> str | None:
+        """After a refresh: compact the vector file once more than half of it is unreferenced. A compaction that
+        cannot be written (a full disk) is skipped and said so (the index stays as it was)."""
+        with self.catalog.transaction() as db:
+            rows = self._state()[1]
+            used = db.execute("SELECT COUNT(DISTINCT slot) FROM images").fetchone()[0]
+        if rows - used <= max(1024, used):
+            return None
         try:
-            rows = self.vectors_path().stat().st_size // self.row_bytes
-        except FileNotFoundError:
-            return 0
-        used = self.db.execute("SELECT COUNT(DISTINCT slot) FROM images").fetchone()[0]
-        return rows - used
+            self.compact()
+        except OSError as error:
+            if not no_space(error):
+                raise
+            return f"index: compaction skipped, no space left on {self.path.parent} ({rows - used} unused rows kept)"
+        return None
 
-    def compact(self) -> None:
-        """Rewrite the vector file without unreferenced rows, as the next generation, switched in one commit."""
-        with self.transaction():
-            generation = self._generation()
-            old = self.vectors(generation)
-            slots = [slot for (slot,) in self.db.execute("SELECT DISTINCT slot FROM images ORDER BY slot")]
-            new_path = self.vectors_path(generation + 1)
-            with open(new_path, "wb") as file:
-                for chunk in _chunks(slots, 65536):
-                    file.write(np.ascontiguousarray(old[chunk]).tobytes())
-                file.flush()
-                os.fsync(file.fileno())
-            self.db.executemany("UPDATE images SET slot = ? WHERE slot = ?", [(-1 - k, s) for k, s in enumerate(slots)])
-            self.db.execute("UPDATE images SET slot = -1 - slot")
-            self.db.execute("UPDATE meta SET value = ? WHERE key = 'generation'", (str(generation + 1),))
-        self.vectors_path(generation).unlink(missing_ok=True)
+    def compact(self, pause: Callable[[str], None] = lambda step: None) -> None:
+        """Rewrite the vector file without unreferenced rows, as the next generation, switched in one commit.
+        ``pause`` is called between steps (tests interleave other writers there)."""
+        with self.catalog.transaction() as db:
+            generation, rows = self._state()
+            old = _vector_file(self.path, generation, self.dim)
+            slots = [slot for (slot,) in db.execute("SELECT DISTINCT slot FROM images ORDER BY slot")]
+            new = VectorFile(self.path, generation + 1, self.dim)
+            new.write_all(old.rows(slots, rows))
+            pause("written")
+            db.executemany("UPDATE images SET slot = ? WHERE slot = ?", [(-1 - k, s) for k, s in enumerate(slots)])
+            db.execute("UPDATE images SET slot = -1 - slot")
+            self.catalog.set_meta(generation=generation + 1, rows=len(slots))
+        old.path.unlink(missing_ok=True)
 
-    # -- queries -------------------------------------------------------------------------------------------------
+    def forget(self, paths: list[str], new_vector_file: bool = False) -> None:
+        """(``--repair``.) Drop the rows of damaged vectors so their files are embedded again; with
+        ``new_vector_file`` (the file is missing or not this index's) start a new generation of it."""
+        with self.catalog.transaction():
+            self.catalog.drop(paths)
+            if new_vector_file:
+                generation = self._state()[0] + 1
+                VectorFile(self.path, generation, self.dim).create()
+                self.catalog.set_meta(generation=generation, rows=0)
 
-    def vectors(self, generation: int | None = None) -> np.ndarray:
-        """The vector file, memory-mapped read-only: [rows, dim] float32."""
-        path = self.vectors_path(generation)
-        rows = path.stat().st_size // self.row_bytes if path.exists() else 0
-        if rows == 0:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        return np.memmap(path, dtype=np.float32, mode="r", shape=(rows, self.dim))
+    # -- reading ----------------------------------------------------------------------------------------------
+
+    def _snapshot(self, read: Callable[[VectorFile, int], object]):
+        """``read(vector file, committed rows)`` in one read snapshot; if a compaction removed the snapshot's
+        file meanwhile, again on the next."""
+        for attempt in range(3):
+            try:
+                with self.catalog.transaction():
+                    generation, rows = self._state()
+                    vectors = _vector_file(self.path, generation, self.dim)
+                    vectors.check(rows)
+                    return read(vectors, rows)
+            except IndexDamaged as damage:
+                if attempt == 2 or "is missing" not in damage.message:
+                    raise IndexDamaged(f"the index {self.path} is damaged: {damage.message}", REPAIR) from None
+        raise AssertionError("unreachable")
 
     def search(
         self, query: np.ndarray, want: int, folders: Iterable[Path] = (), files: Iterable[str] = ()
     ) -> tuple[list[str], np.ndarray]:
         """The ``want`` indexed images most similar to ``query`` (exact float32 cosines, best first) among those
-        under ``folders`` and the ``files`` named. The query multiplies the whole memory-mapped matrix; only the best
-        slots are looked up in SQLite, so a query costs one pass over the vectors, not one row read per image."""
+        under ``folders`` and the ``files`` named: one pass over the vectors, and only the best slots looked up."""
         ranges, files = under(folders), set(files)
-        with self.transaction(read=True):
-            matrix = self.vectors()
-            similarities = matrix @ np.asarray(query, dtype=np.float32)
-            order = np.argsort(-similarities, kind="stable") if len(similarities) <= 4 * want else None
-            found: list[tuple[str, float]] = []
-            start, step = 0, max(64, 4 * want)
-            while len(found) < want and start < len(similarities):
-                if order is None:  # the next best slots, without sorting the whole file
-                    bound = min(len(similarities), start + step)
-                    part = np.argpartition(-similarities, bound - 1)[:bound]
-                    block = part[np.argsort(-similarities[part], kind="stable")][start:bound]
-                else:
-                    block = order[start : start + step]
-                start += len(block)
-                step *= 4
-                by_slot: dict[int, list[str]] = {}
-                for chunk in _chunks(block.tolist(), 500):
-                    marks = ",".join("?" * len(chunk))
-                    for path, slot in self.db.execute(f"SELECT path, slot FROM images WHERE slot IN ({marks})", chunk):
-                        if path in files or any(low <= path < high for low, high in ranges):
-                            by_slot.setdefault(slot, []).append(path)
-                for slot in block.tolist():
-                    found += [(path, float(similarities[slot])) for path in sorted(by_slot.get(slot, ()))]
-        found = found[:want]
-        return [path for path, _ in found], np.asarray([value for _, value in found], dtype=np.float32)
+
+        def read(vectors: VectorFile, rows: int):
+            matrix = vectors.matrix(rows)
+            with np.errstate(all="ignore"):
+                similarities = matrix @ np.asarray(query, dtype=np.float32)
+            self._refuse_damaged_similarities(similarities)
+            found = self._best(
+                similarities, want, lambda path: path in files or any(lo <= path < hi for lo, hi in ranges)
+            )
+            self._verify(matrix, [(slot, crc) for _, slot, crc, _ in found])
+            return [path for path, _, _, _ in found], np.asarray([s for _, _, _, s in found], dtype=np.float32)
+
+        return self._snapshot(read)
+
+    def _refuse_damaged_similarities(self, similarities: np.ndarray) -> None:
+        """Non-finite or out-of-range similarities are damage when a row references them (unreferenced rows past a
+        crash are only ignored)."""
+        bad = np.flatnonzero(~np.isfinite(similarities) | (np.abs(similarities) > 1.001))
+        if len(bad):
+            if any(True for _ in self.catalog.paths_at(bad.tolist())):
+                raise IndexDamaged(f"the index {self.path} is damaged: some vectors are not embeddings", REPAIR)
+            similarities[bad] = -np.inf
+
+    def _best(self, similarities: np.ndarray, want: int, wanted: Callable[[str], bool]) -> list:
+        """(path, slot, checksum, similarity) of the ``want`` best wanted rows, without sorting every row."""
+        order = np.argsort(-similarities, kind="stable") if len(similarities) <= 4 * want else None
+        found: list = []
+        start, step = 0, max(64, 4 * want)
+        while len(found) < want and start < len(similarities):
+            if order is None:  # the next best slots, without sorting the whole file
+                bound = min(len(similarities), start + step)
+                part = np.argpartition(-similarities, bound - 1)[:bound]
+                block = part[np.argsort(-similarities[part], kind="stable")][start:bound]
+            else:
+                block = order[start : start + step]
+            start += len(block)
+            step *= 4
+            by_slot: dict[int, list] = {}
+            for path, slot, crc in self.catalog.paths_at(block.tolist()):
+                if wanted(path):
+                    by_slot.setdefault(slot, []).append((path, crc))
+            for slot in block.tolist():
+                found += [(p, slot, c, float(similarities[slot])) for p, c in sorted(by_slot.get(slot, ()))]
+        return found[:want]
+
+    def _verify(self, matrix: np.ndarray, rows: list[tuple[int, int]]) -> None:
+        damaged = [slot for slot, crc in rows if checksum(matrix[slot]) != crc]
+        if damaged:
+            raise IndexDamaged(
+                f"the index {self.path} is damaged: {len(damaged)} of the vectors found do not match their checksums",
+                REPAIR,
+            )
 
     def embeddings(self, paths: Iterable[str]) -> tuple[list[str], np.ndarray]:
         """The stored embeddings of ``paths`` (those indexed), in the order given: (paths, [n, dim] float32)."""
-        wanted, found = list(paths), {}
-        with self.transaction(read=True):
-            for chunk in _chunks(wanted, 500):
-                marks = ",".join("?" * len(chunk))
-                found.update(self.db.execute(f"SELECT path, slot FROM images WHERE path IN ({marks})", chunk))
+        wanted = list(paths)
+
+        def read(vectors: VectorFile, rows: int):
+            found = self.catalog.slots_of(wanted)
             kept = [p for p in wanted if p in found]
-            return kept, np.array(self.vectors()[[found[p] for p in kept]])
+            matrix = vectors.matrix(rows)
+            self._verify(matrix, [found[p] for p in kept])
+            return kept, vectors.rows([found[p][0] for p in kept], rows)
+
+        return self._snapshot(read)
+
+    def verify(self, progress: Callable[[int], None] = lambda n: None) -> IndexCheck:
+        """Check everything (``bt index --check``): the catalog (SQLite's quick_check), the vector file's header
+        and length, and each row: in range, finite, of unit length, matching its checksum."""
+        catalog = self.catalog.db.execute("PRAGMA quick_check").fetchone()[0]
+        with self.catalog.transaction() as db:
+            generation, rows = self._state()
+            vectors = _vector_file(self.path, generation, self.dim)
+            try:
+                vectors.header()
+                usable, problem = min(rows, vectors.rows_on_disk()), "ok"
+            except IndexDamaged as damage:
+                usable, problem = 0, damage.message
+            matrix = vectors.matrix(usable) if usable else None
+            damaged, total = [], self.catalog.count()
+            cursor = db.execute("SELECT path, slot, checksum FROM images ORDER BY slot")
+            while block := cursor.fetchmany(4096):
+                for path, slot, crc in block:
+                    if matrix is None or not 0 <= slot < usable or not _sound(matrix[slot], crc):
+                        damaged.append(path)
+                progress(len(block))
+        if problem == "ok" and vectors.rows_on_disk() < rows:
+            problem = f"it holds {vectors.rows_on_disk()} rows where the catalog references {rows}"
+        return IndexCheck(str(self.path), total, len(damaged), problem, catalog, damaged)
 
     def count(self) -> int:
-        return self.db.execute("SELECT COUNT(*) FROM images").fetchone()[0]
+        return self.catalog.count()
 
     def prune(self) -> int:
         """Drop the rows (and failures) of files that no longer exist, under any folder: how many."""
-        gone = [
-            p
-            for (p,) in self.db.execute("SELECT path FROM images UNION ALL SELECT path FROM failures")
-            if not os.path.exists(p)
-        ]
+        rows = self.catalog.db.execute("SELECT path FROM images UNION ALL SELECT path FROM failures").fetchall()
+        gone = [p for (p,) in rows if not os.path.exists(p)]
         self.drop(gone)
         return len(gone)
 
     def stats(self) -> IndexStats:
-        meta = dict(self.db.execute("SELECT key, value FROM meta"))
-        failures = self.db.execute("SELECT COUNT(*) FROM failures").fetchone()[0]
-        sqlite_bytes = sum(
-            Path(f"{self.path}{s}").stat().st_size for s in ("", "-wal") if Path(f"{self.path}{s}").exists()
-        )
-        vectors = self.vectors_path()
-        vector_bytes = vectors.stat().st_size if vectors.exists() else 0
+        meta = self.catalog.meta()
+        failures = self.catalog.db.execute("SELECT COUNT(*) FROM failures").fetchone()[0]
+        sizes = [Path(f"{self.path}{s}") for s in ("", "-wal")]
+        vectors = self.vectors()
         refreshed = meta.get("refreshed_at")
         return IndexStats(
-            str(self.path),
-            meta.get("label", ""),
-            meta.get("model", ""),
-            self.dim,
-            self.count(),
-            failures,
-            sqlite_bytes,
-            vector_bytes,
-            vector_bytes // self.row_bytes,
-            time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(float(refreshed))) if refreshed else None,
+            index=str(self.path),
+            model=meta.get("label", ""),
+            fingerprint=meta.get("model", ""),
+            dim=self.dim,
+            images=self.count(),
+            unreadable=failures,
+            sqlite_bytes=sum(p.stat().st_size for p in sizes if p.exists()),
+            vector_bytes=vectors.path.stat().st_size if vectors.path.exists() else 0,
+            vector_rows=vectors.rows_on_disk(),
+            last_refresh=time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(float(refreshed))) if refreshed else None,
         )
 
 
-def _chunks(items: list, size: int):
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
+def _sound(row: np.ndarray, crc: int) -> bool:
+    """A stored embedding as written: its checksum, finite, of unit length (L2-normalised; bf16 runs within 5 %)."""
+    with np.errstate(all="ignore"):
+        return checksum(row) == crc and bool(np.isfinite(row).all()) and abs(float(np.linalg.norm(row)) - 1) < 0.05
 
 
-class _Transaction:
-    """``BEGIN IMMEDIATE`` … ``COMMIT`` (or a read snapshot), rolled back on any exception (KeyboardInterrupt too)."""
-
-    def __init__(self, db: sqlite3.Connection, read: bool = False):
-        self.db = db
-        self.read = read
-
-    def __enter__(self):
-        self.db.execute("BEGIN" if self.read else "BEGIN IMMEDIATE")
-        return self.db
-
-    def __exit__(self, kind, value, traceback):
-        self.db.execute("COMMIT" if kind is None else "ROLLBACK")
-        return False
-
-
-def open_existing(index_file: Path | None) -> EmbeddingIndex:
-    """An index as it is, whatever its model (for --stats and --prune: no checkpoint is loaded)."""
-    path = Path(index_file) if index_file else default_index_path()
-    if not path.is_file():
-        raise BtError(f"no index at {path}", "build one with bt index DIR, or pass --index FILE")
+def _start_afresh(catalog: Catalog) -> None:
+    """``--rebuild``: empty a bt index in place (the catalog was checked to be a bt index when it was opened), its
+    own vector files (matched by exact name) deleted. A catalog too damaged to empty is deleted whole: its header
+    says it is bt's."""
     try:
-        with sqlite3.connect(path) as db:
-            meta = dict(db.execute("SELECT key, value FROM meta"))
-    except sqlite3.DatabaseError as error:
-        raise BtError(f"the index {path} is corrupt ({error})", "rebuild it with --rebuild") from None
-    if meta.get("schema") != SCHEMA_VERSION:
-        raise BtError(f"the index {path} was written by another version of bt", "rebuild it with --rebuild")
-    return EmbeddingIndex(path, meta["model"], int(meta["dim"]), label=meta.get("label"))
+        with catalog.transaction() as db:
+            for table in ("images", "failures", "claims", "meta"):
+                db.execute(f"DROP TABLE IF EXISTS {table}")
+        catalog.db.execute("VACUUM")
+    except IndexDamaged:
+        catalog.close()
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{catalog.path}{suffix}").unlink(missing_ok=True)
+        catalog.__init__(catalog.path, write=True, wait_s=catalog.wait_s)
+    for path in vector_files(catalog.path).values():
+        path.unlink(missing_ok=True)

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Request
 
 from ..errors import InputError
 from ..model.catalog import retrieval_heads
-from ..records import Outcome, Skipped
+from ..records import Outcome
 from .dispatch import Collected, Dispatcher, answer
 from .schemas import EmbedIn, FillMaskIn, RecordsOut, RetrieveIn, ScoreIn
 
@@ -91,8 +91,7 @@ def router(dispatch: Dispatcher) -> APIRouter:
         def search(runtime):
             served = dispatch.policy.sources(body.sources, walk=body.refresh)
             for name, reason in served.expansion.left_out:
-                outcome.skipped.append(Skipped(name, reason))
-                reporter.skipped(name, reason)
+                outcome.skip(name, reason, reporter)
             return retrieval.retrieve_images(
                 runtime,
                 body.query,

@@ -10,7 +10,7 @@ import torch
 from ..errors import InputError
 from ..images import decode_image, decoding, fit_aspect, max_file_bytes
 from ..model.runtime import Fused, ImageStates, Runtime, TextStates
-from ..records import Outcome, Reporter, Skipped
+from ..records import Outcome, Reporter
 from ..sources import ImageSource, read_bytes
 
 
@@ -48,8 +48,7 @@ def read_images(
                 image, padded = fit_aspect(decode_image(data), runtime.image_size)
                 pixels = runtime.pixel_values(image)
         except InputError as error:
-            outcome.skipped.append(Skipped(source.name, error.message))
-            reporter.skipped(source.name, error.message)
+            outcome.skip(source.name, error.message, reporter)
             continue
         if keep is not None:
             keep[source.name] = image

@@ -7,10 +7,11 @@ import contextlib
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..index.store import EmbeddingIndex, RefreshStats, content_hash, default_index_path, file_states
+from ..index.files import content_hash, default_index_path, file_states
+from ..index.store import EmbeddingIndex
 from ..model.hub import fingerprint
 from ..model.runtime import Runtime
-from ..records import Outcome, Reporter, Skipped
+from ..records import Outcome, RefreshStats, Reporter
 from ..sources import ImageSource
 from .batching import chunks, encode_image_batches, warn_padded
 
@@ -39,19 +40,24 @@ def _embedded_by(engine, todo, batch_size: int, outcome: Outcome, reporter: Repo
             if item.padded:
                 warn_padded(reporter, source.name)
             if item.error:
-                outcome.skipped.append(Skipped(source.name, item.error))
-                reporter.skipped(source.name, item.error)
+                outcome.skip(source.name, item.error, reporter)
                 failures.append((state, item.error))
             else:
                 rows.append((state, item.hash, item.embedding.tolist()))
         yield rows, failures
 
 
-def open_index(runtime: Runtime, index_file: Path | None = None, rebuild: bool = False) -> EmbeddingIndex:
-    """The embedding index for the loaded checkpoint (``index_file``, else the default path)."""
+def open_index(
+    runtime: Runtime, index_file: Path | None = None, rebuild: bool = False, write: bool = True, wait_s: float = 60.0
+) -> EmbeddingIndex:
+    """The embedding index for the loaded checkpoint (``index_file``, else the default path): to refresh
+    (``write``), or to query as it is (read-only: never waits for a writer, works on a read-only file system)."""
     loaded = runtime.loaded
     dim = loaded.network.config.contrastive_hidden_size
-    return EmbeddingIndex(index_file or default_index_path(), fingerprint(loaded.path), dim, rebuild, loaded.name)
+    path = index_file or default_index_path()
+    if write:
+        return EmbeddingIndex.for_writing(path, fingerprint(loaded.path), dim, rebuild, loaded.name, wait_s=wait_s)
+    return EmbeddingIndex.for_reading(path, fingerprint(loaded.path), dim, loaded.name)
 
 
 def refresh_index(
@@ -65,37 +71,43 @@ def refresh_index(
     engine=None,
 ) -> RefreshStats:
     """Bring the index up to date for ``sources``: new and changed files indexed (a file whose content is already
-    indexed, moved or renamed, reuses that embedding), rows of files gone from ``folders`` dropped. Each batch is
-    committed on its own, so an interrupted refresh keeps what it finished. ``engine`` (``engines.RayEngine``)
-    embeds on Ray instead of ``runtime``."""
+    indexed, moved or renamed, reuses that embedding), rows of files gone from ``folders`` dropped. A file that
+    vanished or is a dangling link is skipped, named; files another bt process is embedding are left to it. Each
+    batch is committed on its own, so an interrupted refresh keeps what it finished. ``engine``
+    (``engines.RayEngine``) embeds on Ray instead of ``runtime``."""
     reporter = reporter or Reporter()
-    states = file_states(source.path for source in sources)
-    plan = index.plan(states, folders)
-    hashes = {}
-    for state in plan.to_embed:
-        with contextlib.suppress(OSError):  # unreadable: embedding it fails and records why
-            hashes[state.path] = content_hash(state.path)
-    known = index.slots_of(hashes.values())
-    reused = [
-        (state, hashes[state.path], known[hashes[state.path]])
-        for state in plan.to_embed
-        if hashes.get(state.path) in known
-    ]
-    index.link(reused)
-    index.drop(plan.to_drop)
-    stats = RefreshStats(len(plan.to_embed) - plan.changed, plan.changed, len(plan.to_drop), plan.unchanged)
-    stats.reused = len(reused)
-    pending = {state.path for state in plan.to_embed} - {state.path for state, _, _ in reused}
-    todo = [(source, state) for source, state in zip(sources, states) if state.path in pending]
-    batches = (
-        _embedded_locally(runtime, todo, hashes, batch_size, outcome, reporter)
-        if engine is None
-        else _embedded_by(engine, todo, batch_size, outcome, reporter)
-    )
-    with reporter.progress(len(todo), "indexing images") as advance:
-        for rows, failures in batches:
-            index.store(rows, failures)
-            stats.failed += len(failures)
-            advance(len(rows) + len(failures))
-    index.maintain()
+    by_path = {source.path: source for source in sources}
+    states, missing = file_states(by_path)
+    for path, reason in missing:
+        outcome.skip(by_path[path].name, reason, reporter)
+    with index.writing():
+        plan = index.plan(states, folders)
+        hashes = {}
+        for state in plan.to_embed:
+            with contextlib.suppress(OSError):  # unreadable: embedding it fails and records why
+                hashes[state.path] = content_hash(state.path)
+        linked = set(index.link([(s, hashes[s.path]) for s in plan.to_embed if s.path in hashes]))
+        index.drop(plan.to_drop)
+        stats = RefreshStats(len(plan.to_embed) - plan.changed, plan.changed, len(plan.to_drop), plan.unchanged)
+        stats.reused = len(linked)
+        pending = [state for state in plan.to_embed if state.path not in linked]
+        claimed, holder = index.claim(pending)
+        stats.elsewhere = len(pending) - len(claimed)
+        if holder is not None:
+            reporter.warn(f"{stats.elsewhere} files are being indexed by another bt process: left to it")
+        state_of = {state.path: state for state in plan.to_embed}
+        todo = [(by_path[path], state_of[path]) for path in claimed]
+        batches = (
+            _embedded_locally(runtime, todo, hashes, batch_size, outcome, reporter)
+            if engine is None
+            else _embedded_by(engine, todo, batch_size, outcome, reporter)
+        )
+        with reporter.progress(len(todo), "indexing images") as advance:
+            for rows, failures in batches:
+                index.store(rows, failures)
+                stats.failed += len(failures)
+                advance(len(rows) + len(failures))
+    warning = index.maintain()
+    if warning:
+        reporter.warn(warning)
     return stats

@@ -76,6 +76,7 @@ def retrieve_images(
     batch_size: int = 8,
     reporter: Reporter | None = None,
     refresh: bool = True,
+    wait_s: float = 60.0,
 ) -> list[RetrievalRecord]:
     """Rank images for a text, or for an image (ITC image-image similarity, no rerank). With ITC heads: similarity
     over the index, refreshed for ``sources`` first unless ``refresh`` is off (then every indexed file under
@@ -91,15 +92,12 @@ def retrieve_images(
         (text,) = encode_text_batches(runtime, [query], 1, reporter)
         query_embedding = text.itc_embedding
     if "itc" in runtime.loaded.heads:
-        index = open_index(runtime, index_file, rebuild)
-        try:
+        with open_index(runtime, index_file, rebuild, write=refresh or rebuild, wait_s=wait_s) as index:
             if refresh:
                 reporter.info(refresh_index(runtime, index, sources, outcome, folders, batch_size, reporter).line())
             query_vector = query_embedding.float().cpu().numpy()
             want = max(top_k, rerank_k)
             paths, similarities = index.search(query_vector, want, folders, [source.path for source in sources])
-        finally:
-            index.close()
         if not paths and refresh:
             raise BtError("none of the images could be indexed", "see the warnings above")
         if not paths:

@@ -1,0 +1,149 @@
+"""The vector file of an index: ``<index>.vectors-<generation>``, a 64-byte header (magic, dimension, dtype,
+generation, rows written) then float32 rows, appended and never rewritten in place. Queries multiply it through a
+memory map kept for the life of the process; a compaction writes the next generation whole. Each row has a CRC-32
+(kept in SQLite beside the row's path) so a damaged row is found, never returned as a result."""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import BtError, IndexDamaged
+
+MAGIC = b"BTVECS\x00\x01"
+HEADER = struct.Struct("<8sIIQQ")  # magic, dim, dtype (0: float32), generation, rows written
+HEADER_BYTES = 64
+FLOAT32 = 0
+
+
+def checksum(row: np.ndarray) -> int:
+    """The CRC-32 of one row's float32 bytes."""
+    return zlib.crc32(np.ascontiguousarray(row, dtype=np.float32).tobytes())
+
+
+def checksums(rows: np.ndarray) -> list[int]:
+    return [checksum(row) for row in rows]
+
+
+def vector_files(index: Path) -> dict[int, Path]:
+    """This index's vector files by generation: exactly ``<name>.vectors-<N>`` (the name is never a pattern)."""
+    pattern = re.compile(re.escape(index.name) + r"\.vectors-(\d+)")
+    try:
+        names = os.listdir(index.parent)
+    except OSError:
+        return {}
+    return {int(m.group(1)): index.parent / name for name in names if (m := pattern.fullmatch(name))}
+
+
+def no_space(error: OSError) -> bool:
+    return error.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+
+
+class VectorFile:
+    """One generation's vector file."""
+
+    def __init__(self, index: Path, generation: int, dim: int):
+        self.path = Path(f"{index}.vectors-{generation}")
+        self.generation = generation
+        self.dim = dim
+        self.row_bytes = 4 * dim
+        self._map: np.memmap | None = None
+
+    # -- the header -------------------------------------------------------------------------------------------
+
+    def header(self) -> tuple[int, int, int]:
+        """(dim, generation, rows written) from the header; a file that is not this index's is damage."""
+        try:
+            with open(self.path, "rb") as file:
+                raw = file.read(HEADER_BYTES)
+        except FileNotFoundError:
+            raise IndexDamaged(f"its vector file {self.path.name} is missing") from None
+        if len(raw) < HEADER.size or raw[:8] != MAGIC:
+            raise IndexDamaged(f"its vector file {self.path.name} has no bt header")
+        _, dim, dtype, generation, rows = HEADER.unpack(raw[: HEADER.size])
+        if dim != self.dim or dtype != FLOAT32 or generation != self.generation:
+            raise IndexDamaged(
+                f"its vector file {self.path.name} belongs to another index (dim {dim}, generation {generation})"
+            )
+        return dim, generation, rows
+
+    def _write_header(self, file, rows: int) -> None:
+        file.seek(0)
+        file.write(HEADER.pack(MAGIC, self.dim, FLOAT32, self.generation, rows).ljust(HEADER_BYTES, b"\0"))
+
+    def create(self) -> None:
+        """A new, empty file of this generation (replacing a partial one a killed compaction left)."""
+        with open(self.path, "wb") as file:
+            self._write_header(file, 0)
+            file.flush()
+            os.fsync(file.fileno())
+
+    def rows_on_disk(self) -> int:
+        try:
+            size = self.path.stat().st_size
+        except FileNotFoundError:
+            return 0
+        return max(0, size - HEADER_BYTES) // self.row_bytes
+
+    def check(self, committed: int) -> None:
+        """O(1) integrity: this index's header, and at least the ``committed`` rows the catalog references."""
+        self.header()
+        on_disk = self.rows_on_disk()
+        if on_disk < committed:
+            raise IndexDamaged(f"its vector file holds {on_disk} rows where the catalog references {committed}")
+
+    # -- writing ----------------------------------------------------------------------------------------------
+
+    def append(self, vectors: np.ndarray, committed: int) -> int:
+        """Append rows after the ``committed`` ones (cutting any a crash left beyond them), on disk before the
+        caller's transaction commits: the first new slot. (Inside a write transaction: one writer at a time.)"""
+        try:
+            with open(self.path, "r+b") as file:
+                file.truncate(HEADER_BYTES + committed * self.row_bytes)
+                file.seek(0, os.SEEK_END)
+                file.write(np.ascontiguousarray(vectors, dtype=np.float32).tobytes())
+                self._write_header(file, committed + len(vectors))
+                file.flush()
+                os.fsync(file.fileno())
+        except OSError as error:
+            if no_space(error):
+                raise BtError(
+                    f"no space left for the index's vectors on {self.path.parent}", "free some space"
+                ) from None
+            raise
+        return committed
+
+    def write_all(self, rows: np.ndarray) -> None:
+        """The whole file at once (a compaction or a migration's next generation), fsynced; on failure nothing of it
+        stays behind."""
+        try:
+            with open(self.path, "wb") as file:
+                self._write_header(file, len(rows))
+                file.seek(HEADER_BYTES)
+                for start in range(0, len(rows), 65536):
+                    file.write(np.ascontiguousarray(rows[start : start + 65536], dtype=np.float32).tobytes())
+                file.flush()
+                os.fsync(file.fileno())
+        except BaseException:
+            self.path.unlink(missing_ok=True)
+            raise
+
+    # -- reading ----------------------------------------------------------------------------------------------
+
+    def matrix(self, rows: int) -> np.ndarray:
+        """The first ``rows`` rows, memory-mapped read-only; the map is kept (and grown) for the life of this object,
+        so repeated searches never map the file again."""
+        if rows == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        if self._map is None or self._map.shape[0] < rows:
+            self._map = np.memmap(self.path, dtype=np.float32, mode="r", offset=HEADER_BYTES, shape=(rows, self.dim))
+        return self._map[:rows]
+
+    def rows(self, slots: list[int], committed: int) -> np.ndarray:
+        return np.array(self.matrix(committed)[slots]) if slots else np.zeros((0, self.dim), dtype=np.float32)

@@ -1,0 +1,97 @@
+"""`bt index --check` and `--repair` on a real index, and what `retrieve` and `--stats` say about a damaged, busy
+or locked one (issue 19)."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pytest
+from reference import contrastive, rgb
+
+
+@pytest.fixture
+def photos(tmp_path) -> Path:
+    """Twelve distinct small photos (random pixels: nothing shared by content)."""
+    from PIL import Image
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for k in range(12):
+        Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(folder / f"{k:02d}.png")
+    return folder
+
+
+def vector_file(index: Path) -> Path:
+    (found,) = [p for p in index.parent.iterdir() if p.name.startswith(index.name + ".vectors-")]
+    return found
+
+
+def test_damage_is_named_and_repaired_exactly(bt, full_checkpoint, photos, tmp_path):
+    index = tmp_path / "ix.sqlite"
+    model = ["-m", full_checkpoint, "--index", index]
+    assert bt("index", photos, *model).code == 0
+    assert bt("index", "--check", "--index", index, "-f", "json").code == 0
+    with open(vector_file(index), "r+b") as file:  # rows 3 to 6 overwritten by random bytes
+        file.seek(64 + 3 * 32 * 4)
+        file.write(np.random.default_rng(2).bytes(4 * 32 * 4))
+    query = bt("retrieve", "a photo", photos, *model, "-n", "-k", "12", "--no-rerank")
+    assert (
+        query.code == 1
+        and "is damaged" in query.stderr
+        and "--repair" in query.stderr
+        and "Traceback" not in query.stderr
+    )
+    check = bt("index", "--check", "--index", index, "-f", "json")
+    assert check.code == 1 and check.json()["damaged"] == 4 and len(check.json()["damaged_paths"]) == 4
+    repaired = bt("index", "--repair", *model, "-f", "json")
+    assert repaired.code == 0, repaired.stderr
+    assert repaired.json()["damaged"] == 0 and "repaired: index: 4 new" in repaired.stderr
+    records = bt("retrieve", "a photo", photos, *model, "-n", "-k", "12", "--no-rerank", "-f", "json").json()
+    for record in records:  # every similarity is the stock model's again
+        stock = contrastive(full_checkpoint, rgb(record["image"]), "a photo")
+        assert abs(record["similarity"] - (stock.text_embeds[0] @ stock.image_embeds[0]).item()) <= 1e-5
+
+
+def test_a_missing_vector_file_is_re_embedded_whole(bt, full_checkpoint, photos, tmp_path):
+    index = tmp_path / "ix.sqlite"
+    assert bt("index", photos, "-m", full_checkpoint, "--index", index).code == 0
+    vector_file(index).unlink()
+    stats = bt("index", "--stats", "--index", index, "-f", "json")
+    assert stats.code == 1 and "is damaged" in stats.stderr and "missing" in stats.stderr
+    assert stats.json()["images"] == 12  # the stats still show, then the damage is said
+    repaired = bt("index", "--repair", "-m", full_checkpoint, "--index", index, "-f", "json")
+    assert repaired.code == 0 and repaired.json()["damaged"] == 0, repaired.stderr
+    assert bt("index", "--check", "--index", index).code == 0
+
+
+def test_queries_and_stats_do_not_wait_for_a_writer_and_a_refresh_says_busy(bt, full_checkpoint, photos, tmp_path):
+    index = tmp_path / "ix.sqlite"
+    model = ["-m", full_checkpoint, "--index", index]
+    assert bt("index", photos, *model).code == 0
+    holder = sqlite3.connect(index, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+    try:
+        query = bt("retrieve", "a photo", photos, *model, "-n", "--no-rerank", "-f", "json")
+        assert query.code == 0 and len(query.json()) == 10
+        assert bt("index", "--stats", "--index", index, "-f", "json").json()["images"] == 12
+        refresh = bt("retrieve", "a photo", photos, *model, "--no-rerank", "--wait", "0.5")
+        assert refresh.code == 1 and "is busy" in refresh.stderr
+        assert "corrupt" not in refresh.stderr and "damaged" not in refresh.stderr and "--rebuild" not in refresh.stderr
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+
+
+def test_stats_of_an_empty_index_show_last_refresh_as_null_and_it_moves(bt, full_checkpoint, photos, tmp_path):
+    index = tmp_path / "ix.sqlite"
+    one = photos / "00.png"
+    assert bt("index", one, "-m", full_checkpoint, "--index", index).code == 0
+    with sqlite3.connect(index) as db:
+        db.execute("DELETE FROM meta WHERE key = 'refreshed_at'")
+    stats = bt("index", "--stats", "--index", index, "-f", "json").json()
+    assert "last_refresh" in stats and stats["last_refresh"] is None
+    assert bt("index", photos, "-m", full_checkpoint, "--index", index).code == 0
+    assert bt("index", "--stats", "--index", index, "-f", "json").json()["last_refresh"] is not None

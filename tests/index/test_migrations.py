@@ -1,0 +1,135 @@
+"""Index migrations instead of --rebuild (issues 19, 21): an index written by bt 0.2 (schema 2: a headerless vector
+file) and one of the first release (schema 1: embeddings as SQLite blobs) open in place, results unchanged; a step
+interrupted half-way leaves the index as it was, and the next open finishes it."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bridgetower_cli.index.store import EmbeddingIndex
+from bridgetower_cli.index.vectors import VectorFile
+
+DIM = 8
+
+
+def unit(seed: int) -> np.ndarray:
+    vector = np.random.default_rng(seed).normal(size=DIM)
+    return (vector / np.linalg.norm(vector)).astype(np.float32)
+
+
+def schema_2(path: Path, count: int) -> dict[str, np.ndarray]:
+    """An index as bt 0.2 wrote it: meta (schema 2, generation 1), images with slots, and a headerless vector file
+    holding unreferenced rows (a changed file's old vector) between the referenced ones."""
+    db = sqlite3.connect(path)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.executescript(
+        "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
+        "CREATE TABLE images (path TEXT PRIMARY KEY, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, "
+        "hash TEXT NOT NULL, slot INTEGER NOT NULL);"
+        "CREATE INDEX images_by_hash ON images (hash); CREATE INDEX images_by_slot ON images (slot);"
+        "CREATE TABLE failures (path TEXT PRIMARY KEY, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, "
+        "reason TEXT NOT NULL);"
+    )
+    meta = {"schema": "2", "model": "fp", "dim": str(DIM), "label": "tiny", "generation": "1", "refreshed_at": "1"}
+    db.executemany("INSERT INTO meta VALUES (?, ?)", meta.items())
+    vectors, rows = {}, []
+    for k in range(count):
+        rows.append(unit(10_000 + k))  # an unreferenced row
+        rows.append(unit(k))
+        vectors[f"/photos/{k:03d}.jpg"] = unit(k)
+        db.execute("INSERT INTO images VALUES (?, ?, ?, ?, ?)", (f"/photos/{k:03d}.jpg", k, k, f"h{k}", 2 * k + 1))
+    db.execute("INSERT INTO failures VALUES ('/photos/bad.jpg', 1, 1, 'damaged image')")
+    db.commit()
+    db.close()
+    Path(f"{path}.vectors-1").write_bytes(np.asarray(rows, dtype=np.float32).tobytes())
+    return vectors
+
+
+def schema_1(path: Path, count: int) -> dict[str, np.ndarray]:
+    """An index as bt 0.1 wrote it: embeddings as float32 blobs in SQLite."""
+    db = sqlite3.connect(path)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.executescript(
+        "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
+        "CREATE TABLE images (path TEXT PRIMARY KEY, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, "
+        "model TEXT NOT NULL, embedding BLOB NOT NULL);"
+        "CREATE TABLE failures (path TEXT PRIMARY KEY, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, "
+        "reason TEXT NOT NULL);"
+    )
+    db.executemany(
+        "INSERT INTO meta VALUES (?, ?)", {"schema": "1", "model": "fp", "dim": str(DIM), "label": "t"}.items()
+    )
+    vectors = {f"/photos/{k:03d}.jpg": unit(k) for k in range(count)}
+    db.executemany(
+        "INSERT INTO images VALUES (?, ?, ?, 'fp', ?)",
+        [(p, k, k, v.tobytes()) for k, (p, v) in enumerate(vectors.items())],
+    )
+    db.commit()
+    db.close()
+    return vectors
+
+
+def same_results(path: Path, vectors: dict[str, np.ndarray]) -> None:
+    with EmbeddingIndex.for_reading(path) as index:
+        paths, matrix = index.embeddings(sorted(vectors))
+        assert paths == sorted(vectors) and np.array_equal(matrix, np.asarray([vectors[p] for p in paths]))
+        query = unit(999)
+        found, similarities = index.search(query, 5, folders=[Path("/photos")])
+        scores = {p: float(v @ query) for p, v in vectors.items()}
+        assert found == sorted(scores, key=lambda p: -scores[p])[:5]
+        assert np.allclose(similarities, [scores[p] for p in found], atol=1e-6)
+        assert index.verify().sound
+
+
+@pytest.mark.parametrize("build", [schema_2, schema_1], ids=["bt-0.2", "bt-0.1"])
+def test_an_older_index_opens_in_place_with_the_same_results(tmp_path, build):
+    path = tmp_path / "ix.sqlite"
+    vectors = build(path, 40)
+    same_results(path, vectors)
+    with sqlite3.connect(path) as db:
+        assert dict(db.execute("SELECT key, value FROM meta"))["schema"] == "3"
+        assert db.execute("PRAGMA application_id").fetchone()[0] == 0x62742069
+    left = sorted(p.name for p in tmp_path.iterdir() if ".vectors-" in p.name)
+    assert left == (["ix.sqlite.vectors-2"] if build is schema_2 else ["ix.sqlite.vectors-1"])  # the old one gone
+    with EmbeddingIndex.for_writing(path, "fp", DIM) as index:  # and it takes new rows as any index does
+        from bridgetower_cli.index.files import FileState
+
+        index.store([(FileState("/photos/new.jpg", 1, 1), "new", unit(5).tolist())], [])
+        assert index.count() == 41
+
+
+def test_an_interrupted_upgrade_leaves_the_old_index_and_resumes(tmp_path, monkeypatch):
+    path = tmp_path / "ix.sqlite"
+    vectors = schema_2(path, 30)
+    before = Path(f"{path}.vectors-1").read_bytes()
+    real_write = VectorFile.write_all
+
+    def killed(self, rows):
+        real_write(self, rows)
+        raise KeyboardInterrupt  # as a kill after the new file is written, before the switch commits
+
+    monkeypatch.setattr(VectorFile, "write_all", killed)
+    with pytest.raises(KeyboardInterrupt):
+        EmbeddingIndex.for_reading(path)
+    monkeypatch.undo()
+    with sqlite3.connect(path) as db:  # still the old index, whole
+        assert dict(db.execute("SELECT key, value FROM meta"))["schema"] == "2"
+        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert Path(f"{path}.vectors-1").read_bytes() == before
+    same_results(path, vectors)  # the next open finishes the upgrade
+
+
+def test_a_newer_index_is_refused_not_touched(tmp_path):
+    path = tmp_path / "ix.sqlite"
+    schema_2(path, 3)
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE meta SET value = '99' WHERE key = 'schema'")
+    before = os.stat(path).st_mtime_ns
+    with pytest.raises(Exception, match="newer bt"):
+        EmbeddingIndex.for_reading(path)
+    assert os.stat(path).st_mtime_ns == before
