@@ -43,7 +43,6 @@ def folder(samples, tmp_path):
 
 def index_contents(path):
     with sqlite3.connect(path) as db:
-        meta = dict(db.execute("SELECT key, value FROM meta"))
         paths = sorted(p for (p,) in db.execute("SELECT path FROM images"))
         failures = sorted(db.execute("SELECT path, reason FROM failures"))
     from bridgetower_cli.index.store import EmbeddingIndex

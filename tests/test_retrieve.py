@@ -248,7 +248,6 @@ def test_sigkill_mid_build_leaves_a_valid_index_that_resumes(full_checkpoint, sa
     from bridgetower_cli.index.store import EmbeddingIndex
 
     with sqlite3.connect(index) as db:
-        meta = dict(db.execute("SELECT key, value FROM meta"))
         paths = [p for (p,) in db.execute("SELECT path FROM images")]
     _, matrix = EmbeddingIndex.for_reading(index).embeddings(paths)
     assert len(paths) == 400 and np.allclose(np.linalg.norm(matrix, axis=1), 1, atol=1e-5)  # no torn vector
