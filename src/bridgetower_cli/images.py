@@ -28,6 +28,11 @@ def max_image_pixels() -> int:
     return int(value)
 
 
+# The formats bt decodes: photographs and the common lossless ones. Pillow's other plugins (ICO, BLP, ...) decode
+# whole images while merely opening them, before any limit can apply; they are never tried.
+FORMATS = ("JPEG", "MPO", "PNG", "GIF", "BMP", "TIFF", "WEBP", "PPM")
+
+
 def _open(data: bytes):
     """The image's header, parsed (no pixels decoded yet)."""
     from PIL import Image, UnidentifiedImageError
@@ -35,8 +40,9 @@ def _open(data: bytes):
     if not data:
         raise InputError("empty (0 bytes)")
     Image.MAX_IMAGE_PIXELS = None  # bt applies its own limit, after any reduced-scale decoding
+    Image.init()  # (every plugin registered, so that each format named is known)
     try:
-        return Image.open(io.BytesIO(data))
+        return Image.open(io.BytesIO(data), formats=[name for name in FORMATS if name in Image.OPEN])
     except UnidentifiedImageError:
         raise InputError("not an image file bt can read") from None
     except (OSError, SyntaxError, ValueError, EOFError) as error:
@@ -126,7 +132,10 @@ def to_rgb(image):
 
 def fit_aspect(image, size: int):
     """Pad a very elongated image (black, centred) to the widest aspect ratio the BridgeTower image processor can
-    resize at ``size`` (its short side would otherwise round to zero). Returns (image, whether it was padded)."""
+    resize at ``size`` (its short side would otherwise round to zero). The image is first shrunk so its long side is
+    at most four times the processor's (the processor would shrink it further anyway), so the canvas stays small
+    however thin the image: a 200,000 x 1 picture never becomes a 3-gigapixel one. Returns (image, whether it was
+    padded)."""
     from PIL import Image
 
     longest = 1333 / 800 * size  # the processor's cap on the long side
@@ -134,6 +143,10 @@ def fit_aspect(image, size: int):
     width, height = image.size
     if max(width, height) <= limit * min(width, height):
         return image, False
+    shrink = max(width, height) / (4 * longest)
+    if shrink > 1:
+        image = image.resize((max(1, round(width / shrink)), max(1, round(height / shrink))), Image.Resampling.BICUBIC)
+        width, height = image.size
     if width > height:
         canvas = Image.new("RGB", (width, round(width / limit)))
         canvas.paste(image, (0, (canvas.height - height) // 2))
@@ -148,9 +161,8 @@ class DecodeBudget:
     pixels before decoding and give them back when its pixel values are made, so a burst of large images waits its
     turn instead of taking memory all at once. An image larger than the whole budget is refused."""
 
-    def __init__(self, pixels: int, max_bytes: int | None = None, timeout_s: float = 60.0):
+    def __init__(self, pixels: int, timeout_s: float = 60.0):
         self.pixels = pixels
-        self.max_bytes = max_bytes
         self.timeout_s = timeout_s
         self.used = 0
         self.condition = threading.Condition()
@@ -202,11 +214,6 @@ def set_decode_budget(budget: DecodeBudget | None) -> None:
     """Bound the pixels decoding at once in this process (a server sets it at start; the CLI decodes one at a time)."""
     global _budget
     _budget = budget
-
-
-def max_file_bytes() -> int | None:
-    """The largest image file this process reads (a server's --max-image); None: no cap (the CLI)."""
-    return None if _budget is None else _budget.max_bytes
 
 
 @contextlib.contextmanager

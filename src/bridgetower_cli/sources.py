@@ -17,8 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
+from . import cancel
 from .errors import BtError, InputError, TooLarge
 from .images import decode_image, fit_aspect  # noqa: F401  (re-exported: decoding is the sources' last step)
+from .reading import inside, read_file
 
 IMAGE_SUFFIXES = frozenset(
     {".jpg", ".jpeg", ".jfif", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
@@ -75,8 +77,10 @@ def _kind_of(item: str) -> str:
                     f"read texts from it with --texts-file {item}, or pass a caption with -t {item!r}",
                 )
             return "image"
-        if glob.has_magic(item) and next(_glob(str(path))[2], None) is not None:
-            return "image"
+        if glob.has_magic(item):
+            base, pattern = split_glob(str(path))
+            if next(glob_files(os.path.abspath(base or "."), base, pattern), None) is not None:
+                return "image"
     except (OSError, ValueError):  # a long text is no valid file name
         return "text"
     if _PATH_LIKE.fullmatch(item):
@@ -101,6 +105,7 @@ def walk(root: str, depth: int | None = None) -> Iterator[tuple[str, bool]]:
     seen: set[tuple[int, int]] = set()
     folders = [(root, 0)]
     while folders:
+        cancel.check()
         folder, level = folders.pop()
         try:
             entries = os.scandir(folder)
@@ -136,35 +141,48 @@ def _is_dir(path: str) -> bool:
 
 def _matches(pattern: Sequence[str], names: Sequence[str]) -> bool:
     """Whether a relative path (its names) matches a glob pattern (its names): ``*``, ``?`` and ``[...]`` within
-    one name, ``**`` any number of folders."""
-    if not pattern:
-        return not names
-    if pattern[0] == "**":
-        return any(_matches(pattern[1:], names[k:]) for k in range(len(names) + 1))
-    return bool(names) and fnmatch.fnmatchcase(names[0], pattern[0]) and _matches(pattern[1:], names[1:])
+    one name, ``**`` any number of folders. Dynamic programming over (pattern, path) positions: time linear in
+    their product, whatever the number of ``**`` (a backtracking matcher is exponential in it)."""
+    pattern = [p for k, p in enumerate(pattern) if not (p == "**" and k and pattern[k - 1] == "**")]
+    reachable = {0}  # pattern positions that match the names read so far
+    for name in names:
+        expanded = set(reachable)
+        for position in reachable:  # a ** may match no folder at all
+            while position < len(pattern) and pattern[position] == "**":
+                position += 1
+                expanded.add(position)
+        step = set()
+        for position in expanded:
+            if position < len(pattern):
+                if pattern[position] == "**":
+                    step.add(position)  # ** takes this name and may take more
+                elif fnmatch.fnmatchcase(name, pattern[position]):
+                    step.add(position + 1)
+        reachable = step
+        if not reachable:
+            return False
+    return any(all(p == "**" for p in pattern[position:]) for position in reachable)
 
 
-def _glob(pattern: str) -> tuple[str, str, Iterator[tuple[str, str, bool]]]:
-    """A glob pattern as (the folder it starts from, how names start, the walk's (name, path, is a symlink) that
-    match), found by ``walk``: never through a symlinked folder, never twice through a loop."""
+def glob_files(root: str, shown: str, pattern: Sequence[str]) -> Iterator[tuple[str, str, bool]]:
+    """(name, path, is a symlink) of the files under the folder ``root`` whose relative path matches ``pattern``
+    (its names), named from ``shown``: found by ``walk``, so never through a symlinked folder, never twice."""
+    depth = None if "**" in pattern else len(pattern)
+    cut = len(os.path.join(root, ""))
+    for path, is_link in walk(root, depth):
+        relative = path[cut:]
+        if _matches(pattern, relative.split(os.sep)):
+            yield os.path.join(shown, relative) if shown else relative, path, is_link
+
+
+def split_glob(pattern: str) -> tuple[str, list[str]]:
+    """A glob pattern as (its literal folder, the names of the rest, from the first one with a wildcard)."""
     names = pattern.split(os.sep)
     first = next(k for k, name in enumerate(names) if glob.has_magic(name))
-    base = os.sep.join(names[:first]) or (os.sep if pattern.startswith(os.sep) else "")
-    rest = names[first:]
-    depth = None if "**" in rest else len(rest)
-    root = os.path.abspath(base or ".")
-    cut = len(os.path.join(root, ""))
-
-    def found() -> Iterator[tuple[str, str, bool]]:
-        for path, is_link in walk(root, depth):
-            relative = path[cut:]
-            if _matches(rest, relative.split(os.sep)):
-                yield os.path.join(base, relative) if base else relative, path, is_link
-
-    return root, base, found()
+    return os.sep.join(names[:first]) or (os.sep if pattern.startswith(os.sep) else ""), names[first:]
 
 
-def _found(root: str, shown: str) -> Iterator[tuple[str, str, bool]]:
+def folder_files(root: str, shown: str) -> Iterator[tuple[str, str, bool]]:
     """(name, absolute path, is a symlink) of the files of a folder walk, named from the folder as given."""
     prefix = shown if shown.endswith(os.sep) else shown + os.sep
     cut = len(os.path.join(root, ""))
@@ -189,30 +207,15 @@ class Expansion:
             self.sources.append(ImageSource(name, path=path))
 
 
-def inside(path: str, roots: Sequence[str]) -> bool:
-    """Whether a real (resolved) path lies in one of the real ``roots``."""
-    return any(path == root or path.startswith(os.path.join(root, "")) for root in roots)
-
-
-def expand_image_sources(
-    specs: Iterable[str], stdin: TextIO | None = None, within: Sequence[str] | None = None
-) -> list[ImageSource]:
-    """Expand files, directories (walked, image files only), globs, URLs and ``-`` (paths on stdin). ``within``
-    (real paths): keep only files whose real path lies inside, read by that real path."""
-    return expand(specs, stdin, within).sources
-
-
-def expand(specs: Iterable[str], stdin: TextIO | None = None, within: Sequence[str] | None = None) -> Expansion:
-    """``expand_image_sources``, with the files left out and why."""
+def expand_image_sources(specs: Iterable[str], stdin: TextIO | None = None) -> list[ImageSource]:
+    """Expand files, directories (walked, image files only), globs, URLs and ``-`` (paths on stdin)."""
     expansion = Expansion()
     for spec in specs:
         if spec == "-":
             lines = [line.strip() for line in (stdin or sys.stdin)]
-            for source in expand_image_sources([line for line in lines if line and line != "-"], within=within):
+            for source in expand_image_sources([line for line in lines if line and line != "-"]):
                 expansion.add(source.name, source.path or source.url or "", source.path or source.url or "")
         elif "://" in spec:
-            if within is not None:
-                raise BtError(f"{spec} is a URL", "a server reads files under its roots")
             scheme = spec.split("://", 1)[0].lower()
             if scheme not in ("http", "https"):
                 raise BtError(f"unsupported URL scheme {scheme}:// in {spec}", "use an http(s) URL or a local path")
@@ -220,18 +223,17 @@ def expand(specs: Iterable[str], stdin: TextIO | None = None, within: Sequence[s
                 expansion._seen.add(spec)
                 expansion.sources.append(ImageSource(spec, url=spec))
         else:
-            _expand_path(spec, expansion, within)
+            _expand_path(spec, expansion)
     if not expansion.sources:
-        if expansion.left_out:
-            name, reason = expansion.left_out[0]
-            raise BtError(f"no images given: {name} {reason}", "name files inside the server's --allow-path roots")
         raise BtError("no images given", "pass image files, directories, globs or URLs")
-    return expansion
+    return expansion.sources
 
 
-def _add_walked(expansion: Expansion, root: str, found: Iterable[tuple[str, str, bool]], within) -> int:
-    """Add the image files of a walk or a glob under ``root``: a file's real path decides its identity and, with
-    ``within``, whether it is admitted (then it is read by that path). How many image files were found."""
+def add_found(
+    expansion: Expansion, root: str, found: Iterable[tuple[str, str, bool]], within: Sequence[str] | None = None
+) -> int:
+    """Add the image files of a walk or a glob under the folder ``root``: a file's real path decides its identity
+    and, with ``within`` (a server's roots), whether it is admitted. How many image files were found."""
     root_real, cut, count = os.path.realpath(root), len(root), 0
     for name, path, is_link in found:
         if not _is_image_name(path):
@@ -247,7 +249,7 @@ def _add_walked(expansion: Expansion, root: str, found: Iterable[tuple[str, str,
     return count
 
 
-def _expand_path(spec: str, expansion: Expansion, within: Sequence[str] | None) -> None:
+def _expand_path(spec: str, expansion: Expansion) -> None:
     path = Path(spec).expanduser()
     try:
         path.exists()
@@ -256,22 +258,19 @@ def _expand_path(spec: str, expansion: Expansion, within: Sequence[str] | None) 
         raise BtError(f"not a usable path: {spec[:60]} ({reason})", "check it") from None
     if path.is_dir():
         root = os.path.abspath(path)
-        if not _add_walked(expansion, root, _found(root, str(spec)), within):
+        if not add_found(expansion, root, folder_files(root, str(spec))):
             raise BtError(
                 f"no image files in directory {spec}", f"image files end in {', '.join(sorted(IMAGE_SUFFIXES))}"
             )
         return
     if path.is_file():
         absolute = os.path.abspath(path)
-        real = os.path.realpath(absolute)
-        if within is not None and not inside(real, within):
-            expansion.left_out.append((spec, "is a link out of the served folders"))
-            return
-        expansion.add(spec, real if within is not None else absolute, real)
+        expansion.add(spec, absolute, os.path.realpath(absolute))
         return
     if glob.has_magic(spec):
-        root, _, found = _glob(str(path))
-        if not _add_walked(expansion, root, found, within):
+        base, pattern = split_glob(str(path))
+        root = os.path.abspath(base or ".")
+        if not add_found(expansion, root, glob_files(root, base, pattern)):
             raise BtError(f"no image files match {spec}", "check the pattern; quote it to let bt expand it")
         return
     if path.is_symlink():
@@ -284,21 +283,13 @@ def _expand_path(spec: str, expansion: Expansion, within: Sequence[str] | None) 
 # -- reading ----------------------------------------------------------------------------------------------------
 
 
-def read_bytes(source: ImageSource, max_bytes: int | None = None) -> bytes:
-    """The raw bytes of a source; a URL is fetched with a timeout and a size cap; ``max_bytes`` caps a file."""
+def read_bytes(source: ImageSource) -> bytes:
+    """The raw bytes of a source: bytes already read, a file (``reading.read_file``: regular, capped, inside a
+    server's roots), or a URL fetched with a timeout and a size cap."""
     if source.data is not None:
         return source.data
     if not source.is_url:
-        try:
-            with open(source.path, "rb") as file:
-                if max_bytes is None:
-                    return file.read()
-                data = file.read(max_bytes + 1)
-        except OSError as error:
-            raise InputError(f"cannot read it: {error.strerror or error}") from None
-        if len(data) > max_bytes:
-            raise InputError(f"larger than {max_bytes // 2**20} MiB")
-        return data
+        return read_file(source.path)
     return _fetch(source.url)
 
 
@@ -362,10 +353,12 @@ def read_texts(arguments: Iterable[str], texts_file: str | None, stdin: TextIO |
 
 
 def check_texts(texts: Sequence[str], limit: int | None = None) -> None:
-    """Refuse texts a model cannot take: lone surrogates and NULs (not text), more than ``limit`` of them."""
+    """Refuse texts a model cannot take: empty ones, lone surrogates (not text), more than ``limit`` of them."""
     if limit is not None and len(texts) > limit:
         raise TooLarge(f"{len(texts)} texts, over the limit of {limit}", "send fewer texts per request")
     for k, text in enumerate(texts):
+        if not text.strip():
+            raise InputError(f"text {k + 1} is empty", "give every text some words")
         try:
             text.encode("utf-8")
         except UnicodeEncodeError:

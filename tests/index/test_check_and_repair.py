@@ -25,7 +25,7 @@ def photos(tmp_path) -> Path:
 
 
 def vector_file(index: Path) -> Path:
-    (found,) = [p for p in index.parent.iterdir() if p.name.startswith(index.name + ".vectors-")]
+    (found,) = [p for p in index.parent.iterdir() if p.name.startswith(index.name + ".vectors-") and p.suffix != ".f16"]
     return found
 
 

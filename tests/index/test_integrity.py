@@ -225,7 +225,10 @@ def test_a_compaction_on_a_full_disk_is_skipped_and_leaves_nothing_behind(small_
     filler.write_bytes(b"\0" * max(0, free - 4096))  # what is left cannot hold the next generation
     warning = index.maintain()
     assert warning and "compaction skipped, no space left" in warning
-    assert sorted(p.name for p in small_disk.iterdir() if ".vectors-" in p.name) == ["ix.sqlite.vectors-0"]
+    assert sorted(p.name for p in small_disk.iterdir() if ".vectors-" in p.name) == [
+        "ix.sqlite.vectors-0",
+        "ix.sqlite.vectors-0.f16",
+    ]
     assert index.search(unit(5000, 16), 1, folders=[Path("/p")])[0] == ["/p/5000.jpg"]
 
 
@@ -277,3 +280,40 @@ def test_two_bt_index_runs_on_one_folder_embed_each_image_once(full_checkpoint, 
     assert [run.wait(timeout=300) for run in runs] == [0, 0]
     with EmbeddingIndex.for_reading(index) as reader:
         assert reader.count() == 60 and reader.stats().vector_rows == 60 and reader.verify().sound
+
+
+# -- 6. the float16 first pass --------------------------------------------------------------------------------------
+
+
+def test_the_float16_first_pass_returns_the_float32_top_k(tmp_path):
+    import torch  # noqa: F401  (the first pass runs where torch is loaded, as beside a model)
+
+    from bridgetower_cli.index.search import HALF_FROM
+
+    count = HALF_FROM + 1000
+    rng = np.random.default_rng(3)
+    matrix = rng.standard_normal((count, DIM)).astype(np.float32)
+    matrix /= np.linalg.norm(matrix, axis=1, keepdims=True)
+    matrix[100:140] = matrix[99]  # exact ties
+    index = EmbeddingIndex.for_writing(tmp_path / "ix.sqlite", "fp", DIM)
+    files = [FileState(f"/photos/{k:06d}.jpg", k, k) for k in range(count)]
+    for start in range(0, count, 8192):
+        index.store([(files[k], f"h{k}", matrix[k].tolist()) for k in range(start, min(count, start + 8192))], [])
+    assert index._half_copy(count) is not None
+    for seed in range(5):
+        query = matrix[99] if seed == 0 else rng.standard_normal(DIM).astype(np.float32)
+        query /= np.linalg.norm(query)
+        exact = matrix @ query
+        order = np.argsort(-exact, kind="stable")[:50]
+        paths, similarities = index.search(query, 50, folders=[Path("/photos")])
+        assert paths == [files[k].path for k in order]
+        assert np.allclose(similarities, exact[order], atol=1e-6)
+    half = index.vectors(half=True).path
+    with open(half, "r+b") as file:  # the copy cut short: searches fall back to float32, --check says so
+        file.truncate(64 + 10 * DIM * 2)
+    assert index._half_copy(count) is None
+    assert index.search(matrix[7], 1, folders=[Path("/photos")])[0] == [files[7].path]
+    report = index.verify()
+    assert "float16 copy" in report.vector_file and report.damaged == 0
+    index.copy_to_half()
+    assert index.verify().sound and index._half_copy(count) is not None

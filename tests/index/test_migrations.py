@@ -95,7 +95,8 @@ def test_an_older_index_opens_in_place_with_the_same_results(tmp_path, build):
         assert dict(db.execute("SELECT key, value FROM meta"))["schema"] == "3"
         assert db.execute("PRAGMA application_id").fetchone()[0] == 0x62742069
     left = sorted(p.name for p in tmp_path.iterdir() if ".vectors-" in p.name)
-    assert left == (["ix.sqlite.vectors-2"] if build is schema_2 else ["ix.sqlite.vectors-1"])  # the old one gone
+    new = "ix.sqlite.vectors-2" if build is schema_2 else "ix.sqlite.vectors-1"
+    assert left == [new, f"{new}.f16"]  # the old one gone
     with EmbeddingIndex.for_writing(path, "fp", DIM) as index:  # and it takes new rows as any index does
         from bridgetower_cli.index.files import FileState
 

@@ -644,7 +644,12 @@ def _repair(index, report, options: ModelOptions, reporter):
             f"the index {index.path} was built with {index.label}, not {options.model}",
             f"repair it with -m {index.label}",
         )
-    index.forget(report.damaged_paths, new_vector_file=report.vector_file != "ok")
+    if report.vector_file.startswith("its float16 copy"):
+        index.copy_to_half()  # a cache: written again from the vectors, nothing to embed
+    index.forget(
+        report.damaged_paths,
+        new_vector_file=report.vector_file not in ("ok",) and not report.vector_file.startswith("its float16 copy"),
+    )
     present = [p for p in report.damaged_paths if os.path.exists(p)]
     outcome = Outcome()
     if present:

@@ -120,7 +120,12 @@ def serve(
     shown = f"[{host}]" if family == socket.AF_INET6 else host
     # uvicorn waits for the requests in flight a little longer than the app lets them run, so that a request cut
     # at the graceful timeout still answers (503) before its connection closes.
-    config = uvicorn.Config(create_app(settings), log_level="warning", timeout_graceful_shutdown=graceful_s + 5)
+    config = uvicorn.Config(
+        create_app(settings),
+        log_level="warning",
+        timeout_graceful_shutdown=graceful_s + 5,
+        limit_concurrency=settings.max_waiting * settings.max_models + 32,  # connections past it: 503 unread
+    )
     server = uvicorn.Server(config)
     print(f"http://{shown}:{bound}", flush=True)
     stderr_console().print(f"bt: serving on http://{shown}:{bound} (Ctrl-C or SIGTERM to stop)", highlight=False)

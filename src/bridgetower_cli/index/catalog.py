@@ -75,6 +75,13 @@ def refuse_foreign(path: Path) -> None:
 _writers = itertools.count()
 
 
+def _has_content(path: Path) -> bool:
+    try:
+        return path.stat().st_size > 0
+    except OSError:
+        return False
+
+
 def alive(claimant: str) -> bool:
     """Whether the writer of a claim (``host:pid:n``) still runs; a claim from another host is taken as alive."""
     host, pid, _ = (claimant.split(":") + ["", ""])[:3]
@@ -96,6 +103,10 @@ class Catalog:
         self.path, self.write, self.wait_s = Path(path), write, wait_s
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{next(_writers)}"  # whose claims are whose
         refuse_foreign(self.path)
+        if write and not _has_content(self.path):
+            for journal in (Path(f"{self.path}-wal"), Path(f"{self.path}-shm")):
+                if journal.exists() or journal.is_symlink():
+                    raise BtError(f"{journal} exists without its index: not bt's", FOREIGN_HINT)
         try:
             if write:
                 self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -9,6 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
+from .. import cancel
+from ..reading import open_file
+
 
 def default_index_path() -> Path:
     """``$BT_INDEX``, else ``$XDG_CACHE_HOME/bt/index.sqlite`` (``~/.cache/bt/index.sqlite``)."""
@@ -44,7 +47,9 @@ def file_states(paths: Iterable[str]) -> tuple[list[FileState], list[tuple[str, 
     """``file_state`` of many paths, in a tight loop; a path that cannot be stat'ed (a dangling symlink, a file that
     vanished or cannot be reached) is returned apart, with why."""
     stat, states, missing = os.stat, [], []
-    for path in paths:
+    for k, path in enumerate(paths):
+        if k % 4096 == 0:
+            cancel.check()
         try:
             s = stat(path)
         except OSError as error:
@@ -56,10 +61,12 @@ def file_states(paths: Iterable[str]) -> tuple[list[FileState], list[tuple[str, 
 
 
 def content_hash(path: str) -> str:
-    """A file's content id (BLAKE2b, 128 bits): how a moved or renamed image is recognised."""
+    """A file's content id (BLAKE2b, 128 bits): how a moved or renamed image is recognised. Opened as every image
+    is (``reading.open_file``); raises InputError when it cannot be."""
     digest = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as file:
+    with open_file(path) as file:
         for block in iter(lambda: file.read(2**20), b""):
+            cancel.check()
             digest.update(block)
     return digest.hexdigest()
 

@@ -83,13 +83,14 @@ def _v2_to_v3(catalog: Catalog) -> None:
     meta = catalog.meta()
     dim, generation = int(meta["dim"]), int(meta.get("generation", "0"))
     old_path = Path(f"{catalog.path}.vectors-{generation}")
-    new = VectorFile(catalog.path, generation + 1, dim)
+    new = [VectorFile(catalog.path, generation + 1, dim, half) for half in (False, True)]
     with catalog.transaction() as db:
         old = _raw_rows(old_path, dim)
         db.execute("DELETE FROM images WHERE slot >= ? OR slot < 0", (len(old),))
         slots = [slot for (slot,) in db.execute("SELECT DISTINCT slot FROM images ORDER BY slot")]
         rows = np.asarray(old[slots], dtype=np.float32) if slots else np.zeros((0, dim), dtype=np.float32)
-        new.write_all(rows)
+        for file in new:
+            file.write_all(rows)
         db.execute("ALTER TABLE images ADD COLUMN checksum INTEGER NOT NULL DEFAULT 0")
         renumber = [(-1 - k, crc, slot) for k, (slot, crc) in enumerate(zip(slots, checksums(rows)))]
         db.executemany("UPDATE images SET slot = ?, checksum = ? WHERE slot = ?", renumber)

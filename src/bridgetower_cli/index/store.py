@@ -20,33 +20,15 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BtError, IndexDamaged
-from ..records import IndexCheck, IndexStats
+from ..records import IndexStats
 from .catalog import Catalog
-from .files import FileState, RefreshPlan, under
+from .files import FileState, RefreshPlan
 from .migrations import known_schema, schema_of, upgrade
-from .vectors import VectorFile, checksum, checksums, no_space, vector_files
-
-REPAIR = "bt index --repair re-embeds exactly the damaged rows (--check lists them)"
-_MAPS: dict[tuple[str, int], tuple[int, VectorFile]] = {}  # the vector files mapped in this process, by generation
+from .search import Reading, vector_file
+from .vectors import VectorFile, checksums, no_space, vector_files
 
 
-def _vector_file(index: Path, generation: int, dim: int) -> VectorFile:
-    """One generation's vector file, its memory map kept for the life of the process (re-made if the file was
-    replaced, as a rebuild does)."""
-    key = (str(index), generation)
-    try:
-        inode = os.stat(f"{index}.vectors-{generation}").st_ino
-    except OSError:
-        inode = -1
-    cached = _MAPS.get(key)
-    if cached is None or cached[0] != inode or cached[1].dim != dim:
-        for stale in [k for k in _MAPS if k[0] == key[0]]:  # one generation mapped per index: no leak of old ones
-            del _MAPS[stale]
-        _MAPS[key] = (inode, VectorFile(index, generation, dim))
-    return _MAPS[key][1]
-
-
-class EmbeddingIndex:
+class EmbeddingIndex(Reading):
     """An open index. ``for_writing`` may create, upgrade and change it; ``for_reading`` only reads a snapshot."""
 
     def __init__(self, catalog: Catalog, fingerprint: str | None, dim: int | None, label: str | None):
@@ -84,7 +66,8 @@ class EmbeddingIndex:
                     raise BtError(f"{path} is not a bt index (an empty catalog)", "build one with bt index DIR")
                 with catalog.transaction():
                     catalog.create(fingerprint, dim, label or fingerprint)
-                VectorFile(catalog.path, 0, dim).create()
+                for half in (False, True):
+                    VectorFile(catalog.path, 0, dim, half).create()
             upgrade(catalog)
             index = cls(catalog, fingerprint, dim, label or fingerprint)
         except BaseException:
@@ -129,25 +112,6 @@ class EmbeddingIndex:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    # -- state ------------------------------------------------------------------------------------------------
-
-    def _state(self) -> tuple[int, int]:
-        """(generation, committed rows), as of the transaction in progress."""
-        meta = self.catalog.meta()
-        return int(meta.get("generation", "0")), int(meta.get("rows", "0"))
-
-    def vectors(self) -> VectorFile:
-        return _vector_file(self.path, self._state()[0], self.dim)
-
-    def check_quickly(self) -> None:
-        """O(1): the vector file is this index's and holds every row the catalog references."""
-        with self.catalog.transaction():
-            generation, rows = self._state()
-            try:
-                _vector_file(self.path, generation, self.dim).check(rows)
-            except IndexDamaged as damage:
-                raise IndexDamaged(f"the index {self.path} is damaged: {damage.message}", REPAIR) from None
-
     # -- writing ----------------------------------------------------------------------------------------------
 
     @contextlib.contextmanager
@@ -188,7 +152,10 @@ class EmbeddingIndex:
             generation, committed = self._state()
             if rows:
                 matrix = np.asarray([vector for _, _, vector in rows], dtype=np.float32)
-                first = _vector_file(self.path, generation, self.dim).append(matrix, committed)
+                first = vector_file(self.path, generation, self.dim).append(matrix, committed)
+                half = vector_file(self.path, generation, self.dim, half=True)
+                if half.rows_on_disk() >= committed:  # (a copy left behind stays so: searches use float32 alone)
+                    half.append(matrix, committed)
                 crcs = checksums(matrix)
                 self.catalog.put([(s, h, first + k, crcs[k]) for k, (s, h, _) in enumerate(rows)])
                 self.catalog.set_meta(rows=committed + len(rows))
@@ -217,15 +184,23 @@ class EmbeddingIndex:
         ``pause`` is called between steps (tests interleave other writers there)."""
         with self.catalog.transaction() as db:
             generation, rows = self._state()
-            old = _vector_file(self.path, generation, self.dim)
+            old = vector_file(self.path, generation, self.dim)
             slots = [slot for (slot,) in db.execute("SELECT DISTINCT slot FROM images ORDER BY slot")]
-            new = VectorFile(self.path, generation + 1, self.dim)
-            new.write_all(old.rows(slots, rows))
+            kept = old.rows(slots, rows)
+            written = [VectorFile(self.path, generation + 1, self.dim, half) for half in (False, True)]
+            try:
+                for new in written:
+                    new.write_all(kept)
+            except BaseException:
+                for new in written:
+                    new.path.unlink(missing_ok=True)
+                raise
             pause("written")
             db.executemany("UPDATE images SET slot = ? WHERE slot = ?", [(-1 - k, s) for k, s in enumerate(slots)])
             db.execute("UPDATE images SET slot = -1 - slot")
             self.catalog.set_meta(generation=generation + 1, rows=len(slots))
-        old.path.unlink(missing_ok=True)
+        for half in (False, True):
+            VectorFile(self.path, generation, self.dim, half).path.unlink(missing_ok=True)
 
     def forget(self, paths: list[str], new_vector_file: bool = False) -> None:
         """(``--repair``.) Drop the rows of damaged vectors so their files are embedded again; with
@@ -234,121 +209,15 @@ class EmbeddingIndex:
             self.catalog.drop(paths)
             if new_vector_file:
                 generation = self._state()[0] + 1
-                VectorFile(self.path, generation, self.dim).create()
+                for half in (False, True):
+                    VectorFile(self.path, generation, self.dim, half).create()
                 self.catalog.set_meta(generation=generation, rows=0)
 
-    # -- reading ----------------------------------------------------------------------------------------------
-
-    def _snapshot(self, read: Callable[[VectorFile, int], object]):
-        """``read(vector file, committed rows)`` in one read snapshot; if a compaction removed the snapshot's
-        file meanwhile, again on the next."""
-        for attempt in range(3):
-            try:
-                with self.catalog.transaction():
-                    generation, rows = self._state()
-                    vectors = _vector_file(self.path, generation, self.dim)
-                    vectors.check(rows)
-                    return read(vectors, rows)
-            except IndexDamaged as damage:
-                if attempt == 2 or "is missing" not in damage.message:
-                    raise IndexDamaged(f"the index {self.path} is damaged: {damage.message}", REPAIR) from None
-        raise AssertionError("unreachable")
-
-    def search(
-        self, query: np.ndarray, want: int, folders: Iterable[Path] = (), files: Iterable[str] = ()
-    ) -> tuple[list[str], np.ndarray]:
-        """The ``want`` indexed images most similar to ``query`` (exact float32 cosines, best first) among those
-        under ``folders`` and the ``files`` named: one pass over the vectors, and only the best slots looked up."""
-        ranges, files = under(folders), set(files)
-
-        def read(vectors: VectorFile, rows: int):
-            matrix = vectors.matrix(rows)
-            with np.errstate(all="ignore"):
-                similarities = matrix @ np.asarray(query, dtype=np.float32)
-            self._refuse_damaged_similarities(similarities)
-            found = self._best(
-                similarities, want, lambda path: path in files or any(lo <= path < hi for lo, hi in ranges)
-            )
-            self._verify(matrix, [(slot, crc) for _, slot, crc, _ in found])
-            return [path for path, _, _, _ in found], np.asarray([s for _, _, _, s in found], dtype=np.float32)
-
-        return self._snapshot(read)
-
-    def _refuse_damaged_similarities(self, similarities: np.ndarray) -> None:
-        """Non-finite or out-of-range similarities are damage when a row references them (unreferenced rows past a
-        crash are only ignored)."""
-        bad = np.flatnonzero(~np.isfinite(similarities) | (np.abs(similarities) > 1.001))
-        if len(bad):
-            if any(True for _ in self.catalog.paths_at(bad.tolist())):
-                raise IndexDamaged(f"the index {self.path} is damaged: some vectors are not embeddings", REPAIR)
-            similarities[bad] = -np.inf
-
-    def _best(self, similarities: np.ndarray, want: int, wanted: Callable[[str], bool]) -> list:
-        """(path, slot, checksum, similarity) of the ``want`` best wanted rows, without sorting every row."""
-        order = np.argsort(-similarities, kind="stable") if len(similarities) <= 4 * want else None
-        found: list = []
-        start, step = 0, max(64, 4 * want)
-        while len(found) < want and start < len(similarities):
-            if order is None:  # the next best slots, without sorting the whole file
-                bound = min(len(similarities), start + step)
-                part = np.argpartition(-similarities, bound - 1)[:bound]
-                block = part[np.argsort(-similarities[part], kind="stable")][start:bound]
-            else:
-                block = order[start : start + step]
-            start += len(block)
-            step *= 4
-            by_slot: dict[int, list] = {}
-            for path, slot, crc in self.catalog.paths_at(block.tolist()):
-                if wanted(path):
-                    by_slot.setdefault(slot, []).append((path, crc))
-            for slot in block.tolist():
-                found += [(p, slot, c, float(similarities[slot])) for p, c in sorted(by_slot.get(slot, ()))]
-        return found[:want]
-
-    def _verify(self, matrix: np.ndarray, rows: list[tuple[int, int]]) -> None:
-        damaged = [slot for slot, crc in rows if checksum(matrix[slot]) != crc]
-        if damaged:
-            raise IndexDamaged(
-                f"the index {self.path} is damaged: {len(damaged)} of the vectors found do not match their checksums",
-                REPAIR,
-            )
-
-    def embeddings(self, paths: Iterable[str]) -> tuple[list[str], np.ndarray]:
-        """The stored embeddings of ``paths`` (those indexed), in the order given: (paths, [n, dim] float32)."""
-        wanted = list(paths)
-
-        def read(vectors: VectorFile, rows: int):
-            found = self.catalog.slots_of(wanted)
-            kept = [p for p in wanted if p in found]
-            matrix = vectors.matrix(rows)
-            self._verify(matrix, [found[p] for p in kept])
-            return kept, vectors.rows([found[p][0] for p in kept], rows)
-
-        return self._snapshot(read)
-
-    def verify(self, progress: Callable[[int], None] = lambda n: None) -> IndexCheck:
-        """Check everything (``bt index --check``): the catalog (SQLite's quick_check), the vector file's header
-        and length, and each row: in range, finite, of unit length, matching its checksum."""
-        catalog = self.catalog.db.execute("PRAGMA quick_check").fetchone()[0]
-        with self.catalog.transaction() as db:
+    def copy_to_half(self) -> None:
+        """(``--repair``.) Write the float16 copy again from the vectors."""
+        with self.catalog.transaction():
             generation, rows = self._state()
-            vectors = _vector_file(self.path, generation, self.dim)
-            try:
-                vectors.header()
-                usable, problem = min(rows, vectors.rows_on_disk()), "ok"
-            except IndexDamaged as damage:
-                usable, problem = 0, damage.message
-            matrix = vectors.matrix(usable) if usable else None
-            damaged, total = [], self.catalog.count()
-            cursor = db.execute("SELECT path, slot, checksum FROM images ORDER BY slot")
-            while block := cursor.fetchmany(4096):
-                for path, slot, crc in block:
-                    if matrix is None or not 0 <= slot < usable or not _sound(matrix[slot], crc):
-                        damaged.append(path)
-                progress(len(block))
-        if problem == "ok" and vectors.rows_on_disk() < rows:
-            problem = f"it holds {vectors.rows_on_disk()} rows where the catalog references {rows}"
-        return IndexCheck(str(self.path), total, len(damaged), problem, catalog, damaged)
+            VectorFile(self.path, generation, self.dim, half=True).write_all(self.vectors().matrix(rows))
 
     def count(self) -> int:
         return self.catalog.count()
@@ -380,16 +249,13 @@ class EmbeddingIndex:
         )
 
 
-def _sound(row: np.ndarray, crc: int) -> bool:
-    """A stored embedding as written: its checksum, finite, of unit length (L2-normalised; bf16 runs within 5 %)."""
-    with np.errstate(all="ignore"):
-        return checksum(row) == crc and bool(np.isfinite(row).all()) and abs(float(np.linalg.norm(row)) - 1) < 0.05
-
-
 def _start_afresh(catalog: Catalog) -> None:
-    """``--rebuild``: empty a bt index in place (the catalog was checked to be a bt index when it was opened), its
-    own vector files (matched by exact name) deleted. A catalog too damaged to empty is deleted whole: its header
-    says it is bt's."""
+    """``--rebuild``: empty a bt index in place (the catalog was checked to be a bt index when it was opened). Its
+    vector files go too: those with bt's header, and the current generation's (an older bt's, headerless); a
+    catalog too damaged to empty is deleted whole: its header says it is bt's."""
+    meta = catalog.meta()
+    current = meta.get("generation")
+    dim = int(meta.get("dim", "1"))
     try:
         with catalog.transaction() as db:
             for table in ("images", "failures", "claims", "meta"):
@@ -400,5 +266,9 @@ def _start_afresh(catalog: Catalog) -> None:
         for suffix in ("", "-wal", "-shm"):
             Path(f"{catalog.path}{suffix}").unlink(missing_ok=True)
         catalog.__init__(catalog.path, write=True, wait_s=catalog.wait_s)
-    for path in vector_files(catalog.path).values():
-        path.unlink(missing_ok=True)
+    for generation, path in vector_files(catalog.path).items():
+        if VectorFile(catalog.path, generation, dim).is_bts() or str(generation) == current:
+            path.unlink(missing_ok=True)
+        half = VectorFile(catalog.path, generation, dim, half=True)
+        if half.is_bts():
+            half.path.unlink(missing_ok=True)

@@ -17,9 +17,9 @@ import numpy as np
 from ..errors import BtError, IndexDamaged
 
 MAGIC = b"BTVECS\x00\x01"
-HEADER = struct.Struct("<8sIIQQ")  # magic, dim, dtype (0: float32), generation, rows written
+HEADER = struct.Struct("<8sIIQQ")  # magic, dim, dtype (0: float32, 1: float16), generation, rows written
 HEADER_BYTES = 64
-FLOAT32 = 0
+DTYPES = {0: np.float32, 1: np.float16}
 
 
 def checksum(row: np.ndarray) -> int:
@@ -48,14 +48,25 @@ def no_space(error: OSError) -> bool:
 class VectorFile:
     """One generation's vector file."""
 
-    def __init__(self, index: Path, generation: int, dim: int):
-        self.path = Path(f"{index}.vectors-{generation}")
+    def __init__(self, index: Path, generation: int, dim: int, half: bool = False):
+        """``half``: the float16 copy beside the file (``.f16``), a cache for the first pass of a search."""
+        self.path = Path(f"{index}.vectors-{generation}" + (".f16" if half else ""))
         self.generation = generation
         self.dim = dim
-        self.row_bytes = 4 * dim
+        self.code = 1 if half else 0
+        self.dtype = DTYPES[self.code]
+        self.row_bytes = np.dtype(self.dtype).itemsize * dim
         self._map: np.memmap | None = None
 
     # -- the header -------------------------------------------------------------------------------------------
+
+    def is_bts(self) -> bool:
+        """Whether the file carries bt's header (a file bt may delete)."""
+        try:
+            with open(self.path, "rb") as file:
+                return file.read(len(MAGIC)) == MAGIC
+        except OSError:
+            return False
 
     def header(self) -> tuple[int, int, int]:
         """(dim, generation, rows written) from the header; a file that is not this index's is damage."""
@@ -67,7 +78,7 @@ class VectorFile:
         if len(raw) < HEADER.size or raw[:8] != MAGIC:
             raise IndexDamaged(f"its vector file {self.path.name} has no bt header")
         _, dim, dtype, generation, rows = HEADER.unpack(raw[: HEADER.size])
-        if dim != self.dim or dtype != FLOAT32 or generation != self.generation:
+        if dim != self.dim or dtype != self.code or generation != self.generation:
             raise IndexDamaged(
                 f"its vector file {self.path.name} belongs to another index (dim {dim}, generation {generation})"
             )
@@ -75,11 +86,21 @@ class VectorFile:
 
     def _write_header(self, file, rows: int) -> None:
         file.seek(0)
-        file.write(HEADER.pack(MAGIC, self.dim, FLOAT32, self.generation, rows).ljust(HEADER_BYTES, b"\0"))
+        file.write(HEADER.pack(MAGIC, self.dim, self.code, self.generation, rows).ljust(HEADER_BYTES, b"\0"))
+
+    def _open(self, mode: str):
+        """The file opened without following a symlink (bt writes only files it made)."""
+        flags = (os.O_RDWR if mode == "r+b" else os.O_WRONLY | os.O_CREAT | os.O_TRUNC) | os.O_NOFOLLOW
+        try:
+            return os.fdopen(os.open(self.path, flags, 0o644), mode)
+        except OSError as error:
+            if error.errno == errno.ELOOP:
+                raise IndexDamaged(f"its vector file {self.path.name} is a symlink") from None
+            raise
 
     def create(self) -> None:
         """A new, empty file of this generation (replacing a partial one a killed compaction left)."""
-        with open(self.path, "wb") as file:
+        with self._open("wb") as file:
             self._write_header(file, 0)
             file.flush()
             os.fsync(file.fileno())
@@ -104,10 +125,11 @@ class VectorFile:
         """Append rows after the ``committed`` ones (cutting any a crash left beyond them), on disk before the
         caller's transaction commits: the first new slot. (Inside a write transaction: one writer at a time.)"""
         try:
-            with open(self.path, "r+b") as file:
+            with self._open("r+b") as file:
                 file.truncate(HEADER_BYTES + committed * self.row_bytes)
                 file.seek(0, os.SEEK_END)
-                file.write(np.ascontiguousarray(vectors, dtype=np.float32).tobytes())
+                with np.errstate(over="ignore"):  # (damaged rows rounded to float16: the copy is only a cache)
+                    file.write(np.ascontiguousarray(vectors, dtype=self.dtype).tobytes())
                 self._write_header(file, committed + len(vectors))
                 file.flush()
                 os.fsync(file.fileno())
@@ -123,11 +145,12 @@ class VectorFile:
         """The whole file at once (a compaction or a migration's next generation), fsynced; on failure nothing of it
         stays behind."""
         try:
-            with open(self.path, "wb") as file:
+            with self._open("wb") as file:
                 self._write_header(file, len(rows))
                 file.seek(HEADER_BYTES)
                 for start in range(0, len(rows), 65536):
-                    file.write(np.ascontiguousarray(rows[start : start + 65536], dtype=np.float32).tobytes())
+                    with np.errstate(over="ignore"):
+                        file.write(np.ascontiguousarray(rows[start : start + 65536], dtype=self.dtype).tobytes())
                 file.flush()
                 os.fsync(file.fileno())
         except BaseException:
@@ -140,10 +163,10 @@ class VectorFile:
         """The first ``rows`` rows, memory-mapped read-only; the map is kept (and grown) for the life of this object,
         so repeated searches never map the file again."""
         if rows == 0:
-            return np.zeros((0, self.dim), dtype=np.float32)
+            return np.zeros((0, self.dim), dtype=self.dtype)
         if self._map is None or self._map.shape[0] < rows:
-            self._map = np.memmap(self.path, dtype=np.float32, mode="r", offset=HEADER_BYTES, shape=(rows, self.dim))
+            self._map = np.memmap(self.path, dtype=self.dtype, mode="r", offset=HEADER_BYTES, shape=(rows, self.dim))
         return self._map[:rows]
 
     def rows(self, slots: list[int], committed: int) -> np.ndarray:
-        return np.array(self.matrix(committed)[slots]) if slots else np.zeros((0, self.dim), dtype=np.float32)
+        return np.array(self.matrix(committed)[slots]) if slots else np.zeros((0, self.dim), dtype=self.dtype)

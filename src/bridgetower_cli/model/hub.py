@@ -35,7 +35,7 @@ def resolve_checkpoint(model: str, revision: str | None = None) -> Path:
             f"no checkpoint directory {model}",
             "pass --model DIR or a hub id such as BridgeTower/bridgetower-base-itm-mlm",
         )
-    return _hub_snapshot(model, revision)
+    return hub_snapshot(model, revision)
 
 
 def download_command(repo_id: str, revision: str | None = None) -> str:
@@ -55,7 +55,9 @@ def files_to_fetch(repo_files: list[str]) -> list[str]:
     return []
 
 
-def _hub_snapshot(repo_id: str, revision: str | None) -> Path:
+def hub_snapshot(repo_id: str, revision: str | None = None) -> Path:
+    """The local snapshot of a hub checkpoint (cache first, then a quick download), never a local folder that
+    happens to share its name."""
     import requests
     from huggingface_hub import constants, snapshot_download
     from huggingface_hub.errors import HfHubHTTPError

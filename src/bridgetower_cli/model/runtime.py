@@ -78,8 +78,8 @@ class Runtime:
         # No token spans more characters than its byte-level form has: a text longer than this has more tokens than
         # the limit (twice over), so cutting it here first keeps its first max_length tokens as they were, and a
         # 10-million-character text costs what a short one does.
-        longest_token = max(map(len, self.tokenizer.get_vocab()))
-        self.text_char_limit = 2 * (self.max_length + 1) * longest_token
+        self.longest_token = max(map(len, self.tokenizer.get_vocab()))
+        self.text_char_limit = 2 * (self.max_length + 1) * self.longest_token
 
     @property
     def default_batch_size(self) -> int:

@@ -4,12 +4,14 @@ under any ASGI server (settings from the environment: ``Settings.from_env``)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hmac
 import signal
 import threading
+import time
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
@@ -28,29 +30,60 @@ def render_error(error: BtError) -> JSONResponse:
     return JSONResponse(error_body(error), status_code=error.status, headers=headers)
 
 
-class BodyLimit:
-    """ASGI middleware: the request body is read first, up to ``limit`` bytes (chunked or not; a larger declared
-    Content-Length is refused before reading); past it the answer is 413 and the app never sees the request."""
+def _local(scope) -> bool:
+    """Whether a request arrived on loopback or a Unix socket (whose file permissions guard it)."""
+    server = scope.get("server")
+    return server is None or server[1] is None or str(server[0]).startswith("/") or is_loopback(str(server[0]))
 
-    def __init__(self, app, limit: int):
-        self.app, self.limit = app, limit
+
+def _key_matches(scope, key: str) -> bool:
+    header = dict(scope.get("headers", [])).get(b"authorization", b"").decode("latin-1")
+    scheme, _, token = header.partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), key.encode())
+
+
+class Guard:
+    """ASGI middleware, in front of everything: who may ask (the API key, or loopback only without one) is decided
+    before a byte of the body is read; then the body is read within ``body_timeout_s`` and up to ``limit`` bytes
+    (chunked or not; a larger declared Content-Length is refused unread). The app sees only admitted requests."""
+
+    def __init__(self, app, settings: Settings):
+        self.app, self.settings = app, settings
+
+    def _refusal(self, scope) -> BtError | None:
+        if scope["path"] == "/health":
+            return None
+        if self.settings.api_key is not None:
+            if not _key_matches(scope, self.settings.api_key):
+                return Unauthorized("missing or wrong API key", "send Authorization: Bearer KEY")
+        elif not _local(scope):
+            return Forbidden("this server has no API key and answers on loopback only", "restart it with --api-key KEY")
+        declared = dict(scope.get("headers", [])).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.settings.max_body_bytes:
+            return TooLarge(f"request body over {self.settings.max_body_bytes // 2**20} MiB", "send less per request")
+        return None
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        too_large = TooLarge(f"request body over {self.limit // 2**20} MiB", "send less per request")
-        declared = dict(scope.get("headers", [])).get(b"content-length", b"")
-        if declared.isdigit() and int(declared) > self.limit:
-            return await render_error(too_large)(scope, receive, send)
-        messages, size = [], 0
+        refusal = self._refusal(scope)
+        if refusal is not None:
+            return await render_error(refusal)(scope, receive, send)
+        messages, size, limit = [], 0, self.settings.max_body_bytes
+        deadline = time.monotonic() + self.settings.body_timeout_s  # for the whole body, however it trickles in
         while True:
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), timeout=max(0.0, deadline - time.monotonic()))
+            except asyncio.TimeoutError:
+                slow = BtError(f"the request body did not arrive within {self.settings.body_timeout_s:g} s")
+                slow.status = 408
+                return await render_error(slow)(scope, receive, send)
             messages.append(message)
             if message["type"] != "http.request":
                 break
             size += len(message.get("body", b""))
-            if size > self.limit:
-                return await render_error(too_large)(scope, receive, send)
+            if size > limit:
+                return await render_error(TooLarge(f"request body over {limit // 2**20} MiB"))(scope, receive, send)
             if not message.get("more_body", False):
                 break
 
@@ -58,29 +91,6 @@ class BodyLimit:
             return messages.pop(0) if messages else await receive()
 
         await self.app(scope, replay, send)
-
-
-def _local(scope) -> bool:
-    """Whether a request arrived on loopback or a Unix socket (whose file permissions guard it)."""
-    server = scope.get("server")
-    return server is None or server[1] is None or str(server[0]).startswith("/") or is_loopback(str(server[0]))
-
-
-def authorize(settings: Settings):
-    """The auth dependency: the API key when there is one; without, only requests that arrived on loopback."""
-
-    async def require(request: Request) -> None:
-        if settings.api_key is None:
-            if not _local(request.scope):
-                raise Forbidden(
-                    "this server has no API key and answers on loopback only", "restart it with --api-key KEY"
-                )
-            return
-        given = request.headers.get("authorization", "")
-        if not hmac.compare_digest(given.encode(), f"Bearer {settings.api_key}".encode()):
-            raise Unauthorized("missing or wrong API key", "send Authorization: Bearer KEY")
-
-    return require
 
 
 def _stop_on_signals(pool: ModelPool, settings: Settings) -> None:
@@ -120,7 +130,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI):
         if settings.api_key is None and not is_loopback(settings.host):
             raise BtError(f"serving on {settings.host} (beyond this machine) needs an API key", "set BT_API_KEY")
-        images.set_decode_budget(images.DecodeBudget(settings.decode_pixels, settings.max_image_bytes))
+        images.set_decode_budget(images.DecodeBudget(settings.decode_pixels))
         for name in settings.models:
             with pool.use(policy.model(name), None):
                 pass
@@ -145,10 +155,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         openapi_url=None if keyed else "/openapi.json",
     )
     app.state.pool, app.state.settings, app.state.policy = pool, settings, policy
-    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
-    guarded = [Depends(authorize(settings))]
-    app.include_router(routes.router(dispatch), dependencies=guarded)
-    app.include_router(compat.router(dispatch), dependencies=guarded)
+    app.add_middleware(Guard, settings=settings)
+    app.include_router(routes.router(dispatch))
+    app.include_router(compat.router(dispatch))
 
     @app.get("/health")
     async def health() -> dict:
@@ -157,15 +166,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     if keyed:
 
-        @app.get("/openapi.json", dependencies=guarded, include_in_schema=False)
+        @app.get("/openapi.json", include_in_schema=False)  # (the guard asks for the key)
         async def openapi() -> dict:
             return app.openapi()
 
-    _handle_errors(app)
+    _handle_errors(app, settings)
     return app
 
 
-def _handle_errors(app: FastAPI) -> None:
+def _handle_errors(app: FastAPI, settings: Settings) -> None:
     """Every answer but a success is ``{"error", "hint"}`` with the error type's status; never a traceback."""
 
     @app.exception_handler(BtError)
@@ -181,7 +190,8 @@ def _handle_errors(app: FastAPI) -> None:
     @app.exception_handler(HTTPException)
     async def http(request: Request, error: HTTPException):
         message = {404: "no such endpoint", 405: "method not allowed here"}.get(error.status_code, str(error.detail))
-        failure = BtError(f"{message}: {request.method} {request.url.path}", "see /docs for the endpoints")
+        hint = "see /openapi.json for the endpoints" if settings.api_key else "see /docs for the endpoints"
+        failure = BtError(f"{message}: {request.method} {request.url.path}", hint)
         failure.status = error.status_code
         return render_error(failure)
 

@@ -3,7 +3,7 @@ own endpoints. An input that cannot be used is a 422 naming it (these APIs have 
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 
 from ..errors import InputError
 from ..records import Outcome
@@ -21,7 +21,7 @@ def router(dispatch: Dispatcher) -> APIRouter:
     routes = APIRouter()
 
     @routes.post("/v1/embeddings")
-    async def embeddings(body: EmbeddingsIn, request: Request) -> dict:
+    async def embeddings(body: EmbeddingsIn, request: Request) -> Response:
         """OpenAI / infinity embeddings: texts, or images as data URLs (`modality`)."""
         from ..tasks import pairs
 
@@ -36,20 +36,19 @@ def router(dispatch: Dispatcher) -> APIRouter:
         def work(runtime):
             sources, batch = dispatch.images(images), dispatch.batch_size(runtime)
             records = list(pairs.embed(runtime, body.modality, outcome, sources, texts, batch))
+            _refuse_skips(outcome)
             tokens = sum(len(ids) for ids in runtime.tokenize(texts)[0]) if texts else 0
-            return records, tokens
+            return {
+                "object": "list",
+                "data": [{"object": "embedding", "index": k, "embedding": r.embedding} for k, r in enumerate(records)],
+                "model": body.model,
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+            }
 
-        records, tokens = await dispatch.run(request, body.model, ("itc",), work)
-        _refuse_skips(outcome)
-        return {
-            "object": "list",
-            "data": [{"object": "embedding", "index": k, "embedding": r.embedding} for k, r in enumerate(records)],
-            "model": body.model,
-            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-        }
+        return await dispatch.run(request, body.model, ("itc",), work)
 
     @routes.post("/v1/rerank")
-    async def rerank(body: RerankIn, request: Request) -> dict:
+    async def rerank(body: RerankIn, request: Request) -> Response:
         """Cohere / TEI rerank by the ITM match probability: a text and image documents, or an image and texts."""
         from ..tasks import pairs
 
@@ -66,18 +65,18 @@ def router(dispatch: Dispatcher) -> APIRouter:
         def work(runtime):
             sources: list[ImageSource] = dispatch.images(images)
             unique = list(dict.fromkeys(texts))
-            return list(pairs.score(runtime, sources, unique, outcome, dispatch.batch_size(runtime)))
+            records = list(pairs.score(runtime, sources, unique, outcome, dispatch.batch_size(runtime)))
+            _refuse_skips(outcome)
+            if image_query:
+                probability = {r.text: r.probability for r in records}
+                scores = [probability[text] for text in documents]
+            else:
+                probability = {r.image: r.probability for r in records}
+                scores = [probability[image.name] for image in images]
+            results = [{"index": k, "relevance_score": score} for k, score in enumerate(scores)]
+            results.sort(key=lambda r: r["relevance_score"], reverse=True)
+            return {"results": results[: body.top_n], "model": body.model}
 
-        records = await dispatch.run(request, body.model, ("itm",), work)
-        _refuse_skips(outcome)
-        if image_query:
-            probability = {r.text: r.probability for r in records}
-            scores = [probability[text] for text in documents]
-        else:
-            probability = {r.image: r.probability for r in records}
-            scores = [probability[image.name] for image in images]
-        results = [{"index": k, "relevance_score": score} for k, score in enumerate(scores)]
-        results.sort(key=lambda r: r["relevance_score"], reverse=True)
-        return {"results": results[: body.top_n], "model": body.model}
+        return await dispatch.run(request, body.model, ("itm",), work)
 
     return routes

@@ -8,21 +8,25 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import json
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from typing import Any
 
-from fastapi import Request
+from fastapi import Request, Response
 from pydantic import BaseModel
 
+from .. import cancel
+from ..cancel import CancelToken
 from ..errors import BtError, Cancelled, InputError, TooLarge
 from ..model.loading import require_heads
+from ..reading import ReadPolicy, restricted
 from ..records import Outcome, Reporter
 from ..sources import ImageSource, check_texts
 from .policy import Policy
 from .settings import Settings
-from .workers import CancelToken, ModelPool
+from .workers import ModelPool
 
 
 class Collected(Reporter):
@@ -67,6 +71,7 @@ class Dispatcher:
 
     def __init__(self, settings: Settings, pool: ModelPool, policy: Policy):
         self.settings, self.pool, self.policy = settings, pool, policy
+        self.reading = ReadPolicy(tuple(policy.roots), settings.max_image_bytes)  # what request threads may open
 
     def check(self, body: BaseModel, texts: Sequence[str] = (), images: Sequence = ()) -> None:
         """Refuse, before any work, what no model may take: strings that are not Unicode (lone surrogates), more texts
@@ -111,10 +116,12 @@ class Dispatcher:
         needs: tuple[str, ...],
         work: Callable,
         preferred: tuple[str, ...] = (),
-    ):
-        """``work(runtime)`` for an allowed model on a request thread; its result, or its error."""
-        name = self.policy.model(model)
-        token = CancelToken(self.settings.request_timeout_s)
+    ) -> Response:
+        """``work(runtime)`` for an allowed model on a request thread, its answer (a JSON-able object) serialised
+        there too: the event loop only hands bytes over. Answers at once when the request is cancelled (a client
+        gone, a deadline, a stopping server); the work then stops at its next step."""
+        allowed = self.policy.model(model)
+        name, token = allowed.name, CancelToken(self.settings.request_timeout_s)
         self.pool.admit(name, token)
         loop = asyncio.get_running_loop()
         done: asyncio.Future = loop.create_future()
@@ -122,9 +129,9 @@ class Dispatcher:
         def run() -> None:
             result, error = None, None
             try:
-                with self.pool.use(name, token) as runtime:
+                with cancel.watching(token), restricted(self.reading), self.pool.use(allowed, token) as runtime:
                     require_heads(runtime.loaded.heads, needs, model, preferred)
-                    result = work(runtime)
+                    result = json.dumps(work(runtime), ensure_ascii=False).encode()
             except BaseException as failure:  # (BtError and anything else alike: the handlers render it)
                 error = failure
             finally:
@@ -138,15 +145,13 @@ class Dispatcher:
                 await asyncio.wait({done}, timeout=0.1)
                 if done.done():
                     break
-                if token.expired:
-                    token.check()  # 504 now; the work stops at its next model call
-                if await request.is_disconnected():
+                if token.reason is None and await request.is_disconnected():
                     token.cancel(Cancelled("the client went away"))
-                    raise token.reason
+                token.check()  # a reason (or a deadline passed): answer now
         except asyncio.CancelledError:  # the server stops past its graceful timeout
             token.cancel(Cancelled("the server is shutting down", "retry when it is back"))
             raise
-        return done.result()
+        return Response(done.result(), media_type="application/json")
 
 
 def error_body(error: BtError) -> dict:

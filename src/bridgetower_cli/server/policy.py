@@ -13,7 +13,8 @@ from pathlib import Path
 
 from ..errors import BtError, Forbidden, InputError
 from ..model.catalog import KNOWN_CHECKPOINTS
-from ..sources import Expansion, expand, inside
+from ..reading import inside
+from ..sources import Expansion, add_found, folder_files, glob_files, split_glob
 from .settings import Settings
 
 INDEX_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*(\.[A-Za-z0-9_-]+)*")
@@ -25,8 +26,9 @@ class Served:
     """The images of a request: the sources found (each checked), the folders they were walked from (the search's
     scope), and the files left out with why."""
 
-    expansion: Expansion
+    sources: list
     folders: list[Path]
+    left_out: list[tuple[str, str]]
 
 
 class Policy:
@@ -34,38 +36,47 @@ class Policy:
         self.settings = settings
         self.roots = [os.path.realpath(root) for root in settings.allow_paths]
         self.models = _allowed_models(settings)
+        _private(settings.index_dir)
 
     # -- paths ------------------------------------------------------------------------------------------------
 
     def check(self, given: str, what: str = "path") -> str:
-        """``given`` resolved (symlinks included) and inside a root; 403 otherwise, alike for missing paths."""
+        """The real path of an absolute path a client names (symlinks and ``..`` resolved as the kernel would), if it
+        lies inside a root; 403 otherwise, alike for a missing path. Nothing reads ``given`` again afterwards."""
         if "\0" in given:
             raise InputError(f"the {what} {given!r} holds a NUL character", "send plain paths")
+        if not os.path.isabs(given):
+            raise InputError(f"the {what} {given!r} is not an absolute path", "send absolute paths")
         if not self.roots:
             raise Forbidden(f"this server opens no paths (the {what} {given})", "start it with --allow-path DIR")
-        if not inside(os.path.realpath(os.path.abspath(given)), self.roots):
+        real = os.path.realpath(given)
+        if not inside(real, self.roots):
             raise Forbidden(f"the {what} {given} is not under the server's --allow-path roots", "see bt serve --help")
-        return os.path.abspath(given)
+        return real
 
     def sources(self, given: list[str], walk: bool = True) -> Served:
-        """The images under ``given`` paths and globs: each literal part checked, each file found checked after
-        resolution; globs expanded only inside the roots. ``walk`` False: only the files named are expanded (the
-        folders still scope a search of the index)."""
-        specs, folders = [], []
+        """The images under ``given`` absolute paths and globs: each resolved once and checked, each file a walk or
+        a glob finds checked after resolution, globs matched by bt's walker inside the roots. ``walk`` False: only
+        the files named (the folders still scope a search of the index)."""
+        expansion, folders = Expansion(), []
         for spec in given:
-            magic = glob.has_magic(spec)
-            base = spec[: re.search(r"[*?[]", spec).start()] if magic else spec
-            self.check(os.path.dirname(base) if magic else base, "source")
-            if not magic and os.path.isdir(spec):
-                folders.append(Path(os.path.abspath(spec)))
-                if not walk:
-                    continue
-            specs.append(spec)
-        try:
-            expansion = expand(specs, within=self.roots) if specs else Expansion()
-        except BtError as error:  # (nothing found: the same answer whatever the reason)
-            raise InputError(error.message, error.hint) from None
-        return Served(expansion, folders)
+            if glob.has_magic(spec):  # (a glob names files: expanded with or without a walk of the folders)
+                base, pattern = split_glob(spec)
+                root = self.check(base or os.sep, "source")
+                found = add_found(expansion, root, glob_files(root, base, pattern), self.roots)
+            else:
+                real = self.check(spec, "source")
+                if os.path.isdir(real):
+                    folders.append(Path(real))
+                    found = add_found(expansion, real, folder_files(real, spec), self.roots) if walk else 1
+                elif os.path.isfile(real):
+                    found = 1
+                    expansion.add(spec, real, real)
+                else:
+                    raise InputError(f"no such file or directory: {spec}", "check the path")
+            if not found:
+                raise InputError(f"no image files in {spec}", "check the path or the pattern")
+        return Served(expansion.sources, folders, expansion.left_out)
 
     # -- indexes ----------------------------------------------------------------------------------------------
 
@@ -82,32 +93,63 @@ class Policy:
             )
         folder = self.settings.index_dir
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-        return folder / f"{name}.sqlite"
+        path = folder / f"{name}.sqlite"
+        for own in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+            if own.is_symlink():
+                raise Forbidden(f"the index {name} is a symlink", "the server opens only index files it created")
+        return path
 
     # -- models -----------------------------------------------------------------------------------------------
 
-    def model(self, requested: str) -> str:
-        """The canonical name of an allowed model (a resolved directory, or a hub id), so that every spelling of
-        one model loads one copy; 403 naming the allowed ones for anything else."""
+    def model(self, requested: str) -> Allowed:
+        """An allowed model, by any spelling of it (a directory by its resolved path), so that one model is one
+        loaded copy; 403 naming the allowed ones for anything else, alike whether it exists or not."""
         if requested in self.models:
-            return requested
-        if "\0" not in requested and not requested.startswith("~"):
+            return self.models[requested]
+        if "\0" not in requested and os.path.isabs(requested):
             resolved = os.path.realpath(requested)
             if resolved in self.models:
-                return resolved
-        allowed = ", ".join(sorted(self.models)) or "none"
-        raise Forbidden(f"the model {requested} is not served here", f"this server serves: {allowed}")
+                return self.models[resolved]
+        shown = ", ".join(sorted({allowed.shown for allowed in self.models.values()})) or "none"
+        raise Forbidden(f"the model {requested} is not served here", f"this server serves: {shown}")
 
 
-def _canonical(model: str) -> str:
-    """A model directory as its resolved path; a hub id as it is."""
-    path = os.path.expanduser(model)
-    return os.path.realpath(path) if os.path.isdir(path) else model
+@dataclass(frozen=True)
+class Allowed:
+    """A model a request may use: its canonical name (a resolved directory or a hub id), how it was given, and
+    whether it comes from the hub cache (never from a folder that happens to share its name)."""
+
+    name: str
+    shown: str
+    hub: bool
 
 
-def _allowed_models(settings: Settings) -> set[str]:
-    """The models given with -m (directories resolved) and, unless --no-pull, the public checkpoints."""
-    allowed = {_canonical(m) for m in settings.models}
+def _private(folder: Path) -> None:
+    """The server's index folder must be its own: owned by it and writable by nobody else, so that nobody can plant
+    links or files there for it to follow or delete."""
+    try:
+        found = os.stat(folder)
+    except FileNotFoundError:
+        return  # made 0700 on first use
+    if found.st_uid != os.geteuid() or found.st_mode & 0o022:
+        raise BtError(
+            f"the index folder {folder} is not private (owned by someone else, or writable by others)",
+            f"chmod 700 {folder}, or pass another --index-dir",
+        )
+
+
+def _allowed_models(settings: Settings) -> dict[str, Allowed]:
+    """Every accepted spelling -> the model: those given with -m (a directory also by its resolved path) and,
+    unless --no-pull, the public checkpoints."""
+    allowed: dict[str, Allowed] = {}
+    for given in settings.models:
+        path = os.path.expanduser(given)
+        if os.path.isdir(path):
+            model = Allowed(os.path.realpath(path), given, hub=False)
+            allowed[given] = allowed[model.name] = model
+        else:
+            allowed[given] = Allowed(given, given, hub=True)
     if not settings.no_pull:
-        allowed |= {checkpoint.id for checkpoint in KNOWN_CHECKPOINTS}
+        for checkpoint in KNOWN_CHECKPOINTS:
+            allowed.setdefault(checkpoint.id, Allowed(checkpoint.id, checkpoint.id, hub=True))
     return allowed

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 
-from ..errors import InputError
+from ..errors import InputError, TooLarge
 from ..model.catalog import retrieval_heads
 from ..records import Outcome
 from .dispatch import Collected, Dispatcher, answer
@@ -13,6 +13,16 @@ from .schemas import EmbedIn, FillMaskIn, RecordsOut, RetrieveIn, ScoreIn
 
 def router(dispatch: Dispatcher) -> APIRouter:
     routes = APIRouter()
+    settings = dispatch.settings
+
+    def bounded(pairs: int, candidates: int = 0) -> None:
+        """Refuse at admission what would answer with more than the limits allow (a few bytes asking for millions
+        of records)."""
+        if pairs > settings.max_pairs:
+            raise TooLarge(f"{pairs} image-text pairs, over the limit of {settings.max_pairs}", "send fewer")
+        if candidates > settings.max_candidates:
+            limit = settings.max_candidates
+            raise TooLarge(f"{candidates} mask candidates, over the limit of {limit}", "lower top_k or send fewer")
 
     @routes.get("/v1/models")
     async def models() -> dict:
@@ -23,50 +33,57 @@ def router(dispatch: Dispatcher) -> APIRouter:
         }
 
     @routes.post("/v1/score", response_model=RecordsOut)
-    async def score(body: ScoreIn, request: Request) -> dict:
+    async def score(body: ScoreIn, request: Request) -> Response:
         """ITM scores of every image x text pair, as `bt score`."""
         from ..tasks import pairs
 
         dispatch.check(body, body.texts, body.images)
+        bounded(len(body.images) * len(body.texts))
         outcome, reporter = Outcome(), Collected()
 
         def work(runtime):
             sources, batch = dispatch.images(body.images), dispatch.batch_size(runtime)
-            return list(pairs.score(runtime, sources, list(body.texts), outcome, batch, body.top_k, reporter))
+            records = pairs.score(runtime, sources, list(body.texts), outcome, batch, body.top_k, reporter)
+            return answer(records, outcome, reporter)
 
-        return answer(await dispatch.run(request, body.model, ("itm",), work), outcome, reporter)
+        return await dispatch.run(request, body.model, ("itm",), work)
 
     @routes.post("/v1/fill-mask", response_model=RecordsOut)
-    async def fill_mask(body: FillMaskIn, request: Request) -> dict:
+    async def fill_mask(body: FillMaskIn, request: Request) -> Response:
         """Masked words of each text given each image, as `bt fill-mask`."""
         from ..tasks import pairs
 
         dispatch.check(body, [*body.texts, *(body.targets or [])], body.images)
+        masks = sum(text.count("<mask>") for text in body.texts)
+        bounded(len(body.images) * len(body.texts), len(body.images) * masks * body.top_k)
         outcome, reporter = Outcome(), Collected()
 
         def work(runtime):
             sources, batch = dispatch.images(body.images), dispatch.batch_size(runtime)
             texts, top_k, targets = list(body.texts), body.top_k, body.targets
-            return list(pairs.fill_mask(runtime, sources, texts, outcome, batch, top_k, targets, reporter))
+            records = pairs.fill_mask(runtime, sources, texts, outcome, batch, top_k, targets, reporter)
+            return answer(records, outcome, reporter)
 
-        return answer(await dispatch.run(request, body.model, ("mlm",), work), outcome, reporter)
+        return await dispatch.run(request, body.model, ("mlm",), work)
 
     @routes.post("/v1/embed", response_model=RecordsOut)
-    async def embed(body: EmbedIn, request: Request) -> dict:
+    async def embed(body: EmbedIn, request: Request) -> Response:
         """ITC embeddings of images, texts or pairs, as `bt embed`."""
         from ..tasks import pairs
 
         dispatch.check(body, body.texts, body.images)
+        bounded(len(body.images) * len(body.texts) if body.kind == "cross" else 0)
         outcome, reporter = Outcome(), Collected()
 
         def work(runtime):
             sources, batch = dispatch.images(body.images), dispatch.batch_size(runtime)
-            return list(pairs.embed(runtime, body.kind, outcome, sources, list(body.texts), batch, reporter))
+            records = pairs.embed(runtime, body.kind, outcome, sources, list(body.texts), batch, reporter)
+            return answer(records, outcome, reporter)
 
-        return answer(await dispatch.run(request, body.model, ("itc",), work), outcome, reporter)
+        return await dispatch.run(request, body.model, ("itc",), work)
 
     @routes.post("/v1/retrieve", response_model=RecordsOut)
-    async def retrieve(body: RetrieveIn, request: Request) -> dict:
+    async def retrieve(body: RetrieveIn, request: Request) -> Response:
         """Images for a text (over one of the server's indexes, refreshed for `sources`), or texts for an image."""
         from ..tasks import retrieve as retrieval
 
@@ -77,25 +94,28 @@ def router(dispatch: Dispatcher) -> APIRouter:
                 raise InputError("an image query needs texts to rank", 'send them as "texts"')
             dispatch.check(body, body.texts, [body.image])
 
-            def work(runtime):
+            def rank_texts(runtime):
                 (source,), batch = dispatch.images([body.image]), dispatch.batch_size(runtime)
-                texts = list(body.texts)
-                return retrieval.retrieve_texts(runtime, source, texts, body.top_k, body.rerank_k, batch, reporter)
+                texts, top_k, rerank_k = list(body.texts), body.top_k, body.rerank_k
+                records = retrieval.retrieve_texts(runtime, source, texts, top_k, rerank_k, batch, reporter)
+                return answer(records, outcome, reporter)
 
-            return answer(await dispatch.run(request, body.model, needs, work, preferred), outcome, reporter)
+            return await dispatch.run(request, body.model, needs, rank_texts, preferred)
         if body.query is None or not body.sources:
             raise InputError("a retrieve request needs a query and sources, or an image and texts")
         dispatch.check(body, [body.query])
+        if len(body.sources) > settings.max_images:
+            raise TooLarge(f"{len(body.sources)} sources, over the limit of {settings.max_images}", "send fewer")
         index = dispatch.policy.index(body.index, body.rebuild)
 
         def search(runtime):
             served = dispatch.policy.sources(body.sources, walk=body.refresh)
-            for name, reason in served.expansion.left_out:
+            for name, reason in served.left_out:
                 outcome.skip(name, reason, reporter)
-            return retrieval.retrieve_images(
+            records = retrieval.retrieve_images(
                 runtime,
                 body.query,
-                served.expansion.sources,
+                served.sources,
                 outcome,
                 served.folders,
                 index,
@@ -106,7 +126,8 @@ def router(dispatch: Dispatcher) -> APIRouter:
                 reporter,
                 refresh=body.refresh,
             )
+            return answer(records, outcome, reporter)
 
-        return answer(await dispatch.run(request, body.model, needs, search, preferred), outcome, reporter)
+        return await dispatch.run(request, body.model, needs, search, preferred)
 
     return routes

@@ -35,9 +35,12 @@ class Settings:
     no_pull: bool = False  # only the models given, not the public checkpoints of the catalog
     max_models: int = 2  # loaded at once; the least recently used idle one is unloaded for another
     max_body_bytes: int = 64 * 2**20
+    body_timeout_s: float = 60.0  # for a request's whole body to arrive (408 past it): slow uploads hold no memory
     max_image_bytes: int = 32 * 2**20
     max_texts: int = 1024  # per request
-    max_images: int = 256  # per request
+    max_images: int = 256  # per request (and sources per retrieve)
+    max_pairs: int = 100_000  # image x text pairs per request
+    max_candidates: int = 1_000_000  # fill-mask candidates per request (images x masks x top_k)
     decode_pixels: int = DEFAULT_MAX_IMAGE_PIXELS  # decoding at once, all requests together (~14 bytes each)
     request_timeout_s: float = 600.0  # a request's deadline: past it, 504 and its work stops at the next batch
     graceful_timeout_s: float = 30.0  # on SIGTERM, how long requests in flight may still run

@@ -16,32 +16,13 @@ from collections import OrderedDict
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from ..errors import Busy, Cancelled, DeadlineExceeded
+from ..cancel import CancelToken
+from ..errors import Busy, Cancelled
+from .policy import Allowed
 from .settings import Settings
-
-
-class CancelToken:
-    """Whether a request's work should stop, and why."""
-
-    def __init__(self, timeout_s: float | None = None):
-        self.deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        self.reason: Cancelled | None = None
-
-    def cancel(self, reason: Cancelled) -> None:
-        self.reason = self.reason or reason
-
-    @property
-    def expired(self) -> bool:
-        return self.deadline is not None and time.monotonic() > self.deadline
-
-    def check(self) -> None:
-        """Raise the reason to stop, if there is one."""
-        if self.reason is None and self.expired:
-            self.reason = DeadlineExceeded("the request ran past its deadline", "send less, or raise --request-timeout")
-        if self.reason is not None:
-            raise self.reason
 
 
 @dataclass
@@ -192,9 +173,13 @@ class ServedRuntime:
         return self._call(self._runtime.cross_embeddings, fused)
 
     def match_scores(self, pairs, batch_size):
-        if self._token is not None:
-            self._token.check()
-        return self._worker.match(self._token, pairs)
+        """One worker job per batch, so a long rerank stops at the next batch when its request is cancelled."""
+        scores = []
+        for start in range(0, len(pairs), batch_size):
+            if self._token is not None:
+                self._token.check()
+            scores += self._worker.match(self._token, pairs[start : start + batch_size])
+        return scores
 
 
 @dataclass
@@ -215,6 +200,7 @@ class ModelPool:
     waiting: dict = field(default_factory=dict)  # requests admitted per model, running or queued
     tokens: set = field(default_factory=set)  # the tokens of the requests in flight
     cancelled: int = 0  # requests stopped by their token (a client gone, a deadline, shutdown)
+    reserved: int = 0  # models being loaded (they count against max_models)
     lock: threading.Lock = field(default_factory=threading.Lock)
     loading: dict = field(default_factory=dict)
 
@@ -234,17 +220,18 @@ class ModelPool:
                 self.cancelled += 1
 
     @contextlib.contextmanager
-    def use(self, name: str, token: CancelToken):
+    def use(self, model: Allowed, token: CancelToken | None):
         """The model, loaded if need be, as a ServedRuntime for one request."""
-        model = self._get(name)
+        loaded = self._get(model)
         try:
-            yield ServedRuntime(model.runtime, model.worker, token)
+            yield ServedRuntime(loaded.runtime, loaded.worker, token)
         finally:
             with self.lock:
-                model.in_use -= 1
-                model.last_used = time.monotonic()
+                loaded.in_use -= 1
+                loaded.last_used = time.monotonic()
 
-    def _get(self, name: str) -> _Model:
+    def _get(self, model: Allowed) -> _Model:
+        name = model.name
         with self.lock:
             if name in self.models:
                 return self._take(name)
@@ -253,10 +240,19 @@ class ModelPool:
             with self.lock:
                 if name in self.models:
                     return self._take(name)
-                self._make_room()
-            model = self._load(name)
+                busy = sum(1 for m in self.models.values() if m.in_use)
+                if busy + self.reserved >= self.settings.max_models:  # no room even after unloading idle ones
+                    slots = self.settings.max_models
+                    raise Busy(f"all {slots} model slots are in use", "retry shortly, or raise --max-models")
+                self.reserved += 1
+            try:
+                loaded = self._load(model)  # a load that fails unloads nothing
+            finally:
+                with self.lock:
+                    self.reserved -= 1
             with self.lock:
-                self.models[name] = model
+                self._make_room(keep=self.settings.max_models - 1)
+                self.models[name] = loaded
                 return self._take(name)
 
     def _take(self, name: str) -> _Model:
@@ -266,26 +262,30 @@ class ModelPool:
         self.models.move_to_end(name)
         return model
 
-    def _make_room(self) -> None:
-        """(Under the lock.) Unload the least recently used idle models until one more fits."""
-        while len(self.models) >= self.settings.max_models:
+    def _make_room(self, keep: int) -> None:
+        """(Under the lock.) Unload the least recently used idle models until at most ``keep`` are loaded (if requests
+        hold them all, the pool stays over for as long as they run; the reaper trims it later)."""
+        while len(self.models) > keep:
             idle = next((name for name, model in self.models.items() if model.in_use == 0), None)
             if idle is None:
-                slots = self.settings.max_models
-                raise Busy(f"all {slots} model slots are in use", "retry shortly, or raise --max-models")
+                return
             self.models.pop(idle).worker.stop()
 
-    def _load(self, name: str) -> _Model:
-        from ..model.hub import resolve_checkpoint
+    def _load(self, model: Allowed) -> _Model:
+        from ..model.hub import hub_snapshot
         from ..model.loading import load_model
         from ..model.runtime import Runtime
 
         s = self.settings
-        runtime = Runtime(load_model(resolve_checkpoint(name), name, s.device, s.dtype, threads=s.threads))
+        path = hub_snapshot(model.name) if model.hub else Path(model.name)
+        runtime = Runtime(load_model(path, model.shown, s.device, s.dtype, threads=s.threads))
         worker = ModelWorker(runtime, s.batch_size or runtime.default_batch_size, s.batch_window_s)
         return _Model(runtime, worker, time.monotonic())
 
     def unload_idle(self) -> list[str]:
+        """Unload the models idle past keep-alive (and, past ``max_models``, the least recently used idle ones)."""
+        with self.lock:
+            self._make_room(keep=self.settings.max_models)
         if self.settings.keep_alive_s is None:
             return []
         now, gone = time.monotonic(), []

@@ -7,8 +7,9 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
-from ..errors import InputError
-from ..images import decode_image, decoding, fit_aspect, max_file_bytes
+from .. import cancel
+from ..errors import BtError, InputError
+from ..images import decode_image, decoding, fit_aspect
 from ..model.runtime import Fused, ImageStates, Runtime, TextStates
 from ..records import Outcome, Reporter
 from ..sources import ImageSource, read_bytes
@@ -38,17 +39,23 @@ def warn_padded(reporter: Reporter, name: str) -> None:
 def read_images(
     runtime: Runtime, sources: Sequence[ImageSource], outcome: Outcome, reporter: Reporter, keep: dict | None = None
 ) -> Iterator[tuple[ImageSource, torch.Tensor]]:
-    """Pixel values per readable source; unreadable ones are reported and recorded as skipped. Each image is
-    decoded and preprocessed within the process's decode budget (a server's). ``keep`` collects the RGB image the
-    model sees, by source name."""
+    """Pixel values per readable source; unreadable ones are reported and recorded as skipped, whatever fails on the
+    way (reading, decoding, converting, preprocessing). Each image is decoded and preprocessed within the process's
+    decode budget (a server's). ``keep`` collects the RGB image the model sees, by source name."""
     for source in sources:
+        cancel.check()
         try:
-            data = read_bytes(source, max_file_bytes())
+            data = read_bytes(source)
             with decoding(data):
                 image, padded = fit_aspect(decode_image(data), runtime.image_size)
                 pixels = runtime.pixel_values(image)
         except InputError as error:
             outcome.skip(source.name, error.message, reporter)
+            continue
+        except (BtError, MemoryError):  # (not this image's fault: a busy server, a cancelled request)
+            raise
+        except Exception as error:  # a decoder's own failure on odd input is this image's problem
+            outcome.skip(source.name, f"cannot decode it ({type(error).__name__}: {error})", reporter)
             continue
         if keep is not None:
             keep[source.name] = image

@@ -7,6 +7,7 @@ import contextlib
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..errors import InputError
 from ..index.files import content_hash, default_index_path, file_states
 from ..index.store import EmbeddingIndex
 from ..model.hub import fingerprint
@@ -25,7 +26,7 @@ def _embedded_locally(runtime, todo, hashes: dict, batch_size: int, outcome: Out
         for batch in encode_image_batches(runtime, [s for s, _ in chunk], batch_size, outcome, reporter):
             for source, image in batch:
                 state = state_of[source.name]
-                digest = hashes.get(state.path) or content_hash(state.path)
+                digest = hashes.get(state.path, "")  # ("": unknown, never matched; it could not be read then)
                 rows.append((state, digest, image.itc_embedding.float().cpu().tolist()))
         yield rows, [(state_of[s.name], s.reason) for s in outcome.skipped[skipped_before:]]
 
@@ -84,7 +85,7 @@ def refresh_index(
         plan = index.plan(states, folders)
         hashes = {}
         for state in plan.to_embed:
-            with contextlib.suppress(OSError):  # unreadable: embedding it fails and records why
+            with contextlib.suppress(InputError):  # unreadable: embedding it fails and records why
                 hashes[state.path] = content_hash(state.path)
         linked = set(index.link([(s, hashes[s.path]) for s in plan.to_embed if s.path in hashes]))
         index.drop(plan.to_drop)

@@ -62,12 +62,15 @@ def target_ids(runtime: Runtime, targets: list[str], reporter: Reporter) -> list
     """Token ids of ``--targets`` words, as a word after a space (the fill-mask pipeline's first-token rule)."""
     ids = []
     for word in targets:
-        tokens = runtime.tokenizer(" " + word.strip(), add_special_tokens=False)["input_ids"]
+        # Only the first token counts, and no token spans more than ``longest_token`` characters: a cut beyond that
+        # keeps the first token and whether there are more, and a 20-million-character "word" costs nothing.
+        cut = word.strip()[: runtime.longest_token + 1]
+        tokens = runtime.tokenizer(" " + cut, add_special_tokens=False)["input_ids"]
         if not tokens:
-            raise BtError(f"target {word!r} is empty", "give words separated by commas")
+            raise BtError(f"target {word[:40]!r} is empty", "give words separated by commas")
         if len(tokens) > 1:
             first = runtime.tokenizer.decode(tokens[:1]).strip()
-            reporter.warn(f"target {word!r} is several tokens; using its first, {first!r}")
+            reporter.warn(f"target {word[:40]!r} is several tokens; using its first, {first!r}")
         ids.append(tokens[0])
     return list(dict.fromkeys(ids))
 
