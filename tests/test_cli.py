@@ -213,17 +213,17 @@ def test_loading_shows_a_status_on_a_terminal(full_checkpoint):
 
     from rich.console import Console
 
-    from bridgetower_cli.cli.app import ModelOptions
-    from bridgetower_cli.cli.options import Dtype
+    from bridgetower_cli.backend import Local, ModelOptions
     from bridgetower_cli.cli.render import StderrReporter
 
+    options = ModelOptions(str(full_checkpoint), device=DEVICE, dtype="float32")
     screen = io.StringIO()
     reporter = StderrReporter(console=Console(file=screen, force_terminal=True, width=100))
-    ModelOptions(str(full_checkpoint), None, DEVICE, Dtype.float32, None, None).load(reporter, ("itm",))
+    Local(options).runtime(reporter, ("itm",))
     assert f"loading {full_checkpoint}" in screen.getvalue()
     quiet = io.StringIO()
     silent = StderrReporter(quiet=True, console=Console(file=quiet, force_terminal=True))
-    ModelOptions(str(full_checkpoint), None, DEVICE, Dtype.float32, None, None).load(silent, ("itm",))
+    Local(options).runtime(silent, ("itm",))
     assert quiet.getvalue() == ""
 
 

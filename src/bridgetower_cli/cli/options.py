@@ -9,7 +9,17 @@ from typing import Annotated
 
 import typer
 
-from .render import Format
+
+class Format(str, Enum):
+    """How records are written to stdout."""
+
+    auto = "auto"
+    table = "table"
+    json = "json"
+    jsonl = "jsonl"
+    csv = "csv"
+    paths = "paths"
+    html = "html"
 
 
 class EmbeddingKind(str, Enum):
@@ -262,39 +272,6 @@ ApiKey = Annotated[
     str | None,
     typer.Option("--api-key", envvar="BT_API_KEY", help="The server's API key.", metavar="KEY", show_default=False),
 ]
-Host = Annotated[
-    str,
-    typer.Option("--host", help="Address to serve on; anything but loopback needs --api-key.", metavar="HOST"),
-]
-Port = Annotated[int, typer.Option("--port", min=0, max=65535, help="Port (0: any free one).", metavar="PORT")]
-ServeModels = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--model",
-        "-m",
-        help="Load at start (repeat for several); other models load on first use.",
-        metavar="ID|DIR",
-        show_default=False,
-    ),
-]
-KeepAlive = Annotated[
-    str | None,
-    typer.Option(
-        "--keep-alive",
-        help="Unload a model idle this long (30s, 5m, 1h). Default: keep it.",
-        metavar="DURATION",
-        show_default=False,
-    ),
-]
-AllowPaths = Annotated[
-    list[Path] | None,
-    typer.Option(
-        "--allow-path",
-        help="A folder under which clients may name images and indexes for retrieve (repeat). Default: none.",
-        metavar="DIR",
-        show_default=False,
-    ),
-]
 LikeImage = Annotated[
     str | None,
     typer.Option("--like", help="Rank the images by their likeness to this image (ITC image-image).", metavar="IMAGE"),
@@ -324,59 +301,6 @@ Wait = Annotated[
         min=0,
         help="Seconds to wait for another bt process writing the index before reporting it busy.",
         metavar="SECONDS",
-    ),
-]
-MaxBody = Annotated[
-    float, typer.Option("--max-body", min=0.001, help="Largest request body, in MiB (413 beyond).", metavar="MB")
-]
-MaxImage = Annotated[
-    float, typer.Option("--max-image", min=0.001, help="Largest image in a request, in MiB (413 beyond).", metavar="MB")
-]
-MaxTexts = Annotated[int, typer.Option("--max-texts", min=1, help="Texts per request (413 beyond).", metavar="N")]
-MaxImages = Annotated[int, typer.Option("--max-images", min=1, help="Images per request (413 beyond).", metavar="N")]
-DecodePixels = Annotated[
-    float,
-    typer.Option(
-        "--decode-budget",
-        min=1,
-        help="Megapixels decoding at once, all requests together; a larger image is refused, others wait.",
-        metavar="MP",
-    ),
-]
-RequestTimeout = Annotated[
-    str,
-    typer.Option(
-        "--request-timeout",
-        help="A request's deadline (504 past it; its work stops at the next batch).",
-        metavar="DURATION",
-    ),
-]
-GracefulTimeout = Annotated[
-    str,
-    typer.Option(
-        "--graceful-timeout",
-        help="On SIGTERM: how long requests in flight may finish before they are cancelled.",
-        metavar="DURATION",
-    ),
-]
-MaxWaiting = Annotated[
-    int, typer.Option("--max-waiting", min=1, help="Requests in per model; past it 503 + Retry-After.", metavar="N")
-]
-MaxModels = Annotated[
-    int,
-    typer.Option("--max-models", min=1, help="Models loaded at once (the least recently used unloads).", metavar="N"),
-]
-NoPull = Annotated[
-    bool,
-    typer.Option("--no-pull", help="Serve only the models given with -m, not the public checkpoints."),
-]
-IndexDir = Annotated[
-    Path | None,
-    typer.Option(
-        "--index-dir",
-        help="The server's own folder of indexes, which requests name (default $XDG_CACHE_HOME/bt/server-indexes).",
-        metavar="DIR",
-        show_default=False,
     ),
 ]
 ClientTimeout = Annotated[

@@ -10,7 +10,6 @@ import sys
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, is_dataclass
-from enum import Enum
 from itertools import groupby
 from pathlib import Path
 from typing import TextIO
@@ -30,19 +29,7 @@ from ..records import (
     RetrievalRecord,
     ScoreRecord,
 )
-
-
-class Format(str, Enum):
-    """How records are written to stdout."""
-
-    auto = "auto"
-    table = "table"
-    json = "json"
-    jsonl = "jsonl"
-    csv = "csv"
-    paths = "paths"
-    html = "html"
-
+from .options import Format  # noqa: F401  (the formats, declared with the options)
 
 STREAMED = ("jsonl", "csv", "paths")  # formats written record by record, as the work goes on
 

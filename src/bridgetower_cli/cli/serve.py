@@ -4,33 +4,108 @@ from __future__ import annotations
 
 import signal
 import socket
+from pathlib import Path
+from typing import Annotated
+
+import typer
 
 from ..errors import BtError
 from .options import (
-    AllowPaths,
     ApiKey,
     BatchSize,
-    DecodePixels,
     Device,
     Dtype,
     DtypeOpt,
-    GracefulTimeout,
-    Host,
-    IndexDir,
-    KeepAlive,
-    MaxBody,
-    MaxImage,
-    MaxImages,
-    MaxModels,
-    MaxTexts,
-    MaxWaiting,
-    NoPull,
-    Port,
-    RequestTimeout,
-    ServeModels,
     Threads,
 )
-from .render import stderr_console
+
+Host = Annotated[
+    str,
+    typer.Option("--host", help="Address to serve on; anything but loopback needs --api-key.", metavar="HOST"),
+]
+Port = Annotated[int, typer.Option("--port", min=0, max=65535, help="Port (0: any free one).", metavar="PORT")]
+ServeModels = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--model",
+        "-m",
+        help="Load at start (repeat for several); other models load on first use.",
+        metavar="ID|DIR",
+        show_default=False,
+    ),
+]
+KeepAlive = Annotated[
+    str | None,
+    typer.Option(
+        "--keep-alive",
+        help="Unload a model idle this long (30s, 5m, 1h). Default: keep it.",
+        metavar="DURATION",
+        show_default=False,
+    ),
+]
+AllowPaths = Annotated[
+    list[Path] | None,
+    typer.Option(
+        "--allow-path",
+        help="A folder under which clients may name images and indexes for retrieve (repeat). Default: none.",
+        metavar="DIR",
+        show_default=False,
+    ),
+]
+MaxBody = Annotated[
+    float, typer.Option("--max-body", min=0.001, help="Largest request body, in MiB (413 beyond).", metavar="MB")
+]
+MaxImage = Annotated[
+    float, typer.Option("--max-image", min=0.001, help="Largest image in a request, in MiB (413 beyond).", metavar="MB")
+]
+MaxTexts = Annotated[int, typer.Option("--max-texts", min=1, help="Texts per request (413 beyond).", metavar="N")]
+MaxImages = Annotated[int, typer.Option("--max-images", min=1, help="Images per request (413 beyond).", metavar="N")]
+DecodePixels = Annotated[
+    float,
+    typer.Option(
+        "--decode-budget",
+        min=1,
+        help="Megapixels decoding at once, all requests together; a larger image is refused, others wait.",
+        metavar="MP",
+    ),
+]
+RequestTimeout = Annotated[
+    str,
+    typer.Option(
+        "--request-timeout",
+        help="A request's deadline (504 past it; its work stops at the next batch).",
+        metavar="DURATION",
+    ),
+]
+GracefulTimeout = Annotated[
+    str,
+    typer.Option(
+        "--graceful-timeout",
+        help="On SIGTERM: how long requests in flight may finish before they are cancelled.",
+        metavar="DURATION",
+    ),
+]
+MaxWaiting = Annotated[
+    int, typer.Option("--max-waiting", min=1, help="Requests in per model; past it 503 + Retry-After.", metavar="N")
+]
+MaxModels = Annotated[
+    int,
+    typer.Option("--max-models", min=1, help="Models loaded at once (the least recently used unloads).", metavar="N"),
+]
+NoPull = Annotated[
+    bool,
+    typer.Option("--no-pull", help="Serve only the models given with -m, not the public checkpoints."),
+]
+IndexDir = Annotated[
+    Path | None,
+    typer.Option(
+        "--index-dir",
+        help="The server's own folder of indexes, which requests name (default $XDG_CACHE_HOME/bt/server-indexes).",
+        metavar="DIR",
+        show_default=False,
+    ),
+]
+
 
 EPILOG = (
     "Examples:\n\n"
@@ -128,6 +203,8 @@ def serve(
     )
     server = uvicorn.Server(config)
     print(f"http://{shown}:{bound}", flush=True)
+    from .render import stderr_console
+
     stderr_console().print(f"bt: serving on http://{shown}:{bound} (Ctrl-C or SIGTERM to stop)", highlight=False)
     # uvicorn raises the signal again once it has stopped: end with status 0 then.
     signal.signal(signal.SIGTERM, lambda *_: None)

@@ -213,6 +213,37 @@ def shard_paths(output: Path, count: int) -> list[Path]:
     return [output / f"part-{k:05d}.parquet" for k in range(-(-count // SHARD))]
 
 
+class Shards:
+    """``bt embed --engine ray --output DIR``: the images in input order, cut into shards of ``SHARD``; a shard is
+    written (whole, or not at all) once its last image is embedded, in whatever order Ray returns them; shards
+    already complete are not embedded again."""
+
+    def __init__(self, output: Path | None, sources: Sequence[ImageSource], model: str):
+        self.output, self.model = output, model
+        self.position = {source.path: k for k, source in enumerate(sources)}
+        self.paths = shard_paths(output, len(sources)) if output is not None else []
+        if output is not None:
+            output.mkdir(parents=True, exist_ok=True)
+        self.todo = [s for k, s in enumerate(sources) if output is None or not self.paths[k // SHARD].exists()]
+        self.pending: dict[int, list] = {}
+        self.remaining: dict[int, int] = {}
+        for source in self.todo:
+            shard = self.position[source.path] // SHARD
+            self.remaining[shard] = self.remaining.get(shard, 0) + 1
+
+    def done(self, item: Embedded) -> None:
+        """One image out of the pipeline (embedded or not): its shard is written when it was the last one."""
+        if self.output is None:
+            return
+        shard = self.position[item.path] // SHARD
+        if not item.error:
+            self.pending.setdefault(shard, []).append((self.position[item.path], item))
+        self.remaining[shard] -= 1
+        if self.remaining[shard] == 0:
+            rows = sorted(self.pending.pop(shard, []), key=lambda row: row[0])
+            write_shard(self.paths[shard], [(i.name, "image", self.model, i.embedding) for _, i in rows])
+
+
 def write_shard(path: Path, rows: list[tuple[str, str, str, np.ndarray]]) -> None:
     """One Parquet shard (id, kind, model, embedding), written to a temporary name and renamed: complete or absent."""
     import pyarrow as pa

@@ -1,0 +1,113 @@
+"""What every command shares: the model options declared and parsed once (``model_command``), the one way records
+reach stdout and the run's ending (``emit``), and reading images and texts from arguments."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable, Iterable
+
+from ..backend import ModelOptions
+from ..errors import BtError
+from ..records import Outcome
+from ..sources import ImageSource, expand_image_sources, read_texts, split_arguments
+from .options import (
+    ApiKey,
+    BatchSize,
+    ClientTimeout,
+    Device,
+    Dtype,
+    DtypeOpt,
+    Format,
+    Model,
+    Revision,
+    Server,
+    Threads,
+)
+
+_MODEL_OPTIONS = [
+    ("model", Model, None),
+    ("revision", Revision, None),
+    ("device", Device, "auto"),
+    ("dtype", DtypeOpt, Dtype.auto),
+    ("threads", Threads, None),
+    ("batch_size", BatchSize, None),
+]
+_SERVER_OPTIONS = [("server", Server, None), ("api_key", ApiKey, None), ("timeout", ClientTimeout, None)]
+
+
+def model_command(default_model: str, server: bool = True) -> Callable:
+    """Give a command the options every model command takes (--model with ``default_model``, --revision,
+    --device, --dtype, --threads, --batch-size and, with ``server``, --server, --api-key, --timeout), parsed once
+    into the ``backend`` it is called with (in process, or a bt server: chosen here, once)."""
+
+    def decorate(command: Callable) -> Callable:
+        signature = inspect.signature(command, eval_str=True)  # (the Annotated options, not their names)
+        own = [p for name, p in signature.parameters.items() if name != "backend"]
+        shared = _MODEL_OPTIONS + (_SERVER_OPTIONS if server else [])
+        extra = [
+            inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default_model if name == "model" else value,
+                              annotation=annotation)
+            for name, annotation, value in shared
+        ]  # fmt: skip
+
+        @functools.wraps(command)
+        def run(**values):
+            from .. import backend
+
+            o = {name: values.pop(name) for name, _, _ in shared}
+            options = ModelOptions(
+                o["model"], o["revision"], o["device"], o["dtype"].value, o["threads"], o["batch_size"]
+            )
+            values["backend"] = backend.open_backend(options, o.get("server"), o.get("api_key"), o.get("timeout"))
+            return command(**values)
+
+        parameters = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own] + extra
+        run.__signature__ = signature.replace(parameters=parameters)
+        run.__annotations__ = {p.name: p.annotation for p in parameters}
+        return run
+
+    return decorate
+
+
+def emit(
+    records: Iterable,
+    fmt: Format,
+    outcome: Outcome,
+    reporter,
+    separator: str = "\n",
+    title: str = "",
+) -> None:
+    """Render the records (streamed formats as they come), then report: none readable is an error, some skipped
+    a partial success (exit 3)."""
+    from .render import STREAMED, render, resolve_format
+
+    if resolve_format(fmt.value) not in STREAMED:
+        records = list(records)
+        if not records and outcome.skipped:
+            raise BtError("none of the images could be read", "see the warnings above")
+    if render(records, fmt.value, separator=separator, title=title) == 0 and outcome.skipped:
+        raise BtError("none of the images could be read", "see the warnings above")
+    reporter.finish(outcome)
+
+
+def images_and_texts(
+    arguments: list[str], text: list[str] | None, texts_file: str | None
+) -> tuple[list[ImageSource], list[str]]:
+    """Images and texts from arguments in any order, -t/--text and --texts-file."""
+    image_specs, text_arguments = split_arguments(arguments)
+    if "-" in image_specs and texts_file == "-":
+        raise BtError(
+            "standard input cannot hold both image paths and texts",
+            "pass the texts with --texts-file FILE, or the images as arguments",
+        )
+    texts = read_texts([*text_arguments, *(text or [])], texts_file)
+    return expand_image_sources(image_specs), texts
+
+
+def only_images(specs: list[str], what: str) -> list[str]:
+    """Arguments that must all be image sources."""
+    images, texts = split_arguments(specs)
+    if texts:
+        raise BtError(f"{texts[0]!r} is not an image {what}", "pass texts with -t TEXT (or --texts-file FILE)")
+    return images

@@ -1,0 +1,111 @@
+"""``bt embed``: ITC embeddings of images, texts or pairs, to stdout, a ``.npy``/``.npz`` file, or Parquet shards."""
+
+from __future__ import annotations
+
+from ..errors import BtError
+from ..model.catalog import DEFAULT_CONTRASTIVE_MODEL
+from ..records import EmbeddingRecord, Outcome
+from ..sources import expand_image_sources, read_texts
+from .common import emit, model_command, only_images
+from .options import (
+    Engine,
+    EngineOpt,
+    Format,
+    FormatOpt,
+    ImageArgs,
+    Kind,
+    OutputFile,
+    Quiet,
+    RayAddress,
+    TextOpt,
+    TextsFile,
+)
+
+EPILOG = (
+    "Examples:\n\n"
+    "  bt embed samples/ -f jsonl > images.jsonl\n\n"
+    "  bt embed --text 'a cat' --text 'a dog' -f json | jq '.[].dim'\n\n"
+    "  bt embed 'photos/*.jpg' --output photos.npz\n\n"
+    "  bt embed samples/cat.jpg --kind cross --text 'a cat on a couch'\n\n"
+    f"Default model: {DEFAULT_CONTRASTIVE_MODEL}."
+)
+
+
+@model_command(DEFAULT_CONTRASTIVE_MODEL)
+def embed(
+    images: ImageArgs = None,
+    kind: Kind = None,
+    text: TextOpt = None,
+    texts_file: TextsFile = None,
+    output: OutputFile = None,
+    fmt: FormatOpt = Format.auto,
+    quiet: Quiet = False,
+    engine: EngineOpt = Engine.local,
+    ray_address: RayAddress = None,
+    backend=None,
+) -> None:
+    """L2-normalised ITC embeddings of images, texts, or (image, text) pairs (--kind cross).
+
+    Image and text embeddings come from the unimodal towers alone; cross embeddings need both an image and a text."""
+    from .render import StderrReporter, render_object, write_embeddings
+
+    specs = only_images(images or [], "(embed texts with -t)")
+    if "-" in specs and texts_file == "-":
+        raise BtError("standard input cannot hold both image paths and texts", "pass the texts with --texts-file FILE")
+    texts = read_texts(text or [], texts_file) if (text or texts_file) else []
+    sources = expand_image_sources(specs) if specs else []
+    kinds = [kind.value] if kind else [k for k, given in (("image", sources), ("text", texts)) if given]
+    if not kinds:
+        raise BtError("nothing to embed", "pass image sources, or texts with --text / --texts-file")
+    if "cross" in kinds and not (sources and texts):
+        raise BtError("--kind cross needs images and texts", "pass image sources and --text / --texts-file")
+    if "image" in kinds and not sources or "text" in kinds and not texts:
+        raise BtError(f"--kind {kinds[0]} needs {kinds[0]}s", "pass them, or choose another --kind")
+    reporter, outcome = StderrReporter(quiet), Outcome()
+    if engine is Engine.ray:
+        if not hasattr(backend, "runtime"):
+            raise BtError("--engine ray runs here, not on a bt server", "drop --server, or --engine ray")
+        return _on_ray(backend.options, ray_address, kinds, sources, output, fmt, outcome, reporter)
+    if output is not None and output.suffix not in (".npy", ".npz"):
+        raise BtError(f"cannot write {output}: unknown format", "use a file name ending in .npy or .npz")
+    records = backend.embed(kinds, sources, texts, outcome, reporter)
+    if output is None:
+        return emit(records, fmt, outcome, reporter)
+    render_object(write_embeddings(records, output, backend.options.model), fmt.value)
+    reporter.finish(outcome)
+
+
+def _on_ray(options, address, kinds, sources, output, fmt, outcome, reporter) -> None:
+    """``--engine ray``: image embeddings on Ray Data; with --output DIR, Parquet shards (resumable)."""
+    from ..engines.ray import RayEngine, Shards
+    from ..model.hub import resolve_checkpoint
+    from ..records import EmbeddingsWritten
+    from .render import render_object
+
+    if kinds != ["image"]:
+        raise BtError("--engine ray embeds images", "embed texts and pairs with --engine local")
+    if any(s.is_url for s in sources):
+        raise BtError("--engine ray reads local files (or a shared file system), not URLs", "download them first")
+    checkpoint = resolve_checkpoint(options.model, options.revision)
+    engine = RayEngine.for_checkpoint(checkpoint, options.model, options.device, options.dtype, address)
+    shards = Shards(output, sources, options.model)
+    if output is not None and len(shards.todo) < len(sources):
+        reporter.info(f"{len(sources) - len(shards.todo)} images already in complete shards of {output}: resuming")
+
+    def records():
+        with reporter.progress(len(shards.todo), "embedding images") as advance:
+            for batch in engine.embed(shards.todo, options.batch_size or 8):
+                for item in batch:
+                    if item.error:
+                        outcome.skip(item.name, item.error, reporter)
+                    else:
+                        vector = item.embedding.tolist()
+                        yield EmbeddingRecord(item.name, None, "image", options.model, len(vector), vector)
+                    shards.done(item)
+                advance(len(batch))
+
+    if output is None:
+        return emit(records(), fmt, outcome, reporter)
+    written = sum(1 for _ in records())
+    render_object(EmbeddingsWritten(str(output), written, engine.dim, options.model), fmt.value)
+    reporter.finish(outcome)

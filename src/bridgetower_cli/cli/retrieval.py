@@ -1,0 +1,239 @@
+"""Search and its index: ``bt retrieve`` (images for a text or an image, texts for an image) and ``bt index``
+(build, refresh, --stats, --prune, --check, --repair)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..backend import ImageQuery
+from ..errors import BtError, IndexDamaged
+from ..model.catalog import DEFAULT_CONTRASTIVE_MODEL
+from ..records import Outcome
+from ..sources import ImageSource, expand_image_sources, read_texts, split_arguments
+from .common import emit, model_command, only_images
+from .options import (
+    CheckFlag,
+    Engine,
+    EngineOpt,
+    Format,
+    FormatOpt,
+    HitsK,
+    IndexFile,
+    IndexImages,
+    LikeImage,
+    NoRefresh,
+    NoRerank,
+    Print0,
+    PruneFlag,
+    QueryImage,
+    Quiet,
+    RayAddress,
+    Rebuild,
+    RepairFlag,
+    RerankK,
+    RetrieveFormatOpt,
+    RetrieveInputs,
+    StatsFlag,
+    TextOpt,
+    TextsFile,
+    Wait,
+)
+
+RETRIEVE_EPILOG = (
+    "Examples:\n\n"
+    "  bt retrieve 'two cats on a couch' ~/Pictures\n\n"
+    "  bt retrieve 'a rocket launch' samples/ -k 3 -f paths -0 | xargs -0 ls -l\n\n"
+    "  bt retrieve --image samples/cat.jpg --texts-file captions.txt -k 5\n\n"
+    "Text queries search an index of ITC image embeddings (built and refreshed as needed: new and changed files "
+    "are embedded, deleted ones dropped), then the ITM head reranks the best --rerank-k hits, best match "
+    f"probability first. Default model: {DEFAULT_CONTRASTIVE_MODEL}."
+)
+
+
+@model_command(DEFAULT_CONTRASTIVE_MODEL)
+def retrieve(
+    inputs: RetrieveInputs = None,
+    image: QueryImage = None,
+    text: TextOpt = None,
+    texts_file: TextsFile = None,
+    like: LikeImage = None,
+    index_file: IndexFile = None,
+    rebuild: Rebuild = False,
+    no_refresh: NoRefresh = False,
+    wait: Wait = 60.0,
+    top_k: HitsK = 10,
+    rerank_k: RerankK = 5,
+    no_rerank: NoRerank = False,
+    fmt: RetrieveFormatOpt = Format.auto,
+    print0: Print0 = False,
+    quiet: Quiet = False,
+    backend=None,
+) -> None:
+    """Rank images for a text (ITC shortlist over a persistent index, ITM rerank) or like an image; or texts for an
+    image (--image)."""
+    from .render import StderrReporter
+
+    inputs, rerank_k = inputs or [], 0 if no_rerank else rerank_k
+    separator = "\0" if print0 else "\n"
+    reporter, outcome = StderrReporter(quiet), Outcome()
+    if image is not None:
+        source, texts = _texts_for(image, inputs, text, texts_file)
+        records = backend.retrieve_texts(source, texts, outcome, reporter, top_k, rerank_k)
+        return emit(records, fmt, outcome, reporter, separator, f"texts for {image}")
+    if text or texts_file:
+        raise BtError(
+            "--text and --texts-file give the texts to rank for an --image; a text query is the first argument",
+            "bt retrieve 'QUERY' DIR..., or bt retrieve --image IMAGE --texts-file FILE",
+        )
+    query, specs, title = _query_of(inputs, like)
+    request = ImageQuery(query, specs, index_file, rebuild, not no_refresh, top_k, rerank_k, wait)
+    emit(backend.retrieve_images(request, outcome, reporter), fmt, outcome, reporter, separator, title)
+
+
+def _texts_for(image: str, inputs: list[str], text, texts_file) -> tuple[ImageSource, list[str]]:
+    """``--image IMAGE``: the one image and the texts to rank for it."""
+    images, _ = split_arguments(inputs)
+    if images:
+        raise BtError(f"with --image the arguments are texts to rank; {images[0]} is an image", "pass texts")
+    texts = read_texts([*inputs, *(text or [])], texts_file)
+    sources = expand_image_sources([image])
+    if len(sources) != 1:
+        raise BtError(f"--image takes one image; {image} holds {len(sources)}", "name a single image file")
+    return sources[0], texts
+
+
+def _query_of(inputs: list[str], like: str | None) -> tuple[str | ImageSource, list[str], str]:
+    """(the query: a text or an image, the specs to search, the title of a page of results)."""
+    if like is None and inputs and split_arguments(inputs[:1])[0]:
+        like, inputs = inputs[0], inputs[1:]  # an image file as the query: images like it
+    if like is None and len(inputs) < 2 or like is not None and not inputs:
+        raise BtError("retrieve needs a query and image sources", "e.g. bt retrieve 'a cat' ~/Pictures")
+    if like is not None:
+        (query,) = expand_image_sources([like]) if Path(like).is_file() else [None]
+        if query is None:
+            raise BtError(f"--like takes one image file; {like} is not one", "name a single image file")
+        return query, only_images(inputs, "or folder to search"), f"images like {like}"
+    (text,) = read_texts(inputs[:1], None)
+    return text, only_images(inputs[1:], "or folder to search"), text
+
+
+INDEX_EPILOG = (
+    "Examples:\n\n  bt index ~/Pictures\n\n  bt index photos/ --index photos.sqlite --rebuild\n\n"
+    "  bt index --check && bt index --stats -f json\n\n"
+    f"Default model: {DEFAULT_CONTRASTIVE_MODEL}."
+)
+
+
+@model_command(DEFAULT_CONTRASTIVE_MODEL, server=False)
+def index(
+    images: IndexImages = None,
+    index_file: IndexFile = None,
+    rebuild: Rebuild = False,
+    stats: StatsFlag = False,
+    prune: PruneFlag = False,
+    check: CheckFlag = False,
+    repair: RepairFlag = False,
+    wait: Wait = 60.0,
+    engine: EngineOpt = Engine.local,
+    ray_address: RayAddress = None,
+    fmt: FormatOpt = Format.auto,
+    quiet: Quiet = False,
+    backend=None,
+) -> None:
+    """Build or refresh the retrieval index of local images without querying it; --stats, --prune, --check,
+    --repair."""
+    from ..index.files import default_index_path
+    from ..index.store import EmbeddingIndex
+    from .render import StderrReporter, render_object
+
+    path, reporter = index_file or default_index_path(), StderrReporter(quiet)
+    if stats:
+        with EmbeddingIndex.for_reading(path, check=False) as existing:
+            render_object(existing.stats(), fmt.value)
+            return existing.check_quickly()  # the figures first, then whatever damage they hide
+    if prune:
+        with EmbeddingIndex.for_writing(path, None, None, wait_s=wait) as existing:
+            reporter.info(f"index: {existing.prune()} rows of files that are gone dropped")
+            return render_object(existing.stats(), fmt.value)
+    if check or repair:
+        return _check(path, repair, wait, backend, fmt, reporter)
+    if not images:
+        raise BtError("bt index needs images or folders to index", "e.g. bt index ~/Pictures (or --stats, --check)")
+    from ..backend import indexable
+
+    specs = only_images(images, "file or folder")
+    sources, folders = indexable(specs), [Path(s).expanduser() for s in specs if Path(s).expanduser().is_dir()]
+    _refresh(path, rebuild, wait, engine, ray_address, sources, folders, backend, fmt, reporter)
+
+
+def _refresh(path, rebuild, wait, engine, ray_address, sources, folders, backend, fmt, reporter) -> None:
+    """Bring the index up to date with the model in this process, or on Ray (this process only writes the index)."""
+    from ..index.store import EmbeddingIndex
+    from ..tasks import indexing
+
+    runtime, ray, options = None, None, backend.options
+    if engine is Engine.ray:
+        from ..engines.ray import RayEngine
+        from ..model.hub import fingerprint, resolve_checkpoint
+
+        checkpoint = resolve_checkpoint(options.model, options.revision)
+        ray = RayEngine.for_checkpoint(checkpoint, options.model, options.device, options.dtype, ray_address)
+        batch_size = options.batch_size or 8
+        opened = EmbeddingIndex.for_writing(path, fingerprint(checkpoint), ray.dim, rebuild, options.model, wait_s=wait)
+    else:
+        runtime, batch_size = backend.runtime(reporter, ("itc",))
+        opened = indexing.open_index(runtime, path, rebuild, wait_s=wait)
+    outcome = Outcome()
+    with opened:
+        stats = indexing.refresh_index(runtime, opened, sources, outcome, folders, batch_size, reporter, engine=ray)
+        reporter.info(f"{stats.line()}; {opened.count()} images in {opened.path}")
+    emit([stats], fmt, outcome, reporter)
+
+
+def _check(path: Path, repair: bool, wait: float, backend, fmt: Format, reporter) -> None:
+    """``--check``: verify every row; ``--repair``: embed again exactly the damaged rows (the model must be the
+    index's). Exit 1 while damage remains."""
+    from ..index.store import EmbeddingIndex
+    from .render import render_object
+
+    if repair:
+        opened = EmbeddingIndex.for_writing(path, None, None, wait_s=wait, check=False)
+    else:
+        opened = EmbeddingIndex.for_reading(path, check=False)
+    with opened:
+        with reporter.progress(opened.count(), "checking the index") as advance:
+            report = opened.verify(advance)
+        if repair and not report.sound:
+            report = _repair(opened, report, backend, reporter)
+    render_object(report, fmt.value)
+    if not report.sound:
+        raise IndexDamaged(
+            f"the index {path} is damaged: {report.damaged} rows ({report.vector_file}; catalog {report.catalog})",
+            "bt index --repair re-embeds them" if not repair else "rebuild it with --rebuild",
+        )
+
+
+def _repair(index, report, backend, reporter):
+    """Forget the damaged rows (a new vector file if its own is missing or foreign), embed their files again."""
+    import os
+
+    from ..model.hub import fingerprint
+    from ..tasks import indexing
+
+    if report.catalog != "ok":
+        return report  # the catalog itself: only --rebuild can mend that
+    runtime, batch_size = backend.runtime(reporter, ("itc",))
+    if fingerprint(runtime.loaded.path) != index.fingerprint:
+        hint = f"repair it with -m {index.label}"
+        raise BtError(f"the index {index.path} was built with {index.label}, not {backend.options.model}", hint)
+    half_only = report.vector_file.startswith("its float16 copy")
+    if half_only:
+        index.copy_to_half()  # a cache: written again from the vectors, nothing to embed
+    index.forget(report.damaged_paths, new_vector_file=report.vector_file != "ok" and not half_only)
+    present = [p for p in report.damaged_paths if os.path.exists(p)]
+    if present:
+        sources = [ImageSource(p, path=p) for p in present]
+        stats = indexing.refresh_index(runtime, index, sources, Outcome(), (), batch_size, reporter)
+        gone = len(report.damaged_paths) - len(present)
+        reporter.info(f"repaired: {stats.line()}; {gone} rows of files gone dropped")
+    return index.verify()
