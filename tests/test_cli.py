@@ -204,7 +204,7 @@ def test_repeated_warnings_are_summarised(bt, full_checkpoint, tmp_path):
         Image.new("RGB", (2000 + k, 100), "gray").save(folder / f"wide{k}.png")
     result = bt("score", folder, "a wall", "-m", full_checkpoint, "-f", "json")
     assert result.code == 0, result.stderr
-    assert result.stderr.count("padded to a wider frame") == 3
+    assert result.stderr.count("padded to a taller frame") == 3  # (wide images: padded above and below)
     assert "3 more elongated images padded (not shown)" in result.stderr
 
 

@@ -62,7 +62,7 @@ def test_targets_restrict_the_candidates(bt, full_checkpoint, samples):
 
 
 @pytest.mark.parametrize(
-    "text, message", [("a cat on a couch", "no <mask> in text"), ("a [MASK] on a couch", "write <mask>")]
+    "text, message", [("a cat on a couch", "no <mask> in it"), ("a [MASK] on a couch", "write <mask>")]
 )
 def test_texts_without_mask_are_refused(bt, full_checkpoint, samples, text, message):
     result = bt("fill-mask", samples / "cat.jpg", text, "-m", full_checkpoint)

@@ -57,7 +57,7 @@ def test_index_on_ray_equals_the_local_engine(bt, full_checkpoint, folder, tmp_p
     remote = bt(*args, "--index", tmp_path / "ray.sqlite", "--engine", "ray")
     assert local.code == remote.code == 3, remote.stderr
     assert local.json() == remote.json()
-    assert remote.stderr.count("broken.jpg") == 1 and "padded to a wider frame" in remote.stderr
+    assert remote.stderr.count("broken.jpg") == 1 and "padded to a taller frame" in remote.stderr
     paths, matrix, failures = index_contents(tmp_path / "ray.sqlite")
     expected_paths, expected, expected_failures = index_contents(tmp_path / "local.sqlite")
     assert paths == expected_paths and len(paths) == 8 and failures == expected_failures

@@ -95,32 +95,30 @@ class Local(Backend):
         return self._runtime, self.options.batch_size or self._runtime.default_batch_size
 
     def score(self, sources, texts, outcome, reporter, top_k=None) -> Iterator[ScoreRecord]:
+        runtime, batch = self.runtime(reporter, ("itm",))
         from .tasks import pairs
 
-        runtime, batch = self.runtime(reporter, ("itm",))
         return pairs.score(runtime, sources, texts, outcome, batch, top_k, reporter)
 
     def fill_mask(self, sources, texts, outcome, reporter, top_k=5, targets=None) -> Iterator[FillMaskRecord]:
+        runtime, batch = self.runtime(reporter, ("mlm",))
         from .tasks import pairs
 
-        runtime, batch = self.runtime(reporter, ("mlm",))
         return pairs.fill_mask(runtime, sources, texts, outcome, batch, top_k, targets, reporter)
 
     def embed(self, kinds, sources, texts, outcome, reporter) -> Iterator[EmbeddingRecord]:
+        runtime, batch = self.runtime(reporter, ("itc",))
         from .tasks import pairs
 
-        runtime, batch = self.runtime(reporter, ("itc",))
         return (r for kind in kinds for r in pairs.embed(runtime, kind, outcome, sources, texts, batch, reporter))
 
     def retrieve_texts(self, image, texts, outcome, reporter, top_k=10, rerank_k=5) -> list[RetrievalRecord]:
+        runtime, batch = self.runtime(reporter, *retrieval_heads(rerank_k))
         from .tasks import retrieve as retrieval
 
-        runtime, batch = self.runtime(reporter, *retrieval_heads(rerank_k))
         return retrieval.retrieve_texts(runtime, image, texts, top_k, rerank_k, batch, reporter)
 
     def retrieve_images(self, query: ImageQuery, outcome, reporter) -> list[RetrievalRecord]:
-        from .tasks import retrieve as retrieval
-
         folders = [Path(spec).expanduser() for spec in query.specs if Path(spec).expanduser().is_dir()]
         if query.refresh:  # every image under the specs, to refresh the index with
             sources = indexable(query.specs)
@@ -131,6 +129,8 @@ class Local(Backend):
         rerank_k = 0 if isinstance(query.query, ImageSource) else query.rerank_k
         needs = ("itc",) if isinstance(query.query, ImageSource) else retrieval_heads(rerank_k)[0]
         runtime, batch = self.runtime(reporter, needs, retrieval_heads(rerank_k)[1])
+        from .tasks import retrieve as retrieval  # (torch: only once the checkpoint is known to be one)
+
         q = query
         return retrieval.retrieve_images(
             runtime, q.query, sources, outcome, folders, q.index, q.rebuild, q.top_k, rerank_k, batch, reporter,

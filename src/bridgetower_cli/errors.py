@@ -79,5 +79,11 @@ class PartialSuccess(BtError):
     exit_code = 3
 
 
+class Interrupted(BtError):
+    """Ctrl-C: what was done is said (and kept); exit status 130, as a shell reports SIGINT."""
+
+    exit_code = 130
+
+
 class StdoutClosed(Exception):
     """Whoever read stdout has gone (``bt ... | head -1``): not an error, the end of the run."""

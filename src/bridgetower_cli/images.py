@@ -4,6 +4,7 @@ pixels decoding at once in this process (a server's decode budget), and every mo
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import os
 import threading
@@ -30,7 +31,18 @@ def max_image_pixels() -> int:
 
 # The formats bt decodes: photographs and the common lossless ones. Pillow's other plugins (ICO, BLP, ...) decode
 # whole images while merely opening them, before any limit can apply; they are never tried.
-FORMATS = ("JPEG", "MPO", "PNG", "GIF", "BMP", "TIFF", "WEBP", "PPM")
+FORMATS = ("JPEG", "MPO", "PNG", "GIF", "BMP", "TIFF", "WEBP", "PPM", "AVIF", "HEIF")
+
+
+@functools.cache
+def heif_registered() -> bool:
+    """HEIF (iPhone photos) through pillow-heif, the [heif] extra, registered with Pillow once if installed."""
+    try:
+        import pillow_heif
+    except ImportError:
+        return False
+    pillow_heif.register_heif_opener()
+    return True
 
 
 def _open(data: bytes):
@@ -41,6 +53,7 @@ def _open(data: bytes):
         raise InputError("empty (0 bytes)")
     Image.MAX_IMAGE_PIXELS = None  # bt applies its own limit, after any reduced-scale decoding
     Image.init()  # (every plugin registered, so that each format named is known)
+    heif_registered()
     try:
         return Image.open(io.BytesIO(data), formats=[name for name in FORMATS if name in Image.OPEN])
     except UnidentifiedImageError:
@@ -134,15 +147,15 @@ def fit_aspect(image, size: int):
     """Pad a very elongated image (black, centred) to the widest aspect ratio the BridgeTower image processor can
     resize at ``size`` (its short side would otherwise round to zero). The image is first shrunk so its long side is
     at most four times the processor's (the processor would shrink it further anyway), so the canvas stays small
-    however thin the image: a 200,000 x 1 picture never becomes a 3-gigapixel one. Returns (image, whether it was
-    padded)."""
+    however thin the image: a 200,000 x 1 picture never becomes a 3-gigapixel one. Returns (image, how it was
+    padded: "taller" for a wide one, "wider" for a tall one, "" when it was not)."""
     from PIL import Image
 
     longest = 1333 / 800 * size  # the processor's cap on the long side
     limit = longest / 32 / 1.25  # keep the short side well above one 32-pixel block
     width, height = image.size
     if max(width, height) <= limit * min(width, height):
-        return image, False
+        return image, ""
     shrink = max(width, height) / (4 * longest)
     if shrink > 1:
         image = image.resize((max(1, round(width / shrink)), max(1, round(height / shrink))), Image.Resampling.BICUBIC)
@@ -150,10 +163,10 @@ def fit_aspect(image, size: int):
     if width > height:
         canvas = Image.new("RGB", (width, round(width / limit)))
         canvas.paste(image, (0, (canvas.height - height) // 2))
-    else:
-        canvas = Image.new("RGB", (round(height / limit), height))
-        canvas.paste(image, ((canvas.width - width) // 2, 0))
-    return canvas, True
+        return canvas, "taller"
+    canvas = Image.new("RGB", (round(height / limit), height))
+    canvas.paste(image, ((canvas.width - width) // 2, 0))
+    return canvas, "wider"
 
 
 class DecodeBudget:

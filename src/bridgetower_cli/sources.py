@@ -12,10 +12,11 @@ import glob
 import os
 import re
 import sys
+from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
+from typing import BinaryIO, TextIO
 
 from . import cancel
 from .errors import BtError, InputError, TooLarge
@@ -23,8 +24,10 @@ from .images import decode_image, fit_aspect  # noqa: F401  (re-exported: decodi
 from .reading import inside, read_file
 
 IMAGE_SUFFIXES = frozenset(
-    {".jpg", ".jpeg", ".jfif", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
+    {".jpg", ".jpeg", ".jfif", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".avif"}
 )
+HEIF_SUFFIXES = frozenset({".heic", ".heif", ".hif"})  # iPhone photos: with the [heif] extra (pillow-heif)
+HEIF_INSTALL = 'pip install "bridgetower-cli[heif]"'
 TEXT_FILE_SUFFIXES = frozenset({".txt", ".text", ".csv", ".tsv", ".md", ".json", ".jsonl", ".lst"})
 URL_TIMEOUT_S = (5.0, 20.0)  # connect, read
 URL_MAX_BYTES = 50 * 1024 * 1024
@@ -89,12 +92,24 @@ def _kind_of(item: str) -> str:
     return "text"
 
 
+def heif_available() -> bool:
+    """Whether HEIF photos can be read here (the [heif] extra: pillow-heif, registered with Pillow once)."""
+    from .images import heif_registered
+
+    return heif_registered()
+
+
 # -- the walker -------------------------------------------------------------------------------------------------
 
 
-def _is_image_name(name: str) -> bool:
+def _suffix(name: str) -> str:
     dot = name.rfind(".")
-    return dot > 0 and name[dot:].lower() in IMAGE_SUFFIXES
+    return name[dot:].lower() if dot > name.rfind(os.sep) + 1 else ""
+
+
+def _is_image_name(name: str) -> bool:
+    suffix = _suffix(name)
+    return suffix in IMAGE_SUFFIXES or suffix in HEIF_SUFFIXES and heif_available()
 
 
 def walk(root: str, depth: int | None = None) -> Iterator[tuple[str, bool]]:
@@ -199,6 +214,7 @@ class Expansion:
 
     sources: list[ImageSource] = field(default_factory=list)
     left_out: list[tuple[str, str]] = field(default_factory=list)
+    ignored: Counter = field(default_factory=Counter)  # photos of a format bt cannot read here, by suffix
     _seen: set[str] = field(default_factory=set)
 
     def add(self, name: str, path: str, real: str) -> None:
@@ -207,14 +223,18 @@ class Expansion:
             self.sources.append(ImageSource(name, path=path))
 
 
-def expand_image_sources(specs: Iterable[str], stdin: TextIO | None = None) -> list[ImageSource]:
-    """Expand files, directories (walked, image files only), globs, URLs and ``-`` (paths on stdin)."""
+def expand_image_sources(
+    specs: Iterable[str], stdin: BinaryIO | TextIO | None = None, null: bool = False, notes: list[str] | None = None
+) -> list[ImageSource]:
+    """Expand files, directories (walked, image files only), globs, URLs and ``-`` (paths on stdin, one per line,
+    or NUL-separated with ``null``). ``notes`` collects what the user should hear once (photos of a format that
+    needs an extra)."""
     expansion = Expansion()
     for spec in specs:
         if spec == "-":
-            lines = [line.strip() for line in (stdin or sys.stdin)]
-            for source in expand_image_sources([line for line in lines if line and line != "-"]):
-                expansion.add(source.name, source.path or source.url or "", source.path or source.url or "")
+            for path in stdin_paths(stdin, null):
+                for source in expand_image_sources([path], notes=notes):
+                    expansion.add(source.name, source.path or source.url or "", source.path or source.url or "")
         elif "://" in spec:
             scheme = spec.split("://", 1)[0].lower()
             if scheme not in ("http", "https"):
@@ -224,9 +244,29 @@ def expand_image_sources(specs: Iterable[str], stdin: TextIO | None = None) -> l
                 expansion.sources.append(ImageSource(spec, url=spec))
         else:
             _expand_path(spec, expansion)
+    if notes is not None and expansion.ignored:
+        counts = ", ".join(f"{n} {suffix}" for suffix, n in sorted(expansion.ignored.items()))
+        notes.append(f"{sum(expansion.ignored.values())} files ignored ({counts}: {HEIF_INSTALL} reads them)")
     if not expansion.sources:
-        raise BtError("no images given", "pass image files, directories, globs or URLs")
+        hint = (
+            f"{HEIF_INSTALL} reads .heic photos"
+            if expansion.ignored
+            else "pass image files, directories, globs or URLs"
+        )
+        raise BtError("no images given", hint)
     return expansion.sources
+
+
+def stdin_paths(stdin: BinaryIO | TextIO | None, null: bool) -> list[str]:
+    """The paths listed on standard input: one per line, or NUL-separated (``find -print0``) with ``null``."""
+    stream = stdin if stdin is not None else sys.stdin.buffer
+    data = stream.read()
+    text = data if isinstance(data, str) else os.fsdecode(data)
+    if null:
+        return [path for path in text.split("\0") if path]
+    if "\0" in text:
+        raise BtError("standard input holds NUL characters (a find -print0 list?)", "pass -0/--null to read it")
+    return [line.strip() for line in text.splitlines() if line.strip() and line.strip() != "-"]
 
 
 def add_found(
@@ -237,6 +277,8 @@ def add_found(
     root_real, cut, count = os.path.realpath(root), len(root), 0
     for name, path, is_link in found:
         if not _is_image_name(path):
+            if _suffix(path) in HEIF_SUFFIXES:
+                expansion.ignored[_suffix(path)] += 1
             continue
         count += 1
         real = os.path.realpath(path) if is_link else root_real + path[cut:]
@@ -259,9 +301,10 @@ def _expand_path(spec: str, expansion: Expansion) -> None:
     if path.is_dir():
         root = os.path.abspath(path)
         if not add_found(expansion, root, folder_files(root, str(spec))):
-            raise BtError(
-                f"no image files in directory {spec}", f"image files end in {', '.join(sorted(IMAGE_SUFFIXES))}"
-            )
+            hint = f"image files end in {', '.join(sorted(IMAGE_SUFFIXES))}"
+            if expansion.ignored:
+                hint = f"its .heic photos need {HEIF_INSTALL}"
+            raise BtError(f"no image files in directory {spec}", hint)
         return
     if path.is_file():
         absolute = os.path.abspath(path)
@@ -333,10 +376,10 @@ def read_texts(arguments: Iterable[str], texts_file: str | None, stdin: TextIO |
     texts = list(arguments)
     if texts_file is not None:
         if texts_file == "-":
-            lines = (stdin or sys.stdin).read().splitlines()
+            lines = (stdin or sys.stdin).read().removeprefix("\ufeff").splitlines()
         else:
-            try:
-                lines = Path(texts_file).expanduser().read_text(encoding="utf-8").splitlines()
+            try:  # (utf-8-sig: a byte-order mark, as some editors write, is not part of the first caption)
+                lines = Path(texts_file).expanduser().read_text(encoding="utf-8-sig").splitlines()
             except OSError as error:
                 raise BtError(
                     f"cannot read texts file {texts_file}: {error.strerror or error}", "check the path"
@@ -361,5 +404,6 @@ def check_texts(texts: Sequence[str], limit: int | None = None) -> None:
             raise InputError(f"text {k + 1} is empty", "give every text some words")
         try:
             text.encode("utf-8")
-        except UnicodeEncodeError:
-            raise InputError(f"text {k + 1} is not valid Unicode (a lone surrogate)", "send UTF-8 text") from None
+        except UnicodeEncodeError:  # (an argument's byte that is not UTF-8 arrives as a lone surrogate)
+            shown = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")[:60]
+            raise InputError(f"text {k + 1} is not valid UTF-8 ({shown!r})", "pass texts as UTF-8") from None

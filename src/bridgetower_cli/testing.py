@@ -136,7 +136,9 @@ def build_tokenizer(vocab_size: int):
 
     bpe = ByteLevelBPETokenizer()
     specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
-    bpe.train_from_iterator(caption_corpus(), vocab_size=vocab_size, min_frequency=1, special_tokens=specials)
+    bpe.train_from_iterator(
+        caption_corpus(), vocab_size=vocab_size, min_frequency=1, special_tokens=specials, show_progress=False
+    )
     model = json.loads(bpe.to_str())["model"]
     merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
     return RobertaTokenizer(vocab=model["vocab"], merges=merges, model_max_length=512)
@@ -283,11 +285,17 @@ def _write_published(
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m bridgetower_cli.testing", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m bridgetower_cli.testing",
+        description=__doc__.split("\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     parser.add_argument("out_dir", help="directory to write the checkpoint to")
-    parser.add_argument("--size", choices=sorted(SIZES), default="tiny")
+    parser.add_argument(
+        "--size", choices=sorted(SIZES), default="tiny", help="tiny for tests; base, large: real shapes"
+    )
     parser.add_argument("--heads", default="itm,mlm,itc", help="comma-separated subset of itm,mlm,itc ('' = none)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="the random weights' seed")
     parser.add_argument(
         "--layout", choices=LAYOUTS, default="transformers", help="published = the files of the public hub repos"
     )

@@ -317,3 +317,38 @@ def test_the_float16_first_pass_returns_the_float32_top_k(tmp_path):
     assert "float16 copy" in report.vector_file and report.damaged == 0
     index.copy_to_half()
     assert index.verify().sound and index._half_copy(count) is not None
+
+
+def test_two_processes_creating_one_index_see_it_whole(tmp_path, monkeypatch):
+    """The catalog and its vector files appear together: a second writer never finds a catalog whose vector file
+    is not written yet (it used to be called damaged), nor starts it afresh over the first one's rows."""
+    from bridgetower_cli.index.vectors import VectorFile
+
+    path, creating, resume = tmp_path / "ix.sqlite", threading.Event(), threading.Event()
+    real_create = VectorFile.create
+
+    def slow_create(self):
+        creating.set()
+        resume.wait(30)
+        real_create(self)
+
+    monkeypatch.setattr(VectorFile, "create", slow_create)
+    opened, errors = [], []
+
+    def open_one():
+        try:
+            opened.append(EmbeddingIndex.for_writing(path, "fp", DIM, wait_s=30))
+        except Exception as error:  # (the test reads them below)
+            errors.append(error)
+
+    first = threading.Thread(target=open_one)
+    first.start()
+    assert creating.wait(30)
+    second = threading.Thread(target=open_one)
+    second.start()
+    resume.set()
+    first.join(30)
+    second.join(30)
+    assert errors == [] and len(opened) == 2
+    opened[0].store([(FileState("/a.jpg", 1, 1), "ha", unit(1).tolist())], [])
+    assert opened[1].verify().sound and opened[1].count() == 1

@@ -8,26 +8,57 @@ import sys
 
 import typer
 from typer import Abort
-from typer.core import TyperArgument, TyperOption
-
-try:  # the click that Typer runs on: its own vendored copy in recent versions
-    from typer._click.exceptions import ClickException, UsageError
-except ImportError:  # pragma: no cover - older Typer
-    from click.exceptions import ClickException, UsageError
+from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
 from .. import __version__
-from ..errors import BtError, PartialSuccess, StdoutClosed
+from ..errors import BtError, Interrupted, PartialSuccess, StdoutClosed
+from ..errors import UsageError as BtUsageError
 from . import embed, evaluate, info, pairs, retrieval, serve
 
+# Typer raises the usage errors of the click it runs on (its own copy in recent versions): their classes, reached
+# from the public typer.BadParameter, not from a private module.
+UsageError = typer.BadParameter.__mro__[1]
+ClickException = UsageError.__mro__[1]
+assert (UsageError.__name__, ClickException.__name__) == ("UsageError", "ClickException")
 SHELLS = ("bash", "zsh", "fish", "powershell", "pwsh")
-# Help shows each option's metavar (N, FILE, ...) and nothing for flags and arguments, never Typer's type
-# placeholders (<bool>, <str>, <list[str]>).
-_option_type = TyperOption.display_type_rich
-TyperOption.display_type_rich = lambda self, ctx: None if self.is_flag else _option_type(self, ctx)
-TyperArgument.display_type_rich = lambda self, ctx: None
+
+
+class _Option(TyperOption):
+    """An option whose help shows its metavar (N, FILE, ...), nothing for a flag: never a type placeholder."""
+
+    def display_type_rich(self, ctx):
+        return None if self.is_flag else super().display_type_rich(ctx)
+
+
+class _Argument(TyperArgument):
+    def display_type_rich(self, ctx):
+        return None
+
+
+def _plain_metavars(params) -> None:
+    for param in params:
+        param.__class__ = {TyperOption: _Option, TyperArgument: _Argument}.get(type(param), type(param))
+
+
+class Command(TyperCommand):
+    """bt's commands: Typer's, with help free of type placeholders (<bool>, <str>, <list[str]>)."""
+
+    def get_params(self, ctx):
+        params = super().get_params(ctx)
+        _plain_metavars(params)
+        return params
+
+
+class Group(TyperGroup):
+    def get_params(self, ctx):
+        params = super().get_params(ctx)
+        _plain_metavars(params)
+        return params
+
 
 app = typer.Typer(
     name="bt",
+    cls=Group,
     help="BridgeTower vision-language model at the shell prompt: score, fill-mask, embed, retrieve.",
     no_args_is_help=True,
     add_completion=True,
@@ -50,16 +81,19 @@ def root(
     """BridgeTower vision-language model at the shell prompt."""
 
 
-app.command(epilog=pairs.SCORE_EPILOG)(pairs.score)
-app.command("fill-mask", epilog=pairs.FILL_MASK_EPILOG)(pairs.fill_mask)
-app.command(epilog=embed.EPILOG)(embed.embed)
-app.command(epilog=retrieval.RETRIEVE_EPILOG)(retrieval.retrieve)
-app.command("index", epilog=retrieval.INDEX_EPILOG)(retrieval.index)
-app.command(epilog=pairs.EXPLAIN_EPILOG)(pairs.explain)
-app.command(epilog=serve.EPILOG)(serve.serve)
-app.command("eval", epilog=evaluate.EPILOG)(evaluate.evaluate)
-app.command(epilog=info.MODELS_EPILOG)(info.models)
-app.command(epilog=info.DOCTOR_EPILOG)(info.doctor)
+for name, epilog, command in (
+    ("score", pairs.SCORE_EPILOG, pairs.score),
+    ("fill-mask", pairs.FILL_MASK_EPILOG, pairs.fill_mask),
+    ("embed", embed.EPILOG, embed.embed),
+    ("retrieve", retrieval.RETRIEVE_EPILOG, retrieval.retrieve),
+    ("index", retrieval.INDEX_EPILOG, retrieval.index),
+    ("explain", pairs.EXPLAIN_EPILOG, pairs.explain),
+    ("serve", serve.EPILOG, serve.serve),
+    ("eval", evaluate.EPILOG, evaluate.evaluate),
+    ("models", info.MODELS_EPILOG, info.models),
+    ("doctor", info.DOCTOR_EPILOG, info.doctor),
+):
+    app.command(name, epilog=epilog, cls=Command)(command)
 
 
 def _report(error: BtError, label: str = "error: ") -> None:
@@ -88,21 +122,42 @@ def _end_of_pipe() -> None:
     os.kill(os.getpid(), signal.SIGPIPE)
 
 
+def _completion(argv: list[str]) -> None:
+    """``--install-completion [SHELL]`` / ``--show-completion [SHELL]``: Typer's, for the shells it knows (another is
+    a usage error, never a bash script in its place), and for zsh only bt's own completion: none of the global
+    ``zstyle`` Typer adds to ~/.zshrc."""
+    from pathlib import Path
+
+    if len(argv) == 2:
+        if argv[1] not in SHELLS:
+            raise BtUsageError(f"bt cannot complete {argv[1]}", f"shells: {', '.join(SHELLS)}")
+        # Typer takes a shell name there only with its shell detection off; without a name it detects the shell.
+        os.environ["_TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION"] = "1"
+    zshrc = Path.home() / ".zshrc"
+    before = zshrc.read_text() if zshrc.is_file() else None
+    try:
+        app(args=argv, prog_name="bt", standalone_mode=False)
+    finally:
+        after = zshrc.read_text() if zshrc.is_file() else None
+        style = "zstyle ':completion:*' menu select"
+        if after != before and style in (after or "") and style not in (before or ""):
+            zshrc.write_text((after or "").replace(f"\n{style}\n", "\n"))
+
+
 def main(argv: list[str] | None = None) -> None:
     """The entry point and the one error boundary: bt's errors exit 1, usage errors 2 (the same one line), partial
     work 3, Ctrl-C 130; never a traceback unless BT_DEBUG=1."""
     argv = sys.argv[1:] if argv is None else argv
-    if len(argv) == 2 and argv[0] in ("--install-completion", "--show-completion") and argv[1] in SHELLS:
-        # Typer takes a shell name there only with its shell detection off; without a name it detects the shell.
-        os.environ["_TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION"] = "1"
     debug = os.environ.get("BT_DEBUG") == "1"
     try:
+        if argv[:1] in (["--install-completion"], ["--show-completion"]):
+            return _completion(argv)
         code = app(args=argv, prog_name="bt", standalone_mode=False)
     except (StdoutClosed, BrokenPipeError):
         _end_of_pipe()
-    except PartialSuccess as partial:
-        _report(partial, label="")
-        sys.exit(partial.exit_code)
+    except (PartialSuccess, Interrupted) as ending:
+        _report(ending, label="")
+        sys.exit(ending.exit_code)
     except BtError as error:
         if debug:
             raise

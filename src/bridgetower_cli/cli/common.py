@@ -8,9 +8,9 @@ import inspect
 from collections.abc import Callable, Iterable
 
 from ..backend import ModelOptions
-from ..errors import BtError
+from ..errors import BtError, Interrupted, UsageError
 from ..records import Outcome
-from ..sources import ImageSource, expand_image_sources, read_texts, split_arguments
+from ..sources import ImageSource, check_texts, expand_image_sources, read_texts, split_arguments
 from .options import (
     ApiKey,
     BatchSize,
@@ -54,6 +54,9 @@ def model_command(default_model: str, server: bool = True) -> Callable:
         @functools.wraps(command)
         def run(**values):
             from .. import backend
+            from ..images import max_image_pixels
+
+            max_image_pixels()  # an environment value that does not parse is said now, before any model loads
 
             o = {name: values.pop(name) for name, _, _ in shared}
             options = ModelOptions(
@@ -83,7 +86,14 @@ def emit(
     from .render import STREAMED, render, resolve_format
 
     if resolve_format(fmt.value) not in STREAMED:
-        records = list(records)
+        collected = []
+        try:
+            for record in records:
+                collected.append(record)
+        except KeyboardInterrupt:  # the records finished so far are worth showing
+            render(collected, fmt.value, separator=separator, title=title)
+            raise Interrupted(f"interrupted: {len(collected)} record(s) above were finished") from None
+        records = collected
         if not records and outcome.skipped:
             raise BtError("none of the images could be read", "see the warnings above")
     if render(records, fmt.value, separator=separator, title=title) == 0 and outcome.skipped:
@@ -92,9 +102,10 @@ def emit(
 
 
 def images_and_texts(
-    arguments: list[str], text: list[str] | None, texts_file: str | None
+    arguments: list[str], text: list[str] | None, texts_file: str | None, null: bool = False, reporter=None
 ) -> tuple[list[ImageSource], list[str]]:
-    """Images and texts from arguments in any order, -t/--text and --texts-file."""
+    """Images and texts from arguments in any order, -t/--text and --texts-file; each text checked now (before any
+    model loads)."""
     image_specs, text_arguments = split_arguments(arguments)
     if "-" in image_specs and texts_file == "-":
         raise BtError(
@@ -102,7 +113,17 @@ def images_and_texts(
             "pass the texts with --texts-file FILE, or the images as arguments",
         )
     texts = read_texts([*text_arguments, *(text or [])], texts_file)
-    return expand_image_sources(image_specs), texts
+    check_texts(texts)
+    return image_sources(image_specs, null, reporter), texts
+
+
+def image_sources(specs: list[str], null: bool = False, reporter=None) -> list[ImageSource]:
+    """``expand_image_sources``, saying once what was left aside (photos that need an extra)."""
+    notes: list[str] = []
+    sources = expand_image_sources(specs, null=null, notes=notes)
+    for note in notes if reporter is not None else ():
+        reporter.warn(note)
+    return sources
 
 
 def only_images(specs: list[str], what: str) -> list[str]:
@@ -111,3 +132,9 @@ def only_images(specs: list[str], what: str) -> list[str]:
     if texts:
         raise BtError(f"{texts[0]!r} is not an image {what}", "pass texts with -t TEXT (or --texts-file FILE)")
     return images
+
+
+def allowed(fmt: Format, *formats: str) -> None:
+    """Refuse an output format a command does not write (a usage error)."""
+    if fmt.value != "auto" and fmt.value not in formats:
+        raise UsageError(f"-f {fmt.value} is not a format of this command", f"use one of: auto, {', '.join(formats)}")

@@ -29,6 +29,7 @@ class Environment:
     index: str
     index_exists: bool
     cached_checkpoints: list[str]
+    environment: dict[str, str]  # the BT_* variables in effect
 
 
 def _version(package: str) -> str:
@@ -65,4 +66,7 @@ def environment(device: str = "auto", dtype: str = "auto") -> Environment:
         index=str(index),
         index_exists=index.is_file(),
         cached_checkpoints=[c.id for c in KNOWN_CHECKPOINTS if cached_snapshot(c.id) is not None],
+        environment={
+            k: ("***" if k == "BT_API_KEY" else v) for k, v in sorted(os.environ.items()) if k.startswith("BT_")
+        },
     )

@@ -5,8 +5,8 @@ from __future__ import annotations
 from ..errors import BtError
 from ..model.catalog import DEFAULT_CONTRASTIVE_MODEL
 from ..records import EmbeddingRecord, Outcome
-from ..sources import expand_image_sources, read_texts
-from .common import emit, model_command, only_images
+from ..sources import check_texts, read_texts
+from .common import emit, image_sources, model_command, only_images
 from .options import (
     Engine,
     EngineOpt,
@@ -14,6 +14,7 @@ from .options import (
     FormatOpt,
     ImageArgs,
     Kind,
+    Null,
     OutputFile,
     Quiet,
     RayAddress,
@@ -42,6 +43,7 @@ def embed(
     quiet: Quiet = False,
     engine: EngineOpt = Engine.local,
     ray_address: RayAddress = None,
+    null: Null = False,
     backend=None,
 ) -> None:
     """L2-normalised ITC embeddings of images, texts, or (image, text) pairs (--kind cross).
@@ -53,7 +55,9 @@ def embed(
     if "-" in specs and texts_file == "-":
         raise BtError("standard input cannot hold both image paths and texts", "pass the texts with --texts-file FILE")
     texts = read_texts(text or [], texts_file) if (text or texts_file) else []
-    sources = expand_image_sources(specs) if specs else []
+    check_texts(texts)
+    reporter, outcome = StderrReporter(quiet), Outcome()
+    sources = image_sources(specs, null, reporter) if specs else []
     kinds = [kind.value] if kind else [k for k, given in (("image", sources), ("text", texts)) if given]
     if not kinds:
         raise BtError("nothing to embed", "pass image sources, or texts with --text / --texts-file")
@@ -61,7 +65,6 @@ def embed(
         raise BtError("--kind cross needs images and texts", "pass image sources and --text / --texts-file")
     if "image" in kinds and not sources or "text" in kinds and not texts:
         raise BtError(f"--kind {kinds[0]} needs {kinds[0]}s", "pass them, or choose another --kind")
-    reporter, outcome = StderrReporter(quiet), Outcome()
     if engine is Engine.ray:
         if not hasattr(backend, "runtime"):
             raise BtError("--engine ray runs here, not on a bt server", "drop --server, or --engine ray")

@@ -31,11 +31,12 @@ def evaluate(
     backend=None,
 ) -> None:
     """Image-text retrieval recall (R@1/5/10) of a checkpoint on a caption set, by the BridgeTower protocol."""
-    from ..tasks.evaluation import evaluate as run_protocol
-    from ..tasks.evaluation import load_caption_set
+    from ..tasks.captions import load_caption_set
     from .render import StderrReporter, render_object
 
     caption_set = load_caption_set(annotations, images or annotations.parent, split)
+    from ..tasks.evaluation import evaluate as run_protocol
+
     reporter, outcome = StderrReporter(quiet), Outcome()
     runtime, batch_size = backend.runtime(reporter, ("itc",) if itc_only else ("itm",), ("itm", "itc"))
     record = run_protocol(runtime, caption_set, outcome, k_test, itc_only, batch_size, reporter)

@@ -3,6 +3,7 @@ its metavar, so help shows ``N`` or ``FILE``, never a type placeholder."""
 
 from __future__ import annotations
 
+import re
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
@@ -71,6 +72,15 @@ Revision = Annotated[
         show_default=False,
     ),
 ]
+
+
+def _device(value: str) -> str:
+    """A device name bt knows (checked now, before any model loads: a typo is a usage error)."""
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", value):
+        raise typer.BadParameter(f"{value!r} is not a device: use auto, cpu, cuda, cuda:N or mps")
+    return value
+
+
 Device = Annotated[
     str,
     typer.Option(
@@ -79,6 +89,7 @@ Device = Annotated[
         envvar="BT_DEVICE",
         help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps.",
         metavar="DEVICE",
+        callback=_device,
     ),
 ]
 DtypeOpt = Annotated[
@@ -145,6 +156,9 @@ Print0 = Annotated[
     bool,
     typer.Option("--print0", "-0", help="With -f paths: end each path with NUL, for xargs -0."),
 ]
+NULL_HELP = "With -: the paths on standard input are NUL-separated (find -print0, as xargs -0)."
+Null = Annotated[bool, typer.Option("--null", "-0", help=NULL_HELP)]
+NullLong = Annotated[bool, typer.Option("--null", help=NULL_HELP + " (-0 is --print0 here.)")]
 Quiet = Annotated[
     bool,
     typer.Option("--quiet", "-q", help="No progress, status or warnings (skips and errors still show)."),
@@ -184,9 +198,19 @@ HitsK = Annotated[int, typer.Option("--top-k", "-k", min=1, help="How many hits.
 RetrieveInputs = Annotated[
     list[str] | None,
     typer.Argument(
-        help=f"The query text, then the images to search ({SOURCES}). With --image: the texts to rank.",
+        help=f"The query text (or --query), then the images to search ({SOURCES}); none with -n: the whole "
+        "index. With --image: the texts to rank.",
         show_default=False,
         metavar="QUERY [IMAGE]...",
+    ),
+]
+QueryText = Annotated[
+    str | None,
+    typer.Option(
+        "--query",
+        "-Q",
+        help="The query text, whatever it looks like (AC/DC, v1.0/beta): every argument is then an image source.",
+        metavar="TEXT",
     ),
 ]
 QueryImage = Annotated[
@@ -320,7 +344,7 @@ EngineOpt = Annotated[
         "--engine",
         envvar="BT_ENGINE",
         help="local: this process; ray: Ray Data (CPU tasks decode, model actors embed; pip install "
-        '"bridgetower-cli[ray]").',
+        '"bridgetower-cli\\[ray]").',
         case_sensitive=False,
         metavar="local|ray",
     ),

@@ -20,7 +20,9 @@ body { font: 15px/1.4 system-ui, sans-serif; margin: 24px; color: #1d1d1f; backg
 h1 { font-size: 20px; margin: 0 0 4px; } p.meta { color: #666; margin: 0 0 20px; }
 .grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(260px, 1fr)); gap: 16px; }
 .card { background: #fff; border-radius: 10px; box-shadow: 0 1px 3px rgba(0,0,0,.15); padding: 10px; }
-.card img { width: 100%; height: 200px; object-fit: contain; background: #222; border-radius: 6px; }
+.frame { height: 200px; display: flex; align-items: center; justify-content: center; background: #222;
+         border-radius: 6px; }
+.frame img { max-width: 100%; max-height: 200px; width: auto; height: auto; }
 .rank { font-weight: 700; font-size: 18px; } .name { word-break: break-all; font-size: 13px; color: #333; }
 table { border-collapse: collapse; width: 100%; font-size: 13px; } td { padding: 2px 4px; vertical-align: top; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
@@ -44,6 +46,21 @@ def thumbnail(name: str) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
+def original(name: str) -> str:
+    """Where a hit's original file is: its URL, or a file:// URL of its absolute path."""
+    import os
+    from pathlib import Path
+
+    return name if "://" in name else Path(os.path.abspath(name)).as_uri()
+
+
+def _framed(name: str) -> str:
+    """A thumbnail (never larger than itself) linked to the original file; alt text the file's name."""
+    alt = html.escape(name.rstrip("/").rsplit("/", 1)[-1])
+    image = f'<img src="{html.escape(thumbnail(name))}" alt="{alt}">'
+    return f'<a class="frame" href="{html.escape(original(name))}">{image}</a>'
+
+
 def _number(value: float | None) -> str:
     return "" if value is None else f"{value:.4f}"
 
@@ -52,7 +69,7 @@ def _retrieval_cards(records: Sequence[RetrievalRecord]) -> list[str]:
     cards = []
     for r in records:
         subject = r.image if r.image is not None else r.text
-        picture = f'<img src="{html.escape(thumbnail(r.image))}" alt="">' if r.image is not None else ""
+        picture = _framed(r.image) if r.image is not None else ""
         rows = [("similarity", r.similarity), ("logit", r.logit), ("probability", r.probability)]
         scores = "".join(
             f'<tr><td>{label}</td><td class="num">{_number(value)}</td></tr>'
@@ -75,7 +92,7 @@ def _score_cards(records: Sequence[ScoreRecord]) -> list[str]:
             for r in group
         )
         cards.append(
-            f'<div class="card"><img src="{html.escape(thumbnail(image))}" alt=""><div class="name">'
+            f'<div class="card">{_framed(image)}<div class="name">'
             f"{html.escape(image)}</div><table><tr><td></td><td class=num>probability</td><td class=num>logit</td>"
             f"</tr>{rows}</table></div>"
         )

@@ -5,13 +5,14 @@ from __future__ import annotations
 from ..errors import BtError
 from ..model.catalog import DEFAULT_MATCHING_MODEL
 from ..records import Outcome
-from .common import emit, images_and_texts, model_command
+from .common import allowed, emit, images_and_texts, model_command
 from .options import (
     CandidatesK,
     Format,
     FormatOpt,
     ImagesAndTexts,
     Layer,
+    Null,
     PictureDir,
     PictureFile,
     Quiet,
@@ -23,6 +24,7 @@ from .options import (
     Words,
 )
 
+MASK = "<mask>"  # the public checkpoints' (RoBERTa's) mask token
 SCORE_EPILOG = (
     "Examples:\n\n"
     "  bt score samples/cat.jpg 'a cat lying on a couch' 'a rocket launch'\n\n"
@@ -39,14 +41,16 @@ def score(
     texts_file: TextsFile = None,
     top_k: ScoreTopK = None,
     fmt: ScoreFormatOpt = Format.auto,
+    null: Null = False,
     quiet: Quiet = False,
     backend=None,
 ) -> None:
     """Image-text matching (ITM head) for every image x text pair; per image, the best match probability first."""
     from .render import StderrReporter
 
-    sources, texts = images_and_texts(inputs, text, texts_file)
+    allowed(fmt, "table", "json", "jsonl", "csv", "html")
     reporter, outcome = StderrReporter(quiet), Outcome()
+    sources, texts = images_and_texts(inputs, text, texts_file, null, reporter)
     title = f"bt score: {len(sources)} image(s) x {len(texts)} text(s)"
     emit(backend.score(sources, texts, outcome, reporter, top_k), fmt, outcome, reporter, title=title)
 
@@ -68,16 +72,34 @@ def fill_mask(
     targets: Targets = None,
     top_k: CandidatesK = 5,
     fmt: FormatOpt = Format.auto,
+    null: Null = False,
     quiet: Quiet = False,
     backend=None,
 ) -> None:
     """Predict the <mask> words of each text, conditioned on each image (MLM head)."""
     from .render import StderrReporter
 
-    sources, texts = images_and_texts(inputs, text, texts_file)
-    words = [w.strip() for w in targets.split(",") if w.strip()] if targets else None
+    allowed(fmt, "table", "json", "jsonl", "csv")
     reporter, outcome = StderrReporter(quiet), Outcome()
+    sources, texts = images_and_texts(inputs, text, texts_file, null, reporter)
+    texts = with_masks(texts, outcome, reporter)
+    words = [w.strip() for w in targets.split(",") if w.strip()] if targets else None
     emit(backend.fill_mask(sources, texts, outcome, reporter, top_k, words), fmt, outcome, reporter)
+
+
+def with_masks(texts: list[str], outcome: Outcome, reporter) -> list[str]:
+    """The texts that hold a <mask> (the public checkpoints' RoBERTa mask token); each other one is skipped, named,
+    before any model loads."""
+    kept = []
+    for text in texts:
+        if MASK in text:
+            kept.append(text)
+        else:
+            hint = f"write {MASK} (not [MASK])" if "[MASK]" in text else f"mark the words to predict with {MASK}"
+            outcome.skip(f"text {text[:40]!r}", f"no {MASK} in it ({hint})", reporter)
+    if not kept:
+        raise BtError(f"no text holds a {MASK}", f"mark the words to predict with {MASK}")
+    return kept
 
 
 EXPLAIN_EPILOG = (
@@ -100,13 +122,15 @@ def explain(
     output: PictureFile = None,
     output_dir: PictureDir = None,
     fmt: FormatOpt = Format.auto,
+    null: Null = False,
     quiet: Quiet = False,
     backend=None,
 ) -> None:
-    """Where in each image the model looks for each text: Grad-CAM heat maps (ITM head), as PNG and as numbers."""
+    """Where in each image the model looks for each text: Grad-CAM heat maps (ITM head), as pictures and numbers."""
     from .render import StderrReporter, resolve_format
 
-    sources, texts = images_and_texts(inputs, text, texts_file)
+    allowed(fmt, "table", "json", "jsonl", "csv")
+    sources, texts = images_and_texts(inputs, text, texts_file, null, StderrReporter(quiet))
     if output is not None and output_dir is not None:
         raise BtError("--output and --output-dir exclude each other", "--output for one pair, --output-dir for several")
     if output is not None and len(sources) * len(texts) != 1:
@@ -115,24 +139,48 @@ def explain(
             "use --output-dir DIR",
         )
     reporter, outcome = StderrReporter(quiet), Outcome()
+    names = picture_names(sources, texts, output, output_dir)
     runtime, batch_size = backend.runtime(reporter, ("itm",))
     from ..tasks.explain import explain as explain_pairs
-    from .pictures import overlay, panels, picture_name, save_png
+    from .pictures import overlay, panels, save_picture
 
     if output is None and output_dir is None and resolve_format(fmt.value) == "table":
         reporter.info("no pictures written: pass --output FILE.png or --output-dir DIR")
 
     def records():
         for record, image in explain_pairs(runtime, sources, texts, outcome, layer, batch_size, reporter):
-            if output is not None or output_dir is not None:
+            if names:
                 caption = f"{record.text} | match {record.probability:.3f} | layer {record.layer}"
                 picture = overlay(image, record.grid, runtime.image_size, caption)
                 if words:
                     tokens = [overlay(image, token.grid, runtime.image_size, token.token) for token in record.tokens]
                     picture = panels([picture, *tokens])
-                path = output if output is not None else output_dir / picture_name(record.image, record.text)
-                save_png(picture, path)
+                path = names[record.image, record.text]
+                save_picture(picture, path)
                 record.picture = str(path)
             yield record
 
     emit(records(), fmt, outcome, reporter)
+
+
+def picture_names(sources, texts, output, output_dir) -> dict:
+    """(image name, text) -> the file each picture goes to, decided before any work: one per pair, never two pairs
+    on one file (names that would collide get -2, -3, ...), in a format its suffix names."""
+    from .pictures import picture_format, picture_name
+
+    if output is not None:
+        picture_format(output)
+        return {(sources[0].name, texts[0]): output}
+    if output_dir is None:
+        return {}
+    names, taken = {}, set()
+    for source in sources:
+        for text in texts:
+            name, k = picture_name(source.name, text), 1
+            while name in taken:
+                k += 1
+                stem, dot, suffix = picture_name(source.name, text).rpartition(".")
+                name = f"{stem}-{k}{dot}{suffix}"
+            taken.add(name)
+            names[source.name, text] = output_dir / name
+    return names

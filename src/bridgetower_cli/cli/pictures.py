@@ -90,9 +90,25 @@ def picture_name(image: str, text: str) -> str:
     return f"{Path(image.rstrip('/')).stem or 'image'}--{slug}.png"
 
 
-def save_png(picture: Image.Image, path: Path) -> None:
-    """Written to a temporary name and renamed: no half-written picture under the final name."""
+PICTURE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".tif": "TIFF", ".tiff": "TIFF"}
+
+
+def picture_format(path: Path) -> str:
+    """The format a picture's suffix names; another suffix is refused (before any work)."""
+    try:
+        return PICTURE_FORMATS[Path(path).suffix.lower()]
+    except KeyError:
+        from ..errors import UsageError
+
+        raise UsageError(
+            f"cannot write a picture to {path}: unknown suffix", f"end it in {', '.join(PICTURE_FORMATS)}"
+        ) from None
+
+
+def save_picture(picture: Image.Image, path: Path) -> None:
+    """Written in the format its suffix names, to a temporary name and renamed: no half-written picture under the
+    final name."""
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.partial")
-    picture.save(partial, format="PNG")
+    picture.save(partial, format=picture_format(path), **({"quality": 92} if picture_format(path) == "JPEG" else {}))
     partial.replace(path)

@@ -8,26 +8,20 @@ import json
 import os
 import sys
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import asdict, is_dataclass
-from itertools import groupby
 from pathlib import Path
 from typing import TextIO
 
 from rich.console import Console
-from rich.table import Table
 from rich.text import Text
 
 from ..errors import BtError, PartialSuccess, StdoutClosed
 from ..records import (
     EmbeddingRecord,
     EmbeddingsWritten,
-    ExplainRecord,
-    FillMaskRecord,
     Outcome,
     Reporter,
-    RetrievalRecord,
-    ScoreRecord,
 )
 from .options import Format  # noqa: F401  (the formats, declared with the options)
 
@@ -76,100 +70,6 @@ def write_csv(records: Iterable, stream: TextIO) -> None:
         stream.flush()
 
 
-def _bar(probability: float, width: int = 20) -> Text:
-    filled = round(probability * width)
-    return Text("█" * filled + "·" * (width - filled), style="green")
-
-
-def score_tables(records: list) -> Iterator[Table]:
-    """One table: titled by the image when there is one, else with an image column (and a rule between images
-    when they have several rows)."""
-    groups = [(image, list(group)) for image, group in groupby(records, key=lambda r: r.image)]
-    single = len(groups) == 1
-    table = Table(title=groups[0][0] if single else None, title_justify="left", title_style="bold")
-    if not single:
-        table.add_column("image", overflow="fold")
-    table.add_column("text")
-    table.add_column("logit", justify="right")
-    table.add_column("probability", justify="right")
-    table.add_column("")
-    ruled = any(len(group) > 1 for _, group in groups)
-    for image, group in groups:
-        for rank, record in enumerate(group):
-            cells = [record.text, f"{record.logit:.4f}", f"{record.probability:.4f}", _bar(record.probability)]
-            table.add_row(*([] if single else [image if rank == 0 else ""]), *cells)
-        if ruled:
-            table.add_section()
-    yield table
-
-
-def fill_mask_tables(records: list) -> Iterator[Table]:
-    for record in records:
-        table = Table(title=f"{record.image}: {record.sequence}", title_justify="left", title_style="bold")
-        table.add_column("mask", justify="right")
-        table.add_column("token")
-        table.add_column("probability", justify="right")
-        table.add_column("")
-        for number, candidates in enumerate(record.masks, start=1):
-            for rank, candidate in enumerate(candidates):
-                label = str(number) if rank == 0 else ""
-                shown = candidate.token_str or "␣"  # a whitespace token
-                table.add_row(label, shown, f"{candidate.score:.4f}", _bar(candidate.score))
-            table.add_section()
-        yield table
-
-
-def embedding_tables(records: list) -> Iterator[Table]:
-    table = Table()
-    for column in ("image", "text", "kind", "dim", "embedding"):
-        table.add_column(column)
-    for record in records:
-        head = ", ".join(f"{v:+.4f}" for v in record.embedding[:4])
-        table.add_row(record.image or "", record.text or "", record.kind, str(record.dim), f"[{head}, …]")
-    yield table
-
-
-def record_tables(records: list) -> Iterator[Table]:
-    """Any flat records: one column per field."""
-    table = Table()
-    columns = list(_plain(records[0]))
-    for column in columns:
-        table.add_column(column, overflow="fold")
-    for record in records:
-        values = (getattr(record, c) for c in columns)
-        table.add_row(*(", ".join(map(str, v)) if isinstance(v, list) else str(v) for v in values))
-    yield table
-
-
-def retrieval_tables(records: list) -> Iterator[Table]:
-    table = Table()
-    subject = "image" if records[0].image is not None else "text"
-    for column in ("rank", subject, "similarity", "logit", "probability"):
-        table.add_column(column, justify="left" if column == subject else "right")
-    for r in records:
-        cells = [r.similarity, r.logit, r.probability]
-        table.add_row(str(r.rank), getattr(r, subject), *("" if v is None else f"{v:.4f}" for v in cells))
-    yield table
-
-
-def explain_tables(records: list) -> Iterator[Table]:
-    table = Table()
-    for column in ("image", "text", "layer", "probability", "picture"):
-        table.add_column(column, justify="right" if column in ("layer", "probability") else "left", overflow="fold")
-    for r in records:
-        table.add_row(r.image, r.text, str(r.layer), f"{r.probability:.4f}", r.picture or "")
-    yield table
-
-
-TABLES = {
-    ScoreRecord: score_tables,
-    FillMaskRecord: fill_mask_tables,
-    EmbeddingRecord: embedding_tables,
-    RetrievalRecord: retrieval_tables,
-    ExplainRecord: explain_tables,
-}
-
-
 def write_paths(records: Iterable, stream: TextIO, separator: str = "\n") -> None:
     """One image path (or text) per record; ``separator`` NUL for ``xargs -0``."""
     for record in records:
@@ -211,9 +111,9 @@ def _render(records: Iterable, fmt: str, stream: TextIO, separator: str, title: 
 
             write_html(collected, stream, title)
         elif collected:
-            console = Console(file=stream, no_color="NO_COLOR" in os.environ, highlight=False)
-            for table in TABLES.get(type(collected[0]), record_tables)(collected):
-                console.print(table)
+            from .tables import print_tables
+
+            print_tables(collected, Console(file=stream, no_color="NO_COLOR" in os.environ, highlight=False))
     stream.flush()
     return counted.count
 
@@ -230,12 +130,9 @@ def _render_object(record, fmt: str, stream: TextIO) -> None:
     if fmt == "json":  # one object: every field, null where it does not apply
         stream.write(json.dumps(asdict(record), indent=2, ensure_ascii=False) + "\n")
     elif fmt == "table":
-        table = Table(show_header=False)
-        table.add_column(style="bold")
-        table.add_column(overflow="fold")
-        for key, value in asdict(record).items():
-            table.add_row(key, ", ".join(map(str, value)) if isinstance(value, list) else str(value))
-        Console(file=stream, no_color="NO_COLOR" in os.environ, highlight=False).print(table)
+        from .tables import object_table
+
+        Console(file=stream, no_color="NO_COLOR" in os.environ, highlight=False).print(object_table(record))
     else:
         _render([record], fmt, stream, "\n")
     stream.flush()

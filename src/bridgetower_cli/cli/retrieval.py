@@ -9,8 +9,8 @@ from ..backend import ImageQuery
 from ..errors import BtError, IndexDamaged
 from ..model.catalog import DEFAULT_CONTRASTIVE_MODEL
 from ..records import Outcome
-from ..sources import ImageSource, expand_image_sources, read_texts, split_arguments
-from .common import emit, model_command, only_images
+from ..sources import ImageSource, check_texts, expand_image_sources, read_texts, split_arguments
+from .common import emit, image_sources, model_command, only_images
 from .options import (
     CheckFlag,
     Engine,
@@ -23,9 +23,12 @@ from .options import (
     LikeImage,
     NoRefresh,
     NoRerank,
+    Null,
+    NullLong,
     Print0,
     PruneFlag,
     QueryImage,
+    QueryText,
     Quiet,
     RayAddress,
     Rebuild,
@@ -53,6 +56,7 @@ RETRIEVE_EPILOG = (
 @model_command(DEFAULT_CONTRASTIVE_MODEL)
 def retrieve(
     inputs: RetrieveInputs = None,
+    query_text: QueryText = None,
     image: QueryImage = None,
     text: TextOpt = None,
     texts_file: TextsFile = None,
@@ -66,11 +70,13 @@ def retrieve(
     no_rerank: NoRerank = False,
     fmt: RetrieveFormatOpt = Format.auto,
     print0: Print0 = False,
+    null: NullLong = False,
     quiet: Quiet = False,
     backend=None,
 ) -> None:
-    """Rank images for a text (ITC shortlist over a persistent index, ITM rerank) or like an image; or texts for an
-    image (--image)."""
+    """Rank images for a text or like an image (over a persistent index, ITM rerank), or texts for an image.
+
+    A text query's best --rerank-k hits by ITC similarity are rescored by the ITM head; --image IMAGE ranks texts."""
     from .render import StderrReporter
 
     inputs, rerank_k = inputs or [], 0 if no_rerank else rerank_k
@@ -83,9 +89,11 @@ def retrieve(
     if text or texts_file:
         raise BtError(
             "--text and --texts-file give the texts to rank for an --image; a text query is the first argument",
-            "bt retrieve 'QUERY' DIR..., or bt retrieve --image IMAGE --texts-file FILE",
+            "bt retrieve 'QUERY' DIR... (or --query TEXT DIR...), or bt retrieve --image IMAGE --texts-file FILE",
         )
-    query, specs, title = _query_of(inputs, like)
+    query, specs, title = _query_of(inputs, query_text, like, no_refresh)
+    if "-" in specs:  # (the paths on stdin, expanded here: a server gets them as paths too)
+        specs = [s for s in specs if s != "-"] + [s.path for s in image_sources(["-"], null, reporter)]
     request = ImageQuery(query, specs, index_file, rebuild, not no_refresh, top_k, rerank_k, wait)
     emit(backend.retrieve_images(request, outcome, reporter), fmt, outcome, reporter, separator, title)
 
@@ -102,19 +110,27 @@ def _texts_for(image: str, inputs: list[str], text, texts_file) -> tuple[ImageSo
     return sources[0], texts
 
 
-def _query_of(inputs: list[str], like: str | None) -> tuple[str | ImageSource, list[str], str]:
-    """(the query: a text or an image, the specs to search, the title of a page of results)."""
-    if like is None and inputs and split_arguments(inputs[:1])[0]:
+def _query_of(
+    inputs: list[str], text: str | None, like: str | None, no_refresh: bool
+) -> tuple[str | ImageSource, list[str], str]:
+    """(the query: a text or an image, the specs to search, the title of a page of results). With -n and no specs,
+    the whole index is searched."""
+    if text is None and like is None and inputs and split_arguments(inputs[:1])[0]:
         like, inputs = inputs[0], inputs[1:]  # an image file as the query: images like it
-    if like is None and len(inputs) < 2 or like is not None and not inputs:
-        raise BtError("retrieve needs a query and image sources", "e.g. bt retrieve 'a cat' ~/Pictures")
+    if text is None and like is None:
+        if not inputs:
+            raise BtError("retrieve needs a query", "e.g. bt retrieve 'a cat' ~/Pictures (or --query TEXT)")
+        (text,), inputs = read_texts(inputs[:1], None), inputs[1:]
+    if not inputs and not no_refresh:
+        raise BtError("retrieve needs images to search", "name folders or files, or pass -n to search the whole index")
+    specs = only_images(inputs, "or folder to search")
     if like is not None:
         (query,) = expand_image_sources([like]) if Path(like).is_file() else [None]
         if query is None:
             raise BtError(f"--like takes one image file; {like} is not one", "name a single image file")
-        return query, only_images(inputs, "or folder to search"), f"images like {like}"
-    (text,) = read_texts(inputs[:1], None)
-    return text, only_images(inputs[1:], "or folder to search"), text
+        return query, specs, f"images like {like}"
+    check_texts([text])
+    return text, specs, text
 
 
 INDEX_EPILOG = (
@@ -137,11 +153,11 @@ def index(
     engine: EngineOpt = Engine.local,
     ray_address: RayAddress = None,
     fmt: FormatOpt = Format.auto,
+    null: Null = False,
     quiet: Quiet = False,
     backend=None,
 ) -> None:
-    """Build or refresh the retrieval index of local images without querying it; --stats, --prune, --check,
-    --repair."""
+    """Build or refresh the retrieval index of local images; --stats, --prune, --check, --repair."""
     from ..index.files import default_index_path
     from ..index.store import EmbeddingIndex
     from .render import StderrReporter, render_object
@@ -162,6 +178,8 @@ def index(
     from ..backend import indexable
 
     specs = only_images(images, "file or folder")
+    if "-" in specs:
+        specs = [s for s in specs if s != "-"] + [s.path for s in image_sources(["-"], null, reporter)]
     sources, folders = indexable(specs), [Path(s).expanduser() for s in specs if Path(s).expanduser().is_dir()]
     _refresh(path, rebuild, wait, engine, ray_address, sources, folders, backend, fmt, reporter)
 

@@ -10,6 +10,7 @@ shards, each complete or absent. Install with ``pip install "bridgetower-cli[ray
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -41,7 +42,7 @@ class Embedded:
     hash: str
     embedding: np.ndarray | None
     error: str
-    padded: bool
+    padded: str  # "taller", "wider" or "" (see images.fit_aspect)
 
 
 _PROCESSORS: dict[str, object] = {}
@@ -66,7 +67,7 @@ def read_batch(batch: dict, checkpoint: str, image_size: int) -> dict:
     empty = np.zeros((3, image_size, image_size), dtype=np.float32)
     out: dict[str, list] = {"name": [], "path": [], "hash": [], "pixels": [], "error": [], "padded": []}
     for name, path in zip(batch["name"], batch["path"]):
-        source, digest, pixels, error, padded = ImageSource(str(name), path=str(path)), "", empty, "", False
+        source, digest, pixels, error, padded = ImageSource(str(name), path=str(path)), "", empty, "", ""
         try:
             data = read_bytes(source)
             digest = bytes_hash(data)
@@ -110,14 +111,29 @@ class EmbedActor:
         return {key: batch[key] for key in ("name", "path", "hash", "error", "padded")} | {"embedding": embeddings}
 
 
+@contextlib.contextmanager
+def _stderr_shut():
+    """File descriptor 2 pointed at /dev/null for a while (what C++ code writes there, Python cannot filter)."""
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def start(address: str | None) -> None:
     """Join the cluster ``address`` (or ``RAY_ADDRESS``), or start a local Ray."""
+    import atexit
     import logging
     import warnings
 
     import ray
 
-    # Ray's own progress and log lines would fill the terminal: bt reports progress itself, on stderr.
+    # Ray's own progress and log lines would fill the terminal: bt reports progress itself, on stderr. Its core
+    # logs only fatal errors; the line in which it announces that level is said while starting, with stderr shut.
     os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
     warnings.filterwarnings("ignore", module="ray")
     context = ray.data.DataContext.get_current()
@@ -126,11 +142,13 @@ def start(address: str | None) -> None:
     if not ray.is_initialized():
         address = address or os.environ.get("RAY_ADDRESS") or None
         try:
-            ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+            with _stderr_shut():
+                ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
         except (ConnectionError, RuntimeError, ValueError) as error:
             raise BtError(
                 f"cannot join the Ray cluster at {address}: {error}", "start one with `ray start --head`"
             ) from None
+        atexit.register(ray.shutdown)  # no ray:: worker outlives the run (a cluster joined stays up)
     for name in ("ray", "ray.data"):
         logging.getLogger(name).setLevel(logging.ERROR)
 
@@ -173,7 +191,7 @@ def embed_images(
     )
     for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
         yield [
-            Embedded(str(n), str(p), str(h), e if not err else None, str(err), bool(pad))
+            Embedded(str(n), str(p), str(h), e if not err else None, str(err), str(pad))
             for n, p, h, e, err, pad in zip(
                 batch["name"], batch["path"], batch["hash"], batch["embedding"], batch["error"], batch["padded"]
             )

@@ -65,6 +65,8 @@ def refuse_foreign(path: Path) -> None:
         return
     try:  # an index of bt 0.1 and 0.2, written before the application id: known by its meta table
         with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)) as db:
+            if not db.execute("SELECT name FROM sqlite_master").fetchall():
+                return  # no tables at all: nothing to destroy (an index another process is creating, say)
             keys = {key for (key,) in db.execute("SELECT key FROM meta")}
     except sqlite3.DatabaseError:
         keys = set()

@@ -64,10 +64,7 @@ class EmbeddingIndex(Reading):
             if schema_of(catalog) == 0:
                 if fingerprint is None:
                     raise BtError(f"{path} is not a bt index (an empty catalog)", "build one with bt index DIR")
-                with catalog.transaction():
-                    catalog.create(fingerprint, dim, label or fingerprint)
-                for half in (False, True):
-                    VectorFile(catalog.path, 0, dim, half).create()
+                _create(catalog, fingerprint, dim, label or fingerprint)
             upgrade(catalog)
             index = cls(catalog, fingerprint, dim, label or fingerprint)
         except BaseException:
@@ -247,6 +244,17 @@ class EmbeddingIndex(Reading):
             vector_rows=vectors.rows_on_disk(),
             last_refresh=time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(float(refreshed))) if refreshed else None,
         )
+
+
+def _create(catalog: Catalog, fingerprint: str, dim: int, label: str) -> None:
+    """A new index: the catalog and its (empty) vector files in one write transaction, so that a process that sees
+    the catalog sees the files; if another process created it first, nothing is done."""
+    with catalog.transaction():
+        if schema_of(catalog) != 0:
+            return
+        catalog.create(fingerprint, dim, label)
+        for half in (False, True):
+            VectorFile(catalog.path, 0, dim, half).create()
 
 
 def _start_afresh(catalog: Catalog) -> None:

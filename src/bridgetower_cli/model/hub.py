@@ -18,9 +18,14 @@ _WEIGHTS = (
 )
 
 
+# Keys only BridgeTower's configuration has: how a config.json without "model_type" (the public checkpoints, written
+# by transformers 4.26-4.30) is recognised.
+BRIDGETOWER_KEYS = ("link_tower_type", "share_link_tower_layers", "share_cross_modal_transformer_layers")
+
+
 def resolve_checkpoint(model: str, revision: str | None = None) -> Path:
-    """A local checkpoint directory for ``model`` (a directory, or a hub id at ``revision``: cache first, then a
-    quick download)."""
+    """A local BridgeTower checkpoint directory for ``model`` (a directory, or a hub id at ``revision``: cache first,
+    then a quick download); another architecture is refused here, from its config.json, before torch loads."""
     path = Path(model).expanduser()
     if path.is_dir():
         if revision:
@@ -29,13 +34,43 @@ def resolve_checkpoint(model: str, revision: str | None = None) -> Path:
             raise BtError(
                 f"{model} is not a BridgeTower checkpoint (no config.json)", "point --model at a checkpoint directory"
             )
+        check_architecture(path, model)
         return path
     if path.exists() or not _HUB_ID.match(model):
-        raise BtError(
-            f"no checkpoint directory {model}",
-            "pass --model DIR or a hub id such as BridgeTower/bridgetower-base-itm-mlm",
-        )
-    return hub_snapshot(model, revision)
+        raise BtError(f"no checkpoint directory {model}", _did_you_mean(model))
+    found = hub_snapshot(model, revision)
+    check_architecture(found, model)
+    return found
+
+
+def _did_you_mean(model: str) -> str:
+    """The public checkpoint a name that is no path and no hub id probably meant."""
+    from .catalog import KNOWN_CHECKPOINTS
+
+    for checkpoint in KNOWN_CHECKPOINTS:
+        if checkpoint.id.split("/")[1].lower() == model.strip("/").lower():
+            return f"did you mean {checkpoint.id}?"
+    return "pass --model DIR or a hub id such as BridgeTower/bridgetower-base-itm-mlm (bt models lists them)"
+
+
+def check_architecture(path: Path, model: str) -> None:
+    """Refuse a checkpoint of another architecture by what its config.json says (no torch, no transformers)."""
+    import json
+
+    try:
+        fields = json.loads((path / "config.json").read_text())
+        model_type = fields.get("model_type")
+    except (OSError, ValueError, AttributeError):
+        raise BtError(f"{model} has an unreadable config.json", "point --model at a BridgeTower checkpoint") from None
+    if model_type is None:
+        if not ({"text_config", "vision_config"} <= fields.keys() and any(k in fields for k in BRIDGETOWER_KEYS)):
+            raise BtError(
+                f"{model} is not a BridgeTower checkpoint (its config.json names no model type and has no "
+                "BridgeTower fields)",
+                "see `bt models`",
+            )
+    elif model_type != "bridgetower":
+        raise BtError(f"{model} is a {model_type!r} checkpoint, not BridgeTower", "see `bt models`")
 
 
 def download_command(repo_id: str, revision: str | None = None) -> str:
@@ -65,8 +100,12 @@ def hub_snapshot(repo_id: str, revision: str | None = None) -> Path:
     cached = cached_snapshot(repo_id, revision)
     if cached is not None:
         return cached
+    from .catalog import KNOWN_CHECKPOINTS
+
     at = f" at revision {revision}" if revision else ""
     hint = f"where the Hugging Face Hub is reachable, run `{download_command(repo_id, revision)}`; or pass --model DIR"
+    if repo_id not in {c.id for c in KNOWN_CHECKPOINTS}:  # (bt cannot tell what it is: no download suggested blind)
+        hint = "bt runs BridgeTower checkpoints: `bt models` lists the public ones; a local one: --model DIR"
     if constants.HF_HUB_OFFLINE:
         raise BtError(f"{repo_id}{at} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set", hint)
     info_url = f"{constants.ENDPOINT}/api/models/{repo_id}/revision/{quote(revision or 'main', safe='')}"

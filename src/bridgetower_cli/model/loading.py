@@ -21,7 +21,7 @@ from transformers.utils import logging as hf_logging
 
 from ..errors import BtError
 from .catalog import HEAD_DESCRIPTIONS, checkpoint_with
-from .hub import weight_files
+from .hub import check_architecture, weight_files
 
 # The weight names that prove a head is in a checkpoint (all of them must be there).
 HEAD_WEIGHTS = {
@@ -186,27 +186,9 @@ def require_heads(
         )
 
 
-# Keys only BridgeTower's configuration has: how a config.json without "model_type" (the public checkpoints, written
-# by transformers 4.26-4.30) is recognised.
-BRIDGETOWER_KEYS = ("link_tower_type", "share_link_tower_layers", "share_cross_modal_transformer_layers")
-
-
 def read_config(path: Path, model: str) -> BridgeTowerConfig:
-    """The checkpoint's BridgeTowerConfig; another architecture is refused by what it is."""
-    try:
-        fields = json.loads((path / "config.json").read_text())
-        model_type = fields.get("model_type")
-    except (OSError, ValueError, AttributeError):
-        raise BtError(f"{model} has an unreadable config.json", "point --model at a BridgeTower checkpoint") from None
-    if model_type is None:
-        if not ({"text_config", "vision_config"} <= fields.keys() and any(k in fields for k in BRIDGETOWER_KEYS)):
-            raise BtError(
-                f"{model} is not a BridgeTower checkpoint (its config.json names no model type and has no "
-                "BridgeTower fields)",
-                "see `bt models`",
-            )
-    elif model_type != "bridgetower":
-        raise BtError(f"{model} is a {model_type!r} checkpoint, not BridgeTower", "see `bt models`")
+    """The checkpoint's BridgeTowerConfig (``hub.check_architecture`` has refused any other architecture)."""
+    check_architecture(path, model)
     try:
         return BridgeTowerConfig.from_pretrained(path)
     except (OSError, ValueError, TypeError) as error:

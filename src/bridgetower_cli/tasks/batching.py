@@ -30,10 +30,10 @@ def encode_text_batches(runtime: Runtime, texts: list[str], batch_size: int, rep
     return states
 
 
-def warn_padded(reporter: Reporter, name: str) -> None:
-    reporter.warn(
-        f"{name} is too elongated for the image processor: padded to a wider frame", kind="elongated images padded"
-    )
+def warn_padded(reporter: Reporter, name: str, padded: str) -> None:
+    """``padded``: "taller" (a wide image) or "wider" (a tall one)."""
+    message = f"{name} is too elongated for the image processor: padded to a {padded} frame"
+    reporter.warn(message, kind="elongated images padded")
 
 
 def read_images(
@@ -60,7 +60,7 @@ def read_images(
         if keep is not None:
             keep[source.name] = image
         if padded:
-            warn_padded(reporter, source.name)
+            warn_padded(reporter, source.name, padded)
         yield source, pixels
 
 

@@ -12,11 +12,8 @@ Each image and each caption is encoded once; the ITM head runs once per pair in 
 
 from __future__ import annotations
 
-import json
 import os
 import time
-from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
@@ -25,89 +22,24 @@ from ..model.runtime import Runtime
 from ..records import EvalRecord, Outcome, Reporter
 from ..sources import ImageSource
 from .batching import chunks, encode_image_batches, encode_text_batches
+from .captions import CaptionSet, load_caption_set  # noqa: F401  (the caption set evaluated)
 
 UNSCORED = -100.0  # the protocol's score for a pair outside both top-k lists
 
 
-@dataclass
-class CaptionSet:
-    """Images (paths), captions, and the image of each caption."""
-
-    images: list[str]
-    texts: list[str]
-    text_image: list[int]
-
-
-def _malformed(path: Path, where: str, what: str) -> BtError:
-    return BtError(
-        f"{path}: {where} {what}",
-        "expected the Karpathy split format (dataset_flickr30k.json: images[].filename, split, sentences[].raw) or "
-        'the LAVIS test format ([{"image": ..., "caption": [...]}])',
-    )
-
-
-def load_caption_set(path: Path, images_root: Path, split: str = "test") -> CaptionSet:
-    """Read a Karpathy-split (``{"images": [...]}``) or LAVIS (``[{"image", "caption"}]``) annotation file."""
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except OSError as error:
-        raise BtError(f"cannot read {path}: {error.strerror or error}", "check the path") from None
-    except (ValueError, UnicodeDecodeError) as error:
-        raise BtError(f"{path} is not valid JSON ({error})", "check the file") from None
-    images: list[str] = []
-    texts: list[str] = []
-    text_image: list[int] = []
-
-    def add(image: str, captions, where: str) -> None:
-        if (
-            not isinstance(captions, list)
-            or not captions
-            or not all(isinstance(c, str) and c.strip() for c in captions)
-        ):
-            raise _malformed(path, where, "has no captions (a non-empty list of non-empty strings)")
-        images.append(os.path.join(images_root, image))
-        for caption in captions:
-            texts.append(caption.strip())
-            text_image.append(len(images) - 1)
-
-    if isinstance(data, dict) and isinstance(data.get("images"), list):
-        for k, entry in enumerate(data["images"]):
-            where = f"images[{k}]"
-            if not isinstance(entry, dict) or not isinstance(entry.get("filename"), str):
-                raise _malformed(path, where, "has no 'filename'")
-            if entry.get("split") != split:
-                continue
-            sentences = entry.get("sentences")
-            if not isinstance(sentences, list) or not all(isinstance(s, dict) and "raw" in s for s in sentences):
-                raise _malformed(path, where, "has no 'sentences' with 'raw' captions")
-            add(os.path.join(entry.get("filepath") or "", entry["filename"]), [s["raw"] for s in sentences], where)
-        if not images:
-            splits = sorted({str(e.get("split")) for e in data["images"] if isinstance(e, dict)})
-            raise BtError(f"{path} has no images in split {split!r}", f"choose --split from {', '.join(splits)}")
-    elif isinstance(data, list):
-        for k, entry in enumerate(data):
-            where = f"entry [{k}]"
-            if not isinstance(entry, dict) or not isinstance(entry.get("image"), str):
-                raise _malformed(path, where, "has no 'image'")
-            captions = entry.get("caption")
-            add(entry["image"], [captions] if isinstance(captions, str) else captions, where)
-        if not images:
-            raise BtError(f"{path} holds no images", "check the file")
-    else:
-        raise _malformed(path, "the top level", "is neither an object with 'images' nor a list")
-    return CaptionSet(images, texts, text_image)
-
-
 def recalls(scores: torch.Tensor, text_image: torch.Tensor) -> dict[str, float]:
-    """Recall@1/5/10 in percent, read from ``scores[image, text]`` as the BridgeTower code reads them."""
+    """Recall@1/5/10 in percent, read from ``scores[image, text]`` as the BridgeTower code reads them; each one exact
+    (hits counted as integers, 100 x hits / count in one division: 20.0, never 20.000000298)."""
     images = torch.arange(scores.shape[0])
     result = {}
     for k in (1, 5, 10):
         top_texts = scores.topk(min(k, scores.shape[1]), dim=1).indices  # [images, k]
-        result[f"txt_r{k}"] = (text_image[top_texts] == images[:, None]).any(dim=1).float().mean().item() * 100
+        hits = int((text_image[top_texts] == images[:, None]).any(dim=1).sum())
+        result[f"txt_r{k}"] = 100 * hits / scores.shape[0]
     for k in (1, 5, 10):
         top_images = scores.topk(min(k, scores.shape[0]), dim=0).indices  # [k, texts]
-        result[f"img_r{k}"] = (top_images == text_image[None, :]).any(dim=0).float().mean().item() * 100
+        hits = int((top_images == text_image[None, :]).any(dim=0).sum())
+        result[f"img_r{k}"] = 100 * hits / scores.shape[1]
     result["txt_r_mean"] = (result["txt_r1"] + result["txt_r5"] + result["txt_r10"]) / 3
     result["img_r_mean"] = (result["img_r1"] + result["img_r5"] + result["img_r10"]) / 3
     result["r_mean"] = (result["txt_r_mean"] + result["img_r_mean"]) / 2

@@ -7,7 +7,7 @@ import contextlib
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..errors import InputError
+from ..errors import InputError, Interrupted
 from ..index.files import content_hash, default_index_path, file_states
 from ..index.store import EmbeddingIndex
 from ..model.hub import fingerprint
@@ -39,7 +39,7 @@ def _embedded_by(engine, todo, batch_size: int, outcome: Outcome, reporter: Repo
         for item in batch:
             source, state = state_of[item.path]
             if item.padded:
-                warn_padded(reporter, source.name)
+                warn_padded(reporter, source.name, item.padded)
             if item.error:
                 outcome.skip(source.name, item.error, reporter)
                 failures.append((state, item.error))
@@ -103,11 +103,16 @@ def refresh_index(
             if engine is None
             else _embedded_by(engine, todo, batch_size, outcome, reporter)
         )
+        done = 0
         with reporter.progress(len(todo), "indexing images") as advance:
-            for rows, failures in batches:
-                index.store(rows, failures)
-                stats.failed += len(failures)
-                advance(len(rows) + len(failures))
+            try:
+                for rows, failures in batches:
+                    index.store(rows, failures)
+                    stats.failed += len(failures)
+                    done += len(rows) + len(failures)
+                    advance(len(rows) + len(failures))
+            except KeyboardInterrupt:  # every batch before this one is committed
+                raise Interrupted(f"interrupted: {done} of {len(todo)} images indexed; run again to resume") from None
     warning = index.maintain()
     if warning:
         reporter.warn(warning)

@@ -66,8 +66,10 @@ def target_ids(runtime: Runtime, targets: list[str], reporter: Reporter) -> list
         # keeps the first token and whether there are more, and a 20-million-character "word" costs nothing.
         cut = word.strip()[: runtime.longest_token + 1]
         tokens = runtime.tokenizer(" " + cut, add_special_tokens=False)["input_ids"]
-        if not tokens:
-            raise BtError(f"target {word[:40]!r} is empty", "give words separated by commas")
+        if not tokens or not runtime.tokenizer.decode(tokens[:1]).strip():
+            raise BtError(
+                f"target {word[:40]!r} is not a word this model's vocabulary starts", "give words separated by commas"
+            )
         if len(tokens) > 1:
             first = runtime.tokenizer.decode(tokens[:1]).strip()
             reporter.warn(f"target {word[:40]!r} is several tokens; using its first, {first!r}")
