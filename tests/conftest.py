@@ -167,3 +167,127 @@ def server(samples):
     yield f"http://127.0.0.1:{httpd.server_address[1]}"
     httpd.shutdown()
     httpd.server_close()
+
+
+# -- a fake model behind the backend interface (as llm's EmbedDemo): every command's parsing, rendering, exit codes
+# and streaming tested in milliseconds, no weights -------------------------------------------------------------------
+
+
+class FakeBackend:
+    """Deterministic records from names and texts; an image whose name holds "broken" is skipped, as an unreadable
+    one is. ``calls`` records what each method was asked."""
+
+    image_size = 64
+
+    def __init__(self, options):
+        from bridgetower_cli.backend import Local
+
+        self.options, self.calls, self.produced = options, [], 0
+        self.runtime = Local(options).runtime  # (index --check/--repair and explain's pictures)
+
+    @staticmethod
+    def _value(*parts: str) -> float:
+        import hashlib
+
+        return int(hashlib.sha256("|".join(parts).encode()).hexdigest()[:8], 16) / 2**32
+
+    def _readable(self, sources, outcome, reporter):
+        for source in sources:
+            if "broken" in source.name:
+                outcome.skip(source.name, "damaged image (fake)", reporter)
+            else:
+                yield source
+
+    def score(self, sources, texts, outcome, reporter, top_k=None):
+        from bridgetower_cli.records import ScoreRecord
+
+        self.calls.append(("score", [s.name for s in sources], texts))
+        for source in self._readable(sources, outcome, reporter):
+            records = [ScoreRecord(source.name, t, 4 * self._value(source.name, t) - 2, self._value(t, source.name))
+                       for t in texts]  # fmt: skip
+            for record in sorted(records, key=lambda r: -r.probability)[:top_k]:
+                self.produced += 1
+                yield record
+
+    def fill_mask(self, sources, texts, outcome, reporter, top_k=5, targets=None):
+        from bridgetower_cli.records import Candidate, FillMaskRecord
+
+        for source in self._readable(sources, outcome, reporter):
+            for text in texts:
+                masks = [
+                    [Candidate(k, f"word{k}", 1 / (k + 2)) for k in range(top_k)] for _ in range(text.count("<mask>"))
+                ]
+                yield FillMaskRecord(source.name, text, text.replace("<mask>", "word0"), masks)
+
+    def embed(self, kinds, sources, texts, outcome, reporter):
+        from bridgetower_cli.records import EmbeddingRecord
+
+        for kind in kinds:
+            if kind == "text":
+                for text in texts:
+                    yield EmbeddingRecord(
+                        None, text, kind, self.options.model, 4, [self._value(text, str(k)) for k in range(4)]
+                    )
+            for source in self._readable(sources, outcome, reporter) if kind != "text" else ():
+                for text in texts if kind == "cross" else [None]:
+                    vector = [self._value(source.name, str(text), str(k)) for k in range(4)]
+                    yield EmbeddingRecord(source.name, text, kind, self.options.model, 4, vector)
+
+    def retrieve_texts(self, image, texts, outcome, reporter, top_k=10, rerank_k=5):
+        from bridgetower_cli.records import RetrievalRecord
+
+        ranked = sorted(texts, key=lambda t: -self._value(image.name, t))[:top_k]
+        return [RetrievalRecord(k + 1, None, t, self._value(image.name, t)) for k, t in enumerate(ranked)]
+
+    def retrieve_images(self, query, outcome, reporter):
+        from bridgetower_cli.backend import indexable
+        from bridgetower_cli.records import RetrievalRecord
+
+        self.calls.append(("retrieve_images", query))
+        names = [s.name for s in indexable(query.specs)] if query.specs else ["indexed/a.jpg", "indexed/b.jpg"]
+        key = query.query if isinstance(query.query, str) else query.query.name
+        ranked = sorted(names, key=lambda n: -self._value(key, n))[: query.top_k]
+        return [RetrievalRecord(k + 1, n, None, self._value(key, n)) for k, n in enumerate(ranked)]
+
+    def index(self, request, outcome, reporter):
+        from bridgetower_cli.records import RefreshStats
+
+        readable = list(self._readable(request.sources, outcome, reporter))
+        return RefreshStats(new=len(readable), failed=len(request.sources) - len(readable))
+
+    def evaluate(self, caption_set, k_test, itc_only, outcome, reporter):
+        from bridgetower_cli.records import EvalRecord
+
+        n = len(caption_set.images)
+        recalls = [100 * k / n for k in (1, 2, 3)]
+        means = [sum(recalls) / 3] * 3
+        return EvalRecord(*recalls, means[0], *recalls, *means[1:], n, len(caption_set.texts), k_test, "fake", 0,
+                          self.options.model, 0.0)  # fmt: skip
+
+    def explain(self, sources, texts, outcome, reporter, layer=None):
+        from PIL import Image
+
+        from bridgetower_cli.records import ExplainRecord, TokenMap
+
+        for source in self._readable(sources, outcome, reporter):
+            for text in texts:
+                grid = [[self._value(source.name, text, str(r), str(c)) for c in range(4)] for r in range(4)]
+                yield (
+                    ExplainRecord(source.name, text, layer or 0, self._value(text), grid, [TokenMap("w", grid)]),
+                    Image.new("RGB", (80, 60), "gray"),
+                )
+
+
+@pytest.fixture
+def fake(monkeypatch):
+    """Every model command runs on a FakeBackend (the last one made is ``fake.last``)."""
+    from bridgetower_cli import backend
+
+    made = []
+
+    def open_fake(options, server=None, api_key=None, timeout=None):
+        made.append(FakeBackend(options))
+        return made[-1]
+
+    monkeypatch.setattr(backend, "open_backend", open_fake)
+    return made

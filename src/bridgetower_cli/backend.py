@@ -12,7 +12,16 @@ from pathlib import Path
 
 from .errors import BtError
 from .model.catalog import retrieval_heads
-from .records import EmbeddingRecord, FillMaskRecord, Reporter, RetrievalRecord, ScoreRecord
+from .records import (
+    EmbeddingRecord,
+    EvalRecord,
+    ExplainRecord,
+    FillMaskRecord,
+    RefreshStats,
+    Reporter,
+    RetrievalRecord,
+    ScoreRecord,
+)
 from .sources import ImageSource, expand_image_sources
 
 
@@ -43,6 +52,20 @@ class ImageQuery:
     wait_s: float = 60.0
 
 
+@dataclass
+class IndexRequest:
+    """What `bt index` asks: the image files (and the folders they were walked from) to bring the index at ``path``
+    up to date with, and how."""
+
+    sources: list[ImageSource]
+    folders: list[Path]
+    path: Path
+    rebuild: bool = False
+    wait_s: float = 60.0
+    engine: str = "local"  # or "ray"
+    ray_address: str | None = None
+
+
 class Backend:
     """Where the work runs. Every method reports skips into ``outcome`` and messages to ``reporter``."""
 
@@ -62,6 +85,21 @@ class Backend:
         raise NotImplementedError
 
     def retrieve_images(self, query: ImageQuery, outcome, reporter) -> list[RetrievalRecord]:
+        raise NotImplementedError
+
+    def index(self, request: IndexRequest, outcome, reporter) -> RefreshStats:
+        raise NotImplementedError
+
+    def evaluate(self, caption_set, k_test: int, itc_only: bool, outcome, reporter) -> EvalRecord:
+        raise NotImplementedError
+
+    def explain(self, sources, texts, outcome, reporter, layer=None) -> Iterator[tuple[ExplainRecord, object]]:
+        """(record, the RGB image the model saw) per pair."""
+        raise NotImplementedError
+
+    @property
+    def image_size(self) -> int:
+        """The short side the checkpoint's processor resizes to (pictures map their grids onto it)."""
         raise NotImplementedError
 
 
@@ -136,6 +174,48 @@ class Local(Backend):
             runtime, q.query, sources, outcome, folders, q.index, q.rebuild, q.top_k, rerank_k, batch, reporter,
             refresh=q.refresh, wait_s=q.wait_s,
         )  # fmt: skip
+
+    def index(self, request: IndexRequest, outcome, reporter) -> RefreshStats:
+        """Bring the index up to date with the model in this process, or on Ray (this process only writes the
+        index)."""
+        from .index.store import EmbeddingIndex
+        from .tasks import indexing
+
+        o, r = self.options, request
+        if r.engine == "ray":
+            from .engines.ray import RayEngine
+            from .model.hub import fingerprint, resolve_checkpoint
+
+            checkpoint = resolve_checkpoint(o.model, o.revision)
+            ray = RayEngine.for_checkpoint(checkpoint, o.model, o.device, o.dtype, r.ray_address)
+            runtime, batch = None, o.batch_size or 8
+            opened = EmbeddingIndex.for_writing(
+                r.path, fingerprint(checkpoint), ray.dim, r.rebuild, o.model, wait_s=r.wait_s
+            )
+        else:
+            ray = None
+            runtime, batch = self.runtime(reporter, ("itc",))
+            opened = indexing.open_index(runtime, r.path, r.rebuild, wait_s=r.wait_s)
+        with opened:
+            stats = indexing.refresh_index(runtime, opened, r.sources, outcome, r.folders, batch, reporter, engine=ray)
+            reporter.info(f"{stats.line()}; {opened.count()} images in {opened.path}")
+        return stats
+
+    def evaluate(self, caption_set, k_test: int, itc_only: bool, outcome, reporter) -> EvalRecord:
+        runtime, batch = self.runtime(reporter, ("itc",) if itc_only else ("itm",), ("itm", "itc"))
+        from .tasks.evaluation import evaluate
+
+        return evaluate(runtime, caption_set, outcome, k_test, itc_only, batch, reporter)
+
+    def explain(self, sources, texts, outcome, reporter, layer=None) -> Iterator[tuple[ExplainRecord, object]]:
+        runtime, batch = self.runtime(reporter, ("itm",))
+        from .tasks.explain import explain
+
+        return explain(runtime, sources, texts, outcome, layer, batch, reporter)
+
+    @property
+    def image_size(self) -> int:
+        return self._runtime.image_size
 
 
 def indexable(specs: list[str]) -> list[ImageSource]:

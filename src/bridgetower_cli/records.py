@@ -1,14 +1,23 @@
-"""The records the library returns and the reporter it talks to (no torch here: the CLI imports it at start)."""
+"""The records the library returns and the reporter it talks to (no torch here: the CLI imports it at start).
+
+Every record is a dataclass whose ``to_dict()`` is the JSON object the CLI prints for it, key for key."""
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+
+
+class Record:
+    """A result: ``to_dict()`` is what ``-f json`` prints for it (fields that do not apply, None, left out)."""
+
+    def to_dict(self) -> dict:
+        return {key: value for key, value in asdict(self).items() if value is not None}
 
 
 @dataclass
-class ScoreRecord:
+class ScoreRecord(Record):
     """One (image, text) pair scored by the ITM head."""
 
     image: str
@@ -18,7 +27,7 @@ class ScoreRecord:
 
 
 @dataclass
-class Skipped:
+class Skipped(Record):
     """An input left out of a batch, and why."""
 
     name: str
@@ -61,7 +70,7 @@ class Reporter:
 
 
 @dataclass
-class Candidate:
+class Candidate(Record):
     """One candidate token for a mask, as the transformers fill-mask pipeline reports it."""
 
     token: int
@@ -70,7 +79,7 @@ class Candidate:
 
 
 @dataclass
-class FillMaskRecord:
+class FillMaskRecord(Record):
     """One (image, text) pair: the text with every mask filled, and the top candidates per mask, in order."""
 
     image: str
@@ -80,7 +89,7 @@ class FillMaskRecord:
 
 
 @dataclass
-class EmbeddingRecord:
+class EmbeddingRecord(Record):
     """One L2-normalised ITC embedding: of an image, a text, or an (image, text) pair (kind "cross")."""
 
     image: str | None
@@ -92,7 +101,7 @@ class EmbeddingRecord:
 
 
 @dataclass
-class EmbeddingsWritten:
+class EmbeddingsWritten(Record):
     """What ``bt embed --output`` wrote."""
 
     output: str
@@ -102,7 +111,7 @@ class EmbeddingsWritten:
 
 
 @dataclass
-class RetrievalRecord:
+class RetrievalRecord(Record):
     """One hit: an image for a text query, or a text for an image query. ``logit`` and ``probability`` (ITM) are
     set for the hits the cross-encoder reranked; ``similarity`` (ITC cosine) when the checkpoint has ITC heads."""
 
@@ -115,7 +124,7 @@ class RetrievalRecord:
 
 
 @dataclass
-class ModelRecord:
+class ModelRecord(Record):
     """A public checkpoint bt knows, and whether it is already in the local Hugging Face cache."""
 
     id: str
@@ -126,7 +135,7 @@ class ModelRecord:
 
 
 @dataclass
-class EvalRecord:
+class EvalRecord(Record):
     """Image-text retrieval recall (percent, LAVIS names): text retrieval (txt_, per image) and image retrieval
     (img_, per caption) at 1, 5 and 10, their means; what was evaluated, how, and in how long."""
 
@@ -149,7 +158,7 @@ class EvalRecord:
 
 
 @dataclass
-class TokenMap:
+class TokenMap(Record):
     """One text token and its Grad-CAM on the patch grid."""
 
     token: str
@@ -157,7 +166,7 @@ class TokenMap:
 
 
 @dataclass
-class ExplainRecord:
+class ExplainRecord(Record):
     """Where the model looks for a text in an image: the Grad-CAM of the ITM match logit over the cross-attention of
     fusion ``layer``, raw (before normalisation), on the patch grid: the text's (mean over its tokens) and each
     token's. ``picture`` is the overlay PNG written, if any."""
@@ -172,7 +181,7 @@ class ExplainRecord:
 
 
 @dataclass
-class RefreshStats:
+class RefreshStats(Record):
     """What a refresh of the index did."""
 
     new: int = 0
@@ -195,7 +204,7 @@ class RefreshStats:
 
 
 @dataclass
-class IndexStats:
+class IndexStats(Record):
     """What ``bt index --stats`` reports."""
 
     index: str
@@ -211,7 +220,7 @@ class IndexStats:
 
 
 @dataclass
-class IndexCheck:
+class IndexCheck(Record):
     """What ``bt index --check`` found: rows whose vector is missing, out of range, non-finite, not of unit length
     or not matching its checksum (``damaged_paths``: what ``--repair`` embeds again)."""
 

@@ -35,11 +35,8 @@ def evaluate(
     from .render import StderrReporter, render_object
 
     caption_set = load_caption_set(annotations, images or annotations.parent, split)
-    from ..tasks.evaluation import evaluate as run_protocol
-
     reporter, outcome = StderrReporter(quiet), Outcome()
-    runtime, batch_size = backend.runtime(reporter, ("itc",) if itc_only else ("itm",), ("itm", "itc"))
-    record = run_protocol(runtime, caption_set, outcome, k_test, itc_only, batch_size, reporter)
+    record = backend.evaluate(caption_set, k_test, itc_only, outcome, reporter)
     render_object(record, fmt.value)
     if outcome.skipped:
         total = len(caption_set.images)

@@ -140,20 +140,20 @@ def explain(
         )
     reporter, outcome = StderrReporter(quiet), Outcome()
     names = picture_names(sources, texts, output, output_dir)
-    runtime, batch_size = backend.runtime(reporter, ("itm",))
-    from ..tasks.explain import explain as explain_pairs
+    explained = backend.explain(sources, texts, outcome, reporter, layer)
     from .pictures import overlay, panels, save_picture
 
     if output is None and output_dir is None and resolve_format(fmt.value) == "table":
         reporter.info("no pictures written: pass --output FILE.png or --output-dir DIR")
 
     def records():
-        for record, image in explain_pairs(runtime, sources, texts, outcome, layer, batch_size, reporter):
+        for record, image in explained:
             if names:
                 caption = f"{record.text} | match {record.probability:.3f} | layer {record.layer}"
-                picture = overlay(image, record.grid, runtime.image_size, caption)
+                side = backend.image_size
+                picture = overlay(image, record.grid, side, caption)
                 if words:
-                    tokens = [overlay(image, token.grid, runtime.image_size, token.token) for token in record.tokens]
+                    tokens = [overlay(image, token.grid, side, token.token) for token in record.tokens]
                     picture = panels([picture, *tokens])
                 path = names[record.image, record.text]
                 save_picture(picture, path)

@@ -9,7 +9,7 @@ import os
 import sys
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import asdict, is_dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import TextIO
 
@@ -28,8 +28,15 @@ from .options import Format  # noqa: F401  (the formats, declared with the optio
 STREAMED = ("jsonl", "csv", "paths")  # formats written record by record, as the work goes on
 
 
+def console(stream: TextIO | None = None) -> Console:
+    """The one way bt makes a console: on ``stream`` (None: stderr), colour off under NO_COLOR, no highlighting."""
+    if stream is None:
+        return Console(stderr=True, no_color="NO_COLOR" in os.environ, highlight=False)
+    return Console(file=stream, no_color="NO_COLOR" in os.environ, highlight=False)
+
+
 def stderr_console() -> Console:
-    return Console(stderr=True, no_color="NO_COLOR" in os.environ, highlight=False)
+    return console()
 
 
 def resolve_format(fmt: str, stream: TextIO | None = None) -> str:
@@ -41,8 +48,8 @@ def resolve_format(fmt: str, stream: TextIO | None = None) -> str:
 
 
 def _plain(record) -> dict:
-    """A record as a dict; fields that do not apply (None) are left out."""
-    return {k: v for k, v in (asdict(record) if is_dataclass(record) else dict(record)).items() if v is not None}
+    """A record as its JSON object (``Record.to_dict``); fields that do not apply (None) are left out."""
+    return record.to_dict() if hasattr(record, "to_dict") else {k: v for k, v in dict(record).items() if v is not None}
 
 
 def write_json(records: Iterable, stream: TextIO) -> None:
@@ -113,7 +120,7 @@ def _render(records: Iterable, fmt: str, stream: TextIO, separator: str, title: 
         elif collected:
             from .tables import print_tables
 
-            print_tables(collected, Console(file=stream, no_color="NO_COLOR" in os.environ, highlight=False))
+            print_tables(collected, console(stream))
     stream.flush()
     return counted.count
 
@@ -132,7 +139,7 @@ def _render_object(record, fmt: str, stream: TextIO) -> None:
     elif fmt == "table":
         from .tables import object_table
 
-        Console(file=stream, no_color="NO_COLOR" in os.environ, highlight=False).print(object_table(record))
+        console(stream).print(object_table(record))
     else:
         _render([record], fmt, stream, "\n")
     stream.flush()

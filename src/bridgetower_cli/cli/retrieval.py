@@ -175,37 +175,15 @@ def index(
         return _check(path, repair, wait, backend, fmt, reporter)
     if not images:
         raise BtError("bt index needs images or folders to index", "e.g. bt index ~/Pictures (or --stats, --check)")
-    from ..backend import indexable
+    from ..backend import IndexRequest, indexable
 
     specs = only_images(images, "file or folder")
     if "-" in specs:
         specs = [s for s in specs if s != "-"] + [s.path for s in image_sources(["-"], null, reporter)]
-    sources, folders = indexable(specs), [Path(s).expanduser() for s in specs if Path(s).expanduser().is_dir()]
-    _refresh(path, rebuild, wait, engine, ray_address, sources, folders, backend, fmt, reporter)
-
-
-def _refresh(path, rebuild, wait, engine, ray_address, sources, folders, backend, fmt, reporter) -> None:
-    """Bring the index up to date with the model in this process, or on Ray (this process only writes the index)."""
-    from ..index.store import EmbeddingIndex
-    from ..tasks import indexing
-
-    runtime, ray, options = None, None, backend.options
-    if engine is Engine.ray:
-        from ..engines.ray import RayEngine
-        from ..model.hub import fingerprint, resolve_checkpoint
-
-        checkpoint = resolve_checkpoint(options.model, options.revision)
-        ray = RayEngine.for_checkpoint(checkpoint, options.model, options.device, options.dtype, ray_address)
-        batch_size = options.batch_size or 8
-        opened = EmbeddingIndex.for_writing(path, fingerprint(checkpoint), ray.dim, rebuild, options.model, wait_s=wait)
-    else:
-        runtime, batch_size = backend.runtime(reporter, ("itc",))
-        opened = indexing.open_index(runtime, path, rebuild, wait_s=wait)
+    folders = [Path(s).expanduser() for s in specs if Path(s).expanduser().is_dir()]
+    request = IndexRequest(indexable(specs), folders, path, rebuild, wait, engine.value, ray_address)
     outcome = Outcome()
-    with opened:
-        stats = indexing.refresh_index(runtime, opened, sources, outcome, folders, batch_size, reporter, engine=ray)
-        reporter.info(f"{stats.line()}; {opened.count()} images in {opened.path}")
-    emit([stats], fmt, outcome, reporter)
+    emit([backend.index(request, outcome, reporter)], fmt, outcome, reporter)
 
 
 def _check(path: Path, repair: bool, wait: float, backend, fmt: Format, reporter) -> None:
