@@ -16,8 +16,9 @@ from common import checkpoint, machine, photo_folder, table, timed
 
 from bridgetower_cli.model.loading import load_model
 from bridgetower_cli.model.runtime import Runtime
+from bridgetower_cli.reading import load_image
 from bridgetower_cli.records import Outcome
-from bridgetower_cli.sources import expand_image_sources, load_image
+from bridgetower_cli.sources import expand_image_sources
 from bridgetower_cli.tasks import pairs
 
 

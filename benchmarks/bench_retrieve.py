@@ -28,8 +28,9 @@ from bridgetower_cli.index.store import EmbeddingIndex
 from bridgetower_cli.model.hub import fingerprint
 from bridgetower_cli.model.loading import load_model
 from bridgetower_cli.model.runtime import Runtime
+from bridgetower_cli.reading import load_image
 from bridgetower_cli.records import Outcome
-from bridgetower_cli.sources import expand_image_sources, load_image
+from bridgetower_cli.sources import expand_image_sources
 from bridgetower_cli.tasks import indexing
 from bridgetower_cli.tasks import retrieve as retrieval
 

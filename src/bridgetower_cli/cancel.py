@@ -38,14 +38,19 @@ _local = threading.local()
 
 
 @contextlib.contextmanager
-def watching(token: CancelToken | None) -> Iterator[None]:
-    """Make ``token`` the one this thread's work checks."""
-    previous = getattr(_local, "token", None)
-    _local.token = token
+def bound(local: threading.local, name: str, value) -> Iterator[None]:
+    """``local.<name>`` set to ``value`` for this thread while the block runs (what it was before, after)."""
+    previous = getattr(local, name, None)
+    setattr(local, name, value)
     try:
         yield
     finally:
-        _local.token = previous
+        setattr(local, name, previous)
+
+
+def watching(token: CancelToken | None):
+    """Make ``token`` the one this thread's work checks."""
+    return bound(_local, "token", token)
 
 
 def check() -> None:

@@ -7,6 +7,7 @@ import base64
 from dataclasses import dataclass
 
 from .errors import BtError, InputError
+from .reading import read_bytes
 from .records import (
     Candidate,
     EmbeddingRecord,
@@ -16,7 +17,7 @@ from .records import (
     RetrievalRecord,
     ScoreRecord,
 )
-from .sources import ImageSource, read_bytes
+from .sources import ImageSource
 
 DEFAULT_TIMEOUT_S = 660.0  # a little past the server's default request deadline (10 min), so its 504 comes first
 

@@ -1,18 +1,18 @@
-"""Opening the files bt reads, by one rule: regular files only (a FIFO named ``x.jpg`` never blocks a walk), at most
-``max_bytes`` (a server's ``--max-image``), and, in a server, only a file whose real path — the one the kernel
-opened, not the one named — lies inside its roots, so a link swapped in after a check cannot lead out of them. The
-rule holds for the thread reading on a request's behalf (``restricted``); elsewhere bt reads what its user names."""
+"""Reading an image source's bytes (a file, a URL, bytes already read), every file opened by one rule: regular
+files only (a FIFO named ``x.jpg`` never blocks a walk), at most ``max_bytes`` (a server's ``--max-image``), and, in
+a server, only a file whose real path — the one the kernel opened, not the one named — lies inside its roots, so a
+link swapped in after a check cannot lead out of them. The rule holds for the thread reading on a request's behalf
+(``restricted``); elsewhere bt reads what its user names."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import stat
 import threading
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
+from .cancel import bound
 from .errors import InputError
 
 
@@ -22,18 +22,14 @@ class ReadPolicy:
     max_bytes: int | None = None
 
 
+URL_TIMEOUT_S = (5.0, 20.0)  # connect, read
+URL_MAX_BYTES = 50 * 1024 * 1024
 _local = threading.local()
 
 
-@contextlib.contextmanager
-def restricted(policy: ReadPolicy) -> Iterator[None]:
+def restricted(policy: ReadPolicy):
     """Read under ``policy`` in this thread (a server's request threads: its roots and its cap)."""
-    previous = getattr(_local, "policy", None)
-    _local.policy = policy
-    try:
-        yield
-    finally:
-        _local.policy = previous
+    return bound(_local, "policy", policy)
 
 
 def _policy() -> ReadPolicy:
@@ -81,3 +77,47 @@ def read_file(path: str) -> bytes:
     if limit is not None and len(data) > limit:
         raise InputError(f"larger than {limit // 2**20} MiB")
     return data
+
+
+def read_bytes(source) -> bytes:
+    """The raw bytes of a source: bytes already read, a file (``reading.read_file``: regular, capped, inside a
+    server's roots), or a URL fetched with a timeout and a size cap."""
+    if source.data is not None:
+        return source.data
+    if not source.is_url:
+        return read_file(source.path)
+    return _fetch(source.url)
+
+
+def _fetch(url: str) -> bytes:
+    import requests
+
+    too_large = f"larger than {URL_MAX_BYTES // 2**20} MiB"
+    try:
+        with requests.get(url, timeout=URL_TIMEOUT_S, stream=True) as response:
+            if response.status_code != 200:
+                raise InputError(f"HTTP {response.status_code} {response.reason}")
+            content_type = response.headers.get("Content-Type", "").split(";")[0].strip().lower()
+            if content_type and not content_type.startswith("image/") and content_type != "application/octet-stream":
+                raise InputError(f"not an image (Content-Type {content_type})")
+            declared = int(response.headers.get("Content-Length") or 0)
+            if declared > URL_MAX_BYTES:
+                raise InputError(too_large)
+            chunks, size = [], 0
+            for chunk in response.iter_content(64 * 1024):
+                size += len(chunk)
+                if size > URL_MAX_BYTES:
+                    raise InputError(too_large)
+                chunks.append(chunk)
+            return b"".join(chunks)
+    except requests.Timeout:
+        raise InputError(f"no answer within {URL_TIMEOUT_S[1]:.0f} s") from None
+    except requests.RequestException as error:
+        raise InputError(f"cannot fetch it: {type(error).__name__}") from None
+
+
+def load_image(source):
+    """Read and decode one source to an RGB PIL image (raises InputError with the reason)."""
+    from .images import decode_image
+
+    return decode_image(read_bytes(source))

@@ -20,8 +20,7 @@ from typing import BinaryIO, TextIO
 
 from . import cancel
 from .errors import BtError, InputError, TooLarge
-from .images import decode_image, fit_aspect  # noqa: F401  (re-exported: decoding is the sources' last step)
-from .reading import inside, read_file
+from .reading import inside
 
 IMAGE_SUFFIXES = frozenset(
     {".jpg", ".jpeg", ".jfif", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".avif"}
@@ -29,8 +28,6 @@ IMAGE_SUFFIXES = frozenset(
 HEIF_SUFFIXES = frozenset({".heic", ".heif", ".hif"})  # iPhone photos: with the [heif] extra (pillow-heif)
 HEIF_INSTALL = 'pip install "bridgetower-cli[heif]"'
 TEXT_FILE_SUFFIXES = frozenset({".txt", ".text", ".csv", ".tsv", ".md", ".json", ".jsonl", ".lst"})
-URL_TIMEOUT_S = (5.0, 20.0)  # connect, read
-URL_MAX_BYTES = 50 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -324,48 +321,6 @@ def _expand_path(spec: str, expansion: Expansion) -> None:
 
 
 # -- reading ----------------------------------------------------------------------------------------------------
-
-
-def read_bytes(source: ImageSource) -> bytes:
-    """The raw bytes of a source: bytes already read, a file (``reading.read_file``: regular, capped, inside a
-    server's roots), or a URL fetched with a timeout and a size cap."""
-    if source.data is not None:
-        return source.data
-    if not source.is_url:
-        return read_file(source.path)
-    return _fetch(source.url)
-
-
-def _fetch(url: str) -> bytes:
-    import requests
-
-    too_large = f"larger than {URL_MAX_BYTES // 2**20} MiB"
-    try:
-        with requests.get(url, timeout=URL_TIMEOUT_S, stream=True) as response:
-            if response.status_code != 200:
-                raise InputError(f"HTTP {response.status_code} {response.reason}")
-            content_type = response.headers.get("Content-Type", "").split(";")[0].strip().lower()
-            if content_type and not content_type.startswith("image/") and content_type != "application/octet-stream":
-                raise InputError(f"not an image (Content-Type {content_type})")
-            declared = int(response.headers.get("Content-Length") or 0)
-            if declared > URL_MAX_BYTES:
-                raise InputError(too_large)
-            chunks, size = [], 0
-            for chunk in response.iter_content(64 * 1024):
-                size += len(chunk)
-                if size > URL_MAX_BYTES:
-                    raise InputError(too_large)
-                chunks.append(chunk)
-            return b"".join(chunks)
-    except requests.Timeout:
-        raise InputError(f"no answer within {URL_TIMEOUT_S[1]:.0f} s") from None
-    except requests.RequestException as error:
-        raise InputError(f"cannot fetch it: {type(error).__name__}") from None
-
-
-def load_image(source: ImageSource):
-    """Read and decode one source to an RGB PIL image (raises InputError with the reason)."""
-    return decode_image(read_bytes(source))
 
 
 # -- texts ------------------------------------------------------------------------------------------------------

@@ -271,6 +271,7 @@ def test_doctor_shows_the_bt_variables_in_effect(bt):
     assert report["environment"]["BT_MODEL"] == "x/y" and report["environment"]["BT_API_KEY"] == "***"
 
 
+@pytest.mark.slow
 def test_the_checkpoint_builder_prints_only_its_path_and_shows_its_defaults(tmp_path):
     built = subprocess.run(
         [sys.executable, "-m", "bridgetower_cli.testing", tmp_path / "ck"], capture_output=True, text=True

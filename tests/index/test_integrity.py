@@ -285,6 +285,7 @@ def test_two_bt_index_runs_on_one_folder_embed_each_image_once(full_checkpoint, 
 # -- 6. the float16 first pass --------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_the_float16_first_pass_returns_the_float32_top_k(tmp_path):
     import torch  # noqa: F401  (the first pass runs where torch is loaded, as beside a model)
 

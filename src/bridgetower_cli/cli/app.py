@@ -101,7 +101,7 @@ def _report(error: BtError, label: str = "error: ") -> None:
     message = f"bt: {label}{message}"
     if error.hint:
         message += f" (hint: {error.hint})"
-    from .render import stderr_console
+    from .console import stderr_console
 
     stderr_console().print(message, markup=False, highlight=False, soft_wrap=True)
 

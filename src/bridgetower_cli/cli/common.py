@@ -6,11 +6,9 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
-from ..backend import ModelOptions
 from ..errors import BtError, Interrupted, UsageError
-from ..records import Outcome
-from ..sources import ImageSource, check_texts, expand_image_sources, read_texts, split_arguments
 from .options import (
     ApiKey,
     BatchSize,
@@ -24,6 +22,10 @@ from .options import (
     Server,
     Threads,
 )
+
+if TYPE_CHECKING:
+    from ..records import Outcome
+    from ..sources import ImageSource
 
 _MODEL_OPTIONS = [
     ("model", Model, None),
@@ -54,6 +56,7 @@ def model_command(default_model: str, server: bool = True) -> Callable:
         @functools.wraps(command)
         def run(**values):
             from .. import backend
+            from ..backend import ModelOptions
             from ..images import max_image_pixels
 
             max_image_pixels()  # an environment value that does not parse is said now, before any model loads
@@ -106,6 +109,8 @@ def images_and_texts(
 ) -> tuple[list[ImageSource], list[str]]:
     """Images and texts from arguments in any order, -t/--text and --texts-file; each text checked now (before any
     model loads)."""
+    from ..sources import check_texts, read_texts, split_arguments
+
     image_specs, text_arguments = split_arguments(arguments)
     if "-" in image_specs and texts_file == "-":
         raise BtError(
@@ -119,6 +124,8 @@ def images_and_texts(
 
 def image_sources(specs: list[str], null: bool = False, reporter=None) -> list[ImageSource]:
     """``expand_image_sources``, saying once what was left aside (photos that need an extra)."""
+    from ..sources import expand_image_sources
+
     notes: list[str] = []
     sources = expand_image_sources(specs, null=null, notes=notes)
     for note in notes if reporter is not None else ():
@@ -128,6 +135,8 @@ def image_sources(specs: list[str], null: bool = False, reporter=None) -> list[I
 
 def only_images(specs: list[str], what: str) -> list[str]:
     """Arguments that must all be image sources."""
+    from ..sources import split_arguments
+
     images, texts = split_arguments(specs)
     if texts:
         raise BtError(f"{texts[0]!r} is not an image {what}", "pass texts with -t TEXT (or --texts-file FILE)")

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from ..errors import BtError
 from ..model.catalog import DEFAULT_CONTRASTIVE_MODEL
-from ..records import EmbeddingRecord, Outcome
-from ..sources import check_texts, read_texts
 from .common import emit, image_sources, model_command, only_images
 from .options import (
     Engine,
@@ -49,6 +47,8 @@ def embed(
     """L2-normalised ITC embeddings of images, texts, or (image, text) pairs (--kind cross).
 
     Image and text embeddings come from the unimodal towers alone; cross embeddings need both an image and a text."""
+    from ..records import Outcome
+    from ..sources import check_texts, read_texts
     from .render import StderrReporter, render_object, write_embeddings
 
     specs = only_images(images or [], "(embed texts with -t)")
@@ -82,7 +82,7 @@ def _on_ray(options, address, kinds, sources, output, fmt, outcome, reporter) ->
     """``--engine ray``: image embeddings on Ray Data; with --output DIR, Parquet shards (resumable)."""
     from ..engines.ray import RayEngine, Shards
     from ..model.hub import resolve_checkpoint
-    from ..records import EmbeddingsWritten
+    from ..records import EmbeddingRecord, EmbeddingsWritten
     from .render import render_object
 
     if kinds != ["image"]:

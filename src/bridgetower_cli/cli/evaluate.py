@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from ..errors import PartialSuccess
 from ..model.catalog import DEFAULT_CONTRASTIVE_MODEL
-from ..records import Outcome
 from .common import model_command
 from .options import Annotations, Format, FormatOpt, ImagesRoot, ItcOnly, KTest, Quiet, Split
 
@@ -31,6 +30,7 @@ def evaluate(
     backend=None,
 ) -> None:
     """Image-text retrieval recall (R@1/5/10) of a checkpoint on a caption set, by the BridgeTower protocol."""
+    from ..records import Outcome
     from ..tasks.captions import load_caption_set
     from .render import StderrReporter, render_object
 

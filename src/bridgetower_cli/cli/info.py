@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from ..model.catalog import DEFAULT_CONTRASTIVE_MODEL, DEFAULT_MATCHING_MODEL, KNOWN_CHECKPOINTS
-from ..records import ModelRecord
 from .options import Device, Dtype, DtypeOpt, Format, FormatOpt
 
 MODELS_EPILOG = "Examples:\n\n  bt models\n\n  bt models -f json | jq -r '.[] | select(.cached) | .id'"
@@ -13,6 +12,7 @@ DOCTOR_EPILOG = "Examples:\n\n  bt doctor\n\n  bt doctor -f json | jq .device"
 def models(fmt: FormatOpt = Format.auto) -> None:
     """The public BridgeTower checkpoints: their heads, image size, and whether they are in the local cache."""
     from ..model.hub import cached_snapshot
+    from ..records import ModelRecord
     from .render import render
 
     defaults = {DEFAULT_MATCHING_MODEL, DEFAULT_CONTRASTIVE_MODEL}

@@ -34,7 +34,8 @@ def thumbnail(name: str) -> str:
     """A data URL of the image, at most THUMBNAIL pixels wide or high; a URL stays a URL; '' when unreadable."""
     if "://" in name:
         return name
-    from ..sources import ImageSource, load_image
+    from ..reading import load_image
+    from ..sources import ImageSource
 
     try:
         image = load_image(ImageSource(name, path=name))

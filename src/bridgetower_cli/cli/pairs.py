@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from ..errors import BtError
 from ..model.catalog import DEFAULT_MATCHING_MODEL
-from ..records import Outcome
 from .common import allowed, emit, images_and_texts, model_command
 from .options import (
     CandidatesK,
@@ -46,6 +45,7 @@ def score(
     backend=None,
 ) -> None:
     """Image-text matching (ITM head) for every image x text pair; per image, the best match probability first."""
+    from ..records import Outcome
     from .render import StderrReporter
 
     allowed(fmt, "table", "json", "jsonl", "csv", "html")
@@ -77,6 +77,7 @@ def fill_mask(
     backend=None,
 ) -> None:
     """Predict the <mask> words of each text, conditioned on each image (MLM head)."""
+    from ..records import Outcome
     from .render import StderrReporter
 
     allowed(fmt, "table", "json", "jsonl", "csv")
@@ -87,7 +88,7 @@ def fill_mask(
     emit(backend.fill_mask(sources, texts, outcome, reporter, top_k, words), fmt, outcome, reporter)
 
 
-def with_masks(texts: list[str], outcome: Outcome, reporter) -> list[str]:
+def with_masks(texts: list[str], outcome, reporter) -> list[str]:
     """The texts that hold a <mask> (the public checkpoints' RoBERTa mask token); each other one is skipped, named,
     before any model loads."""
     kept = []
@@ -127,6 +128,7 @@ def explain(
     backend=None,
 ) -> None:
     """Where in each image the model looks for each text: Grad-CAM heat maps (ITM head), as pictures and numbers."""
+    from ..records import Outcome
     from .render import StderrReporter, resolve_format
 
     allowed(fmt, "table", "json", "jsonl", "csv")

@@ -23,20 +23,10 @@ from ..records import (
     Outcome,
     Reporter,
 )
+from .console import console, stderr_console  # noqa: F401  (the one console factory)
 from .options import Format  # noqa: F401  (the formats, declared with the options)
 
 STREAMED = ("jsonl", "csv", "paths")  # formats written record by record, as the work goes on
-
-
-def console(stream: TextIO | None = None) -> Console:
-    """The one way bt makes a console: on ``stream`` (None: stderr), colour off under NO_COLOR, no highlighting."""
-    if stream is None:
-        return Console(stderr=True, no_color="NO_COLOR" in os.environ, highlight=False)
-    return Console(file=stream, no_color="NO_COLOR" in os.environ, highlight=False)
-
-
-def stderr_console() -> Console:
-    return console()
 
 
 def resolve_format(fmt: str, stream: TextIO | None = None) -> str:

@@ -4,12 +4,10 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ..backend import ImageQuery
 from ..errors import BtError, IndexDamaged
 from ..model.catalog import DEFAULT_CONTRASTIVE_MODEL
-from ..records import Outcome
-from ..sources import ImageSource, check_texts, expand_image_sources, read_texts, split_arguments
 from .common import emit, image_sources, model_command, only_images
 from .options import (
     CheckFlag,
@@ -41,6 +39,9 @@ from .options import (
     TextsFile,
     Wait,
 )
+
+if TYPE_CHECKING:
+    from ..sources import ImageSource
 
 RETRIEVE_EPILOG = (
     "Examples:\n\n"
@@ -77,6 +78,8 @@ def retrieve(
     """Rank images for a text or like an image (over a persistent index, ITM rerank), or texts for an image.
 
     A text query's best --rerank-k hits by ITC similarity are rescored by the ITM head; --image IMAGE ranks texts."""
+    from ..backend import ImageQuery
+    from ..records import Outcome
     from .render import StderrReporter
 
     inputs, rerank_k = inputs or [], 0 if no_rerank else rerank_k
@@ -100,6 +103,8 @@ def retrieve(
 
 def _texts_for(image: str, inputs: list[str], text, texts_file) -> tuple[ImageSource, list[str]]:
     """``--image IMAGE``: the one image and the texts to rank for it."""
+    from ..sources import expand_image_sources, read_texts, split_arguments
+
     images, _ = split_arguments(inputs)
     if images:
         raise BtError(f"with --image the arguments are texts to rank; {images[0]} is an image", "pass texts")
@@ -115,6 +120,8 @@ def _query_of(
 ) -> tuple[str | ImageSource, list[str], str]:
     """(the query: a text or an image, the specs to search, the title of a page of results). With -n and no specs,
     the whole index is searched."""
+    from ..sources import check_texts, expand_image_sources, read_texts, split_arguments
+
     if text is None and like is None and inputs and split_arguments(inputs[:1])[0]:
         like, inputs = inputs[0], inputs[1:]  # an image file as the query: images like it
     if text is None and like is None:
@@ -176,6 +183,7 @@ def index(
     if not images:
         raise BtError("bt index needs images or folders to index", "e.g. bt index ~/Pictures (or --stats, --check)")
     from ..backend import IndexRequest, indexable
+    from ..records import Outcome
 
     specs = only_images(images, "file or folder")
     if "-" in specs:
@@ -214,6 +222,8 @@ def _repair(index, report, backend, reporter):
     import os
 
     from ..model.hub import fingerprint
+    from ..records import Outcome
+    from ..sources import ImageSource
     from ..tasks import indexing
 
     if report.catalog != "ok":

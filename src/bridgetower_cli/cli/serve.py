@@ -147,8 +147,8 @@ def serve(
     try:
         import uvicorn
 
-        from ..server import Settings, create_app
-        from ..server.settings import default_index_dir, is_loopback, parse_duration
+        from ..server import create_app
+        from ..server.settings import is_loopback
     except ImportError:
         raise BtError("bt serve needs the server packages", 'pip install "bridgetower-cli[serve]"') from None
     if not is_loopback(host) and not api_key:
@@ -160,29 +160,7 @@ def serve(
 
     for model in models or []:  # a missing model is one line now, not a failed start-up later
         resolve_checkpoint(model)
-    graceful_s = parse_duration(graceful_timeout)
-    settings = Settings(
-        models=models or [],
-        device=device,
-        dtype=dtype.value,
-        threads=threads,
-        batch_size=batch_size,
-        keep_alive_s=parse_duration(keep_alive) if keep_alive else None,
-        api_key=api_key,
-        host=host,
-        allow_paths=[p.expanduser().resolve() for p in allow_path or []],
-        index_dir=index_dir.expanduser() if index_dir else default_index_dir(),
-        no_pull=no_pull,
-        max_models=max_models,
-        max_body_bytes=int(max_body * 2**20),
-        max_image_bytes=int(max_image * 2**20),
-        max_texts=max_texts,
-        max_images=max_images,
-        decode_pixels=int(decode_budget * 1e6),
-        max_waiting=max_waiting,
-        request_timeout_s=parse_duration(request_timeout),
-        graceful_timeout_s=graceful_s,
-    )
+    settings = _settings(locals())
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     listener = socket.socket(family, socket.SOCK_STREAM)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -198,14 +176,44 @@ def serve(
     config = uvicorn.Config(
         create_app(settings),
         log_level="warning",
-        timeout_graceful_shutdown=graceful_s + 5,
+        timeout_graceful_shutdown=settings.graceful_timeout_s + 5,
         limit_concurrency=settings.max_waiting * settings.max_models + 32,  # connections past it: 503 unread
     )
     server = uvicorn.Server(config)
     print(f"http://{shown}:{bound}", flush=True)
-    from .render import stderr_console
+    from .console import stderr_console
 
     stderr_console().print(f"bt: serving on http://{shown}:{bound} (Ctrl-C or SIGTERM to stop)", highlight=False)
     # uvicorn raises the signal again once it has stopped: end with status 0 then.
     signal.signal(signal.SIGTERM, lambda *_: None)
     server.run(sockets=[listener])
+
+
+def _settings(given: dict):
+    """The server's settings from ``bt serve``'s options."""
+    from ..server import Settings
+    from ..server.settings import default_index_dir, parse_duration
+
+    g = given
+    return Settings(
+        models=g["models"] or [],
+        device=g["device"],
+        dtype=g["dtype"].value,
+        threads=g["threads"],
+        batch_size=g["batch_size"],
+        keep_alive_s=parse_duration(g["keep_alive"]) if g["keep_alive"] else None,
+        api_key=g["api_key"],
+        host=g["host"],
+        allow_paths=[p.expanduser().resolve() for p in g["allow_path"] or []],
+        index_dir=g["index_dir"].expanduser() if g["index_dir"] else default_index_dir(),
+        no_pull=g["no_pull"],
+        max_models=g["max_models"],
+        max_body_bytes=int(g["max_body"] * 2**20),
+        max_image_bytes=int(g["max_image"] * 2**20),
+        max_texts=g["max_texts"],
+        max_images=g["max_images"],
+        decode_pixels=int(g["decode_budget"] * 1e6),
+        max_waiting=g["max_waiting"],
+        request_timeout_s=parse_duration(g["request_timeout"]),
+        graceful_timeout_s=parse_duration(g["graceful_timeout"]),
+    )

@@ -19,7 +19,9 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BtError, InputError
-from ..sources import ImageSource, decode_image, fit_aspect, read_bytes
+from ..images import decode_image, fit_aspect
+from ..reading import read_bytes
+from ..sources import ImageSource
 
 RAY_INSTALL = 'pip install "bridgetower-cli[ray]"'
 SHARD = 1024  # images per Parquet shard of `bt embed --engine ray --output DIR`

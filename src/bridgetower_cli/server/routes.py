@@ -82,6 +82,13 @@ def router(dispatch: Dispatcher) -> APIRouter:
 
         return await dispatch.run(request, body.model, ("itc",), work)
 
+    _retrieval(routes, dispatch)
+    return routes
+
+
+def _retrieval(routes: APIRouter, dispatch: Dispatcher) -> None:
+    settings = dispatch.settings
+
     @routes.post("/v1/retrieve", response_model=RecordsOut)
     async def retrieve(body: RetrieveIn, request: Request) -> Response:
         """Images for a text (over one of the server's indexes, refreshed for `sources`), or texts for an image."""
@@ -129,5 +136,3 @@ def router(dispatch: Dispatcher) -> APIRouter:
             return answer(records, outcome, reporter)
 
         return await dispatch.run(request, body.model, needs, search, preferred)
-
-    return routes

@@ -11,8 +11,9 @@ from .. import cancel
 from ..errors import BtError, InputError
 from ..images import decode_image, decoding, fit_aspect
 from ..model.runtime import Fused, ImageStates, Runtime, TextStates
+from ..reading import read_bytes
 from ..records import Outcome, Reporter
-from ..sources import ImageSource, read_bytes
+from ..sources import ImageSource
 
 
 def chunks(items: Sequence, size: int) -> Iterator[Sequence]:

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bridgetower_cli import sources as inputs
+from bridgetower_cli import reading
 
 
 def png(image: Image.Image, **kwargs) -> bytes:
@@ -188,8 +188,8 @@ def test_decompression_bomb(bt, full_checkpoint, tmp_path, monkeypatch):
     ],
 )
 def test_bad_urls_are_skipped(bt, full_checkpoint, server, monkeypatch, path, message):
-    monkeypatch.setattr(inputs, "URL_TIMEOUT_S", (2.0, 1.0))
-    monkeypatch.setattr(inputs, "URL_MAX_BYTES", 512 * 1024)
+    monkeypatch.setattr(reading, "URL_TIMEOUT_S", (2.0, 1.0))
+    monkeypatch.setattr(reading, "URL_MAX_BYTES", 512 * 1024)
     start = time.monotonic()
     result = bt("score", server + path, server + "/cat.jpg", "a cat", "-m", full_checkpoint, "-f", "json")
     assert time.monotonic() - start < 20

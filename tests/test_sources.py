@@ -9,7 +9,9 @@ import pytest
 from PIL import Image
 
 from bridgetower_cli.errors import BtError, InputError
-from bridgetower_cli.sources import decode_image, expand_image_sources, load_image, read_texts, split_arguments
+from bridgetower_cli.images import decode_image
+from bridgetower_cli.reading import load_image
+from bridgetower_cli.sources import expand_image_sources, read_texts, split_arguments
 
 
 def encode(image: Image.Image, fmt: str, **kwargs) -> bytes:

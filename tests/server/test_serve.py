@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import DEVICE
+from conftest import DEVICE, SAMPLES
 from reference import contrastive, itm_logits, rgb
 
 pytest.importorskip("fastapi")
@@ -286,7 +286,7 @@ def test_concurrent_pairs_are_fused_together(full_checkpoint):
     runtime = Runtime(load_model(full_checkpoint, "full", DEVICE, "float32"))
     worker = ModelWorker(runtime, batch_size=16, window_s=0.5)
     texts = runtime.encode_texts(TEXTS)
-    pixels = runtime.pixel_values(rgb(Path(__file__).parent.parent / "samples" / "cat.jpg"))
+    pixels = runtime.pixel_values(rgb(SAMPLES / "cat.jpg"))
     (image,) = runtime.encode_images(pixels[None])
     hold, results = threading.Event(), {}
     worker.jobs.put(Job(hold.wait, (), Future()))  # keeps the worker busy while the requests queue up
