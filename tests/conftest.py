@@ -285,7 +285,7 @@ def fake(monkeypatch):
 
     made = []
 
-    def open_fake(options, server=None, api_key=None, timeout=None):
+    def open_fake(options, server=None, api_key=None, timeout=None, warn=None):
         made.append(FakeBackend(options))
         return made[-1]
 

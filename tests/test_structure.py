@@ -16,7 +16,7 @@ LAYERS = [
     {"index"},
     {"tasks"},
     {"engines"},
-    {"client", "backend"},
+    {"client", "autoserver", "backend"},
     {"api", "server", "testing"},
     {"cli", "__main__"},
 ]

@@ -87,6 +87,11 @@ class FillMaskRecord(Record):
     sequence: str
     masks: list[list[Candidate]]
 
+    @classmethod
+    def from_dict(cls, data: dict) -> FillMaskRecord:
+        masks = [[Candidate(**candidate) for candidate in mask] for mask in data["masks"]]
+        return cls(data["image"], data["text"], data["sequence"], masks)
+
 
 @dataclass
 class EmbeddingRecord(Record):
@@ -178,6 +183,10 @@ class ExplainRecord(Record):
     grid: list[list[float]]
     tokens: list[TokenMap]
     picture: str | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ExplainRecord:
+        return cls(**{**data, "tokens": [TokenMap(**token) for token in data["tokens"]]})
 
 
 @dataclass

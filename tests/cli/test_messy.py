@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 from conftest import DEVICE
+from helpers import CHECK_IMPORTS
 from PIL import Image
-from test_process import CHECK_IMPORTS
 
 
 @pytest.fixture

@@ -5,29 +5,16 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
 
 import pytest
+from helpers import CHECK_IMPORTS, closed_port
 
 pytestmark = pytest.mark.slow  # every test here starts bt in a new process
 
 BT = shutil.which("bt")
-CHECK_IMPORTS = (
-    "import sys; from bridgetower_cli.cli import main\n"
-    "try:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n    code = e.code\n"
-    "heavy = sorted(m for m in ('torch', 'transformers') if m in sys.modules)\n"
-    "print('HEAVY=' + ','.join(heavy), file=sys.stderr)\n"
-    "sys.exit(code)\n"
-)
-
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.parametrize(

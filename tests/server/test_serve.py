@@ -125,7 +125,7 @@ def test_skipped_files_and_exit_status_are_the_same(bt, live, full_checkpoint, s
 @pytest.mark.slow
 def test_the_client_imports_neither_torch_nor_transformers(live, full_checkpoint, samples):
     url, _ = live
-    from test_process import CHECK_IMPORTS
+    from helpers import CHECK_IMPORTS
 
     result = subprocess.run(
         [

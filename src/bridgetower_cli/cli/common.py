@@ -38,15 +38,15 @@ _MODEL_OPTIONS = [
 _SERVER_OPTIONS = [("server", Server, None), ("api_key", ApiKey, None), ("timeout", ClientTimeout, None)]
 
 
-def model_command(default_model: str, server: bool = True) -> Callable:
+def model_command(default_model: str) -> Callable:
     """Give a command the options every model command takes (--model with ``default_model``, --revision,
-    --device, --dtype, --threads, --batch-size and, with ``server``, --server, --api-key, --timeout), parsed once
-    into the ``backend`` it is called with (in process, or a bt server: chosen here, once)."""
+    --device, --dtype, --threads, --batch-size, --server, --api-key, --timeout), parsed once into the ``backend``
+    it is called with (in process, or a bt server: chosen here, once)."""
 
     def decorate(command: Callable) -> Callable:
         signature = inspect.signature(command, eval_str=True)  # (the Annotated options, not their names)
         own = [p for name, p in signature.parameters.items() if name != "backend"]
-        shared = _MODEL_OPTIONS + (_SERVER_OPTIONS if server else [])
+        shared = _MODEL_OPTIONS + _SERVER_OPTIONS
         extra = [
             inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default_model if name == "model" else value,
                               annotation=annotation)
@@ -65,7 +65,7 @@ def model_command(default_model: str, server: bool = True) -> Callable:
             options = ModelOptions(
                 o["model"], o["revision"], o["device"], o["dtype"].value, o["threads"], o["batch_size"]
             )
-            values["backend"] = backend.open_backend(options, o.get("server"), o.get("api_key"), o.get("timeout"))
+            values["backend"] = backend.open_backend(options, o["server"], o["api_key"], o["timeout"], _warn)
             return command(**values)
 
         parameters = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own] + extra
@@ -74,6 +74,12 @@ def model_command(default_model: str, server: bool = True) -> Callable:
         return run
 
     return decorate
+
+
+def _warn(message: str) -> None:
+    from .render import StderrReporter
+
+    StderrReporter().warn(message)
 
 
 def emit(

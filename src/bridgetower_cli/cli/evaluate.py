@@ -18,7 +18,7 @@ EPILOG = (
 )
 
 
-@model_command(DEFAULT_CONTRASTIVE_MODEL, server=False)
+@model_command(DEFAULT_CONTRASTIVE_MODEL)
 def evaluate(
     annotations: Annotations,
     images: ImagesRoot = None,

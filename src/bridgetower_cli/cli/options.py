@@ -287,8 +287,9 @@ Server = Annotated[
     typer.Option(
         "--server",
         envvar="BT_SERVER",
-        help="Run on a bt server (bt serve) at this URL instead of in this process.",
-        metavar="URL",
+        help="Run on a bt server (bt serve) at this URL instead of in this process; auto: on your own background "
+        "server, started on first use (exits after BT_KEEP_ALIVE idle, default 10m).",
+        metavar="URL|auto",
         show_default=False,
     ),
 ]

@@ -113,7 +113,7 @@ EXPLAIN_EPILOG = (
 )
 
 
-@model_command(DEFAULT_MATCHING_MODEL, server=False)
+@model_command(DEFAULT_MATCHING_MODEL)
 def explain(
     inputs: ImagesAndTexts,
     text: TextOpt = None,

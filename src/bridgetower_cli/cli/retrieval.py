@@ -147,7 +147,7 @@ INDEX_EPILOG = (
 )
 
 
-@model_command(DEFAULT_CONTRASTIVE_MODEL, server=False)
+@model_command(DEFAULT_CONTRASTIVE_MODEL)
 def index(
     images: IndexImages = None,
     index_file: IndexFile = None,
@@ -189,7 +189,9 @@ def index(
     if "-" in specs:
         specs = [s for s in specs if s != "-"] + [s.path for s in image_sources(["-"], null, reporter)]
     folders = [Path(s).expanduser() for s in specs if Path(s).expanduser().is_dir()]
-    request = IndexRequest(indexable(specs), folders, path, rebuild, wait, engine.value, ray_address)
+    request = IndexRequest(
+        indexable(specs), folders, path, rebuild, wait, engine.value, ray_address, specs, named=index_file is not None
+    )
     outcome = Outcome()
     emit([backend.index(request, outcome, reporter)], fmt, outcome, reporter)
 
@@ -228,7 +230,7 @@ def _repair(index, report, backend, reporter):
 
     if report.catalog != "ok":
         return report  # the catalog itself: only --rebuild can mend that
-    runtime, batch_size = backend.runtime(reporter, ("itc",))
+    runtime, batch_size = backend.in_process().runtime(reporter, ("itc",))
     if fingerprint(runtime.loaded.path) != index.fingerprint:
         hint = f"repair it with -m {index.label}"
         raise BtError(f"the index {index.path} was built with {index.label}, not {backend.options.model}", hint)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import socket
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -16,6 +19,8 @@ from .options import (
     Device,
     Dtype,
     DtypeOpt,
+    Format,
+    FormatOpt,
     Threads,
 )
 
@@ -96,6 +101,23 @@ NoPull = Annotated[
     bool,
     typer.Option("--no-pull", help="Serve only the models given with -m, not the public checkpoints."),
 ]
+Uds = Annotated[
+    Path | None,
+    typer.Option(
+        "--uds",
+        help="Listen on this Unix socket instead (made 0600: only you can connect). Requests then act with your "
+        "rights, as bt in process: any path, any model, an index by its file's path; no limits on counts.",
+        metavar="PATH",
+        show_default=False,
+    ),
+]
+IdleExit = Annotated[
+    bool, typer.Option("--idle-exit", help="Exit once idle for --keep-alive (the automatic server does).")
+]
+Status = Annotated[
+    bool, typer.Option("--status", help="Show the automatic server (socket, pid, uptime, models, memory) and exit.")
+]
+Stop = Annotated[bool, typer.Option("--stop", help="Stop the automatic server and exit.")]
 IndexDir = Annotated[
     Path | None,
     typer.Option(
@@ -112,7 +134,11 @@ EPILOG = (
     "  bt serve -m BridgeTower/bridgetower-base-itm-mlm &\n\n"
     "  BT_SERVER=http://127.0.0.1:8765 bt score samples/cat.jpg 'a cat'\n\n"
     '  bt serve --host 0.0.0.0 --api-key "$KEY" --allow-path ~/Pictures --keep-alive 10m\n\n'
-    "Endpoints: /v1/score, /v1/fill-mask, /v1/embed, /v1/retrieve, /v1/models, /v1/embeddings (OpenAI), "
+    "  BT_SERVER=auto bt score samples/cat.jpg 'a cat'; bt serve --status; bt serve --stop\n\n"
+    "With --server auto (env BT_SERVER=auto) the first call starts a server of your own on a Unix socket in a "
+    "private folder; it exits after BT_KEEP_ALIVE idle (default 10m).\n\n"
+    "Endpoints: /v1/score, /v1/fill-mask, /v1/embed, /v1/retrieve, /v1/index, /v1/eval, /v1/explain, /v1/models, "
+    "/v1/status, /v1/embeddings (OpenAI), "
     "/v1/rerank (Cohere), /health; the schema at /docs (with a key: /openapi.json, keyed). Requests may use the "
     "models given with -m and, unless --no-pull, the public checkpoints; paths only under --allow-path (every file "
     "found checked after resolving links); indexes by plain name in --index-dir. The app is "
@@ -123,8 +149,10 @@ EPILOG = (
 def serve(
     host: Host = "127.0.0.1",
     port: Port = 8765,
+    uds: Uds = None,
     models: ServeModels = None,
     keep_alive: KeepAlive = None,
+    idle_exit: IdleExit = False,
     allow_path: AllowPaths = None,
     index_dir: IndexDir = None,
     api_key: ApiKey = None,
@@ -142,8 +170,13 @@ def serve(
     dtype: DtypeOpt = Dtype.auto,
     threads: Threads = None,
     batch_size: BatchSize = None,
+    status: Status = False,
+    stop: Stop = False,
+    fmt: FormatOpt = Format.auto,
 ) -> None:
-    """Keep models loaded and answer every command (--server URL, env BT_SERVER) over HTTP."""
+    """Keep models loaded and answer every command (--server URL, env BT_SERVER; or --server auto) over HTTP."""
+    if status or stop:
+        return _automatic(status, fmt)
     try:
         import uvicorn
 
@@ -151,26 +184,19 @@ def serve(
         from ..server.settings import is_loopback
     except ImportError:
         raise BtError("bt serve needs the server packages", 'pip install "bridgetower-cli[serve]"') from None
-    if not is_loopback(host) and not api_key:
+    if uds is None and not is_loopback(host) and not api_key:
         raise BtError(
             f"serving on {host} (beyond this machine) needs an API key",
             "pass --api-key KEY (env BT_API_KEY), or serve on 127.0.0.1",
         )
+    if idle_exit and not keep_alive:
+        raise BtError("--idle-exit needs --keep-alive", "e.g. --idle-exit --keep-alive 10m")
     from ..model.hub import resolve_checkpoint
 
     for model in models or []:  # a missing model is one line now, not a failed start-up later
         resolve_checkpoint(model)
     settings = _settings(locals())
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    listener = socket.socket(family, socket.SOCK_STREAM)
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        listener.bind((host, port))
-        listener.listen(2048)  # a client that connects while models load waits in the backlog, never refused
-    except OSError as error:
-        raise BtError(f"cannot serve on {host}:{port}: {error.strerror or error}", "choose another --port") from None
-    bound = listener.getsockname()[1]
-    shown = f"[{host}]" if family == socket.AF_INET6 else host
+    listener, address, cleanup = _unix_listener(uds) if uds is not None else _tcp_listener(host, port)
     # uvicorn waits for the requests in flight a little longer than the app lets them run, so that a request cut
     # at the graceful timeout still answers (503) before its connection closes.
     config = uvicorn.Config(
@@ -180,13 +206,83 @@ def serve(
         limit_concurrency=settings.max_waiting * settings.max_models + 32,  # connections past it: 503 unread
     )
     server = uvicorn.Server(config)
-    print(f"http://{shown}:{bound}", flush=True)
+    print(address, flush=True)
     from .console import stderr_console
 
-    stderr_console().print(f"bt: serving on http://{shown}:{bound} (Ctrl-C or SIGTERM to stop)", highlight=False)
+    stderr_console().print(f"bt: serving on {address} (Ctrl-C or SIGTERM to stop)", highlight=False)
     # uvicorn raises the signal again once it has stopped: end with status 0 then.
     signal.signal(signal.SIGTERM, lambda *_: None)
-    server.run(sockets=[listener])
+    try:
+        server.run(sockets=[listener])
+    finally:
+        cleanup()
+
+
+def _tcp_listener(host: str, port: int) -> tuple[socket.socket, str, Callable]:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind((host, port))
+        listener.listen(2048)  # a client that connects while models load waits in the backlog, never refused
+    except OSError as error:
+        raise BtError(f"cannot serve on {host}:{port}: {error.strerror or error}", "choose another --port") from None
+    shown = f"[{host}]" if family == socket.AF_INET6 else host
+    return listener, f"http://{shown}:{listener.getsockname()[1]}", lambda: None
+
+
+def _unix_listener(path: Path) -> tuple[socket.socket, str, Callable]:
+    """A Unix socket at ``path``, 0600 from the start, and what removes it at the end (if it is still the one made
+    here). A socket file there that nobody answers on (left by a server that was killed) is replaced; anything else
+    there is refused."""
+    import os
+    import stat
+
+    path = path.expanduser().absolute()
+    with contextlib.suppress(FileNotFoundError):
+        if not stat.S_ISSOCK(os.lstat(path).st_mode):
+            raise BtError(f"{path} exists and is not a socket", "pass another --uds path")
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(str(path))
+        except ConnectionRefusedError:
+            os.unlink(path)  # a dead server's socket
+        else:
+            raise BtError(f"a server already listens on {path}", "bt serve --stop stops the automatic one")
+        finally:
+            probe.close()
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    previous = os.umask(0o177)
+    try:
+        listener.bind(str(path))
+    except OSError as error:
+        raise BtError(f"cannot listen on {path}: {error.strerror or error}", "pass another --uds path") from None
+    finally:
+        os.umask(previous)
+    os.chmod(path, 0o600)
+    listener.listen(2048)
+    made = os.stat(path).st_ino
+
+    def remove() -> None:
+        with contextlib.suppress(OSError):
+            if os.stat(path).st_ino == made:
+                os.unlink(path)
+
+    return listener, f"unix:{path}", remove
+
+
+def _automatic(show: bool, fmt: Format) -> None:
+    """``--status`` / ``--stop`` of the automatic server."""
+    from .. import autoserver
+    from .render import StderrReporter, render_object
+
+    if show:
+        found = autoserver.status()
+        if found is None:
+            raise BtError("no automatic bt server is running", "the first call with --server auto starts one")
+        return render_object(found, fmt.value)
+    pid = autoserver.stop()
+    StderrReporter().info("no automatic bt server was running" if pid is None else f"stopped the server (pid {pid})")
 
 
 def _settings(given: dict):
@@ -195,6 +291,19 @@ def _settings(given: dict):
     from ..server.settings import default_index_dir, parse_duration
 
     g = given
+    if g["uds"] is not None:  # a server of one's own: as bt in process, without a request's limits on counts
+        return Settings(
+            device=g["device"],
+            dtype=g["dtype"].value,
+            threads=g["threads"],
+            batch_size=g["batch_size"],
+            keep_alive_s=parse_duration(g["keep_alive"]) if g["keep_alive"] else None,
+            models=g["models"] or [],
+            own=True,
+            idle_exit=g["idle_exit"],
+            max_models=g["max_models"],
+            **OWN_LIMITS,
+        )
     return Settings(
         models=g["models"] or [],
         device=g["device"],
@@ -216,4 +325,19 @@ def _settings(given: dict):
         max_waiting=g["max_waiting"],
         request_timeout_s=parse_duration(g["request_timeout"]),
         graceful_timeout_s=parse_duration(g["graceful_timeout"]),
+        idle_exit=g["idle_exit"],
     )
+
+
+# A server of one's own answers its user as bt in process does: no count or size limit (bt in process has none),
+# no deadline (Ctrl-C on the client cancels).
+OWN_LIMITS = {
+    "max_body_bytes": 2**40,
+    "max_image_bytes": 2**40,
+    "max_texts": sys.maxsize,
+    "max_images": sys.maxsize,
+    "max_pairs": sys.maxsize,
+    "max_candidates": sys.maxsize,
+    "request_timeout_s": None,
+    "body_timeout_s": 600.0,
+}

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import os
 import signal
 import threading
 import time
@@ -142,8 +143,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         images.set_decode_budget(None)
 
     def _reap() -> None:
-        while not stop.wait(min(5.0, settings.keep_alive_s or 5.0)):
+        """Unload the models idle past keep-alive; with ``idle_exit``, then stop the server (as SIGTERM does)."""
+        while not stop.wait(min(1.0, settings.keep_alive_s or 1.0)):
             pool.unload_idle()
+            if settings.idle_exit and settings.keep_alive_s is not None and pool.idle_s() > settings.keep_alive_s:
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
 
     keyed = settings.api_key is not None
     app = FastAPI(

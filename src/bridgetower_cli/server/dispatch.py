@@ -11,44 +11,23 @@ import contextlib
 import json
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 from fastapi import Request, Response
+from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
 from .. import cancel
 from ..cancel import CancelToken
-from ..errors import BtError, Cancelled, InputError, TooLarge
+from ..errors import BtError, Cancelled, Forbidden, InputError, TooLarge
 from ..model.loading import require_heads
 from ..reading import ReadPolicy, restricted
-from ..records import Outcome, Reporter
 from ..sources import ImageSource, check_texts
+from .events import Channel, Streamed, collected, emit_all, error_event, lines
 from .policy import Policy
 from .settings import Settings
 from .workers import ModelPool
-
-
-class Collected(Reporter):
-    """What a task reported, to send back with its records (the client shows it as the CLI would)."""
-
-    def __init__(self):
-        self.messages: list[dict] = []
-
-    def warn(self, message: str, kind: str | None = None) -> None:
-        self.messages.append({"level": "warning", "message": message, "kind": kind})
-
-    def info(self, message: str) -> None:
-        self.messages.append({"level": "info", "message": message})
-
-
-def answer(records, outcome: Outcome, reporter: Collected) -> dict:
-    """bt's own answer: the records as the CLI prints them, the skipped inputs and the messages."""
-    return {
-        "records": [asdict(r) for r in records],
-        "skipped": [asdict(s) for s in outcome.skipped],
-        "messages": reporter.messages,
-    }
 
 
 def _settle(future: asyncio.Future, result: Any, error: BaseException | None) -> None:
@@ -71,7 +50,8 @@ class Dispatcher:
 
     def __init__(self, settings: Settings, pool: ModelPool, policy: Policy):
         self.settings, self.pool, self.policy = settings, pool, policy
-        self.reading = ReadPolicy(tuple(policy.roots), settings.max_image_bytes)  # what request threads may open
+        # What request threads may open: under the roots, within the cap (a server of one's own: as bt in process).
+        self.reading = ReadPolicy() if settings.own else ReadPolicy(tuple(policy.roots), settings.max_image_bytes)
 
     def check(self, body: BaseModel, texts: Sequence[str] = (), images: Sequence = ()) -> None:
         """Refuse, before any work, what no model may take: strings that are not Unicode (lone surrogates), more texts
@@ -90,8 +70,28 @@ class Dispatcher:
             raise InputError(f"the image name {twice!r} appears twice", "give each image its own name")
 
     def images(self, images: Sequence) -> list[ImageSource]:
-        """The request's images as sources holding their bytes (base64 or data URLs, each within the size cap)."""
-        return [ImageSource(i.name, data=self.decode(i.data, i.name)) for i in images]
+        """The request's images as sources holding their bytes (base64 or data URLs, each within the size cap); on a
+        server of one's own also by path or URL, read as bt in process reads them."""
+        sources = []
+        for image in images:
+            if image.data is not None:
+                sources.append(ImageSource(image.name, data=self.decode(image.data, image.name)))
+            elif not self.settings.own:
+                raise Forbidden(f"this server reads images only as data ({image.name})", "send the file's bytes")
+            elif image.path is not None:
+                self.policy.check(image.path, "image")
+                sources.append(ImageSource(image.name, path=image.path))
+            else:
+                sources.append(ImageSource(image.name, url=image.url))
+        return sources
+
+    def folders(self, folders: Sequence[str]) -> list[Path]:
+        """A server of one's own: the folders the client walked (a search's scope)."""
+        if folders and not self.settings.own:
+            raise Forbidden("this server takes folders only as sources", 'send them as "sources"')
+        for folder in folders:
+            self.policy.check(folder, "folder")
+        return [Path(folder) for folder in folders]  # (as the client named them, as the index holds its paths)
 
     def decode(self, data: str, what: str) -> bytes:
         limit = self.settings.max_image_bytes
@@ -109,37 +109,43 @@ class Dispatcher:
     def batch_size(self, runtime) -> int:
         return self.settings.batch_size or runtime.default_batch_size
 
-    async def run(
-        self,
-        request: Request,
-        model: str,
-        needs: tuple[str, ...],
-        work: Callable,
-        preferred: tuple[str, ...] = (),
-    ) -> Response:
-        """``work(runtime)`` for an allowed model on a request thread, its answer (a JSON-able object) serialised
-        there too: the event loop only hands bytes over. Answers at once when the request is cancelled (a client
-        gone, a deadline, a stopping server); the work then stops at its next step."""
-        allowed = self.policy.model(model)
+    def _start(
+        self, model: str, needs, preferred, work: Callable, settle: Callable, shown: str | None = None
+    ) -> CancelToken:
+        """Admit a request for an allowed model (503 at once when full) and run ``work(runtime)`` on a daemon thread
+        of its own, under its cancel token and the server's read rule; ``settle(result, error)`` at the end."""
+        allowed = self.policy.model(model, shown)
         name, token = allowed.name, CancelToken(self.settings.request_timeout_s)
         self.pool.admit(name, token)
-        loop = asyncio.get_running_loop()
-        done: asyncio.Future = loop.create_future()
 
         def run() -> None:
             result, error = None, None
             try:
                 with cancel.watching(token), restricted(self.reading), self.pool.use(allowed, token) as runtime:
-                    require_heads(runtime.loaded.heads, needs, model, preferred)
-                    result = json.dumps(work(runtime), ensure_ascii=False).encode()
-            except BaseException as failure:  # (BtError and anything else alike: the handlers render it)
+                    require_heads(runtime.loaded.heads, needs, allowed.shown, preferred)
+                    result = work(runtime)
+            except BaseException as failure:  # (BtError and anything else alike: rendered for the client)
                 error = failure
             finally:
                 self.pool.release(name, token)
-            with contextlib.suppress(RuntimeError):  # the loop is gone (shutdown): nobody waits for the answer
-                loop.call_soon_threadsafe(_settle, done, result, error)
+            settle(result, error)
 
         threading.Thread(target=run, name="bt-request", daemon=True).start()
+        return token
+
+    async def run(self, request: Request, model: str, needs, work: Callable, preferred=()) -> Response:
+        """``work(runtime)`` returns a JSON-able answer (the OpenAI and Cohere shapes), serialised on the thread:
+        the event loop only hands bytes over. Answers at once when the request is cancelled; the work then stops at
+        its next step."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future = loop.create_future()
+
+        def settle(result, error) -> None:
+            data = json.dumps(result, ensure_ascii=False).encode() if error is None else None
+            with contextlib.suppress(RuntimeError):  # the loop is gone (shutdown): nobody waits for the answer
+                loop.call_soon_threadsafe(_settle, done, data, error)
+
+        token = self._start(model, needs, preferred, work, settle)
         try:
             while not done.done():
                 await asyncio.wait({done}, timeout=0.1)
@@ -153,9 +159,34 @@ class Dispatcher:
             raise
         return Response(done.result(), media_type="application/json")
 
+    async def events(
+        self, request: Request, model: str, needs, work: Callable, preferred=(), shown: str | None = None
+    ) -> Response:
+        """``work(runtime, reporter)`` returns records (an iterable, made as it goes) or one result record. A client
+        that accepts application/x-ndjson gets them as events while they happen (``events.lines``); another gets
+        bt's one-shot answer ({"records", "skipped", "messages"}) at the end."""
+        channel = Channel(asyncio.get_running_loop())
+
+        def settle(result, error) -> None:
+            if error is not None:
+                channel.put(error_event(error))
+
+        def streamed(runtime) -> None:
+            emit_all(channel, work(runtime, Streamed(channel)))
+
+        token = self._start(model, needs, preferred, streamed, settle, shown)
+        if "application/x-ndjson" in request.headers.get("accept", ""):
+            return StreamingResponse(lines(channel, token, request.is_disconnected), media_type="application/x-ndjson")
+        received = []
+        async for line in lines(channel, token, request.is_disconnected):
+            received.append(json.loads(line))
+        return Response(json.dumps(collected(received), ensure_ascii=False).encode(), media_type="application/json")
+
 
 def error_body(error: BtError) -> dict:
     body = {"error": error.message}
     if error.hint:
         body["hint"] = error.hint
+    if error.exit_code != 1:  # (a client of one's own server ends as bt in process would)
+        body["exit_code"] = error.exit_code
     return body

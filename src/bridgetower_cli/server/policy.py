@@ -1,7 +1,10 @@
 """What a client may make the server touch: paths under the roots (resolved, then checked, every file found by a
 walk or a glob too), indexes by plain name in the server's own folder, and models from an allow-list.
 
-Every refusal is the same for a path that exists and one that does not, and never echoes what a file holds."""
+Every refusal is the same for a path that exists and one that does not, and never echoes what a file holds.
+
+A server of one's own (``bt serve --uds``: a socket only its user can open) acts with that user's rights, as bt in
+process would: any absolute path, an index by its file's path, any model the client resolved."""
 
 from __future__ import annotations
 
@@ -34,7 +37,8 @@ class Served:
 class Policy:
     def __init__(self, settings: Settings):
         self.settings = settings
-        self.roots = [os.path.realpath(root) for root in settings.allow_paths]
+        self.own = settings.own
+        self.roots = [os.sep] if self.own else [os.path.realpath(root) for root in settings.allow_paths]
         self.models = _allowed_models(settings)
         _private(settings.index_dir)
 
@@ -82,7 +86,13 @@ class Policy:
 
     def index(self, name: str | None, rebuild: bool) -> Path:
         """The index file a request names: a plain name in the server's own index folder (never a path or a glob);
-        ``rebuild`` needs the name spelled out, so no request wipes the default index by leaving it out."""
+        ``rebuild`` needs the name spelled out, so no request wipes the default index by leaving it out. (A server
+        of one's own: the index file's absolute path.)"""
+        if self.own:
+            if name is None:
+                raise InputError("name the index file", "send its absolute path")
+            self.check(name, "index")
+            return Path(name)  # (as the client named it: the index resolves it, as in process)
         if name is None:
             if rebuild:
                 raise InputError("rebuild needs an index name", f'name it: "index": "{DEFAULT_INDEX}"')
@@ -101,9 +111,13 @@ class Policy:
 
     # -- models -----------------------------------------------------------------------------------------------
 
-    def model(self, requested: str) -> Allowed:
+    def model(self, requested: str, shown: str | None = None) -> Allowed:
         """An allowed model, by any spelling of it (a directory by its resolved path), so that one model is one
-        loaded copy; 403 naming the allowed ones for anything else, alike whether it exists or not."""
+        loaded copy; 403 naming the allowed ones for anything else, alike whether it exists or not. (A server of
+        one's own: the checkpoint folder the client resolved, named in records as the client named it.)"""
+        if self.own:
+            folder = self.check(requested, "model")
+            return Allowed(f"{folder}\0{shown or requested}", shown or requested, hub=False, path=folder)
         if requested in self.models:
             return self.models[requested]
         if "\0" not in requested and os.path.isabs(requested):
@@ -122,6 +136,7 @@ class Allowed:
     name: str
     shown: str
     hub: bool
+    path: str | None = None  # the folder it loads from (a hub id: looked up in the hub cache)
 
 
 def _private(folder: Path) -> None:

@@ -1,28 +1,42 @@
-"""bt's own endpoints: /v1/score, /v1/fill-mask, /v1/embed, /v1/retrieve (the CLI's records), /v1/models."""
+"""bt's own endpoints, one per command: /v1/score, /v1/fill-mask, /v1/embed, /v1/retrieve, /v1/index, /v1/eval,
+/v1/explain (the CLI's records, as events while they are made or as one answer), /v1/models and /v1/status."""
 
 from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
 
 from fastapi import APIRouter, Request, Response
 
 from ..errors import InputError, TooLarge
 from ..model.catalog import retrieval_heads
 from ..records import Outcome
-from .dispatch import Collected, Dispatcher, answer
-from .schemas import EmbedIn, FillMaskIn, RecordsOut, RetrieveIn, ScoreIn
+from .dispatch import Dispatcher
+from .schemas import EmbedIn, EvalIn, ExplainIn, FillMaskIn, IndexIn, RecordsOut, RetrieveIn, ScoreIn
 
 
 def router(dispatch: Dispatcher) -> APIRouter:
     routes = APIRouter()
-    settings = dispatch.settings
+    _about(routes, dispatch)
+    _pairs(routes, dispatch)
+    _evaluation(routes, dispatch)
+    _retrieval(routes, dispatch)
+    return routes
 
-    def bounded(pairs: int, candidates: int = 0) -> None:
-        """Refuse at admission what would answer with more than the limits allow (a few bytes asking for millions
-        of records)."""
-        if pairs > settings.max_pairs:
-            raise TooLarge(f"{pairs} image-text pairs, over the limit of {settings.max_pairs}", "send fewer")
-        if candidates > settings.max_candidates:
-            limit = settings.max_candidates
-            raise TooLarge(f"{candidates} mask candidates, over the limit of {limit}", "lower top_k or send fewer")
+
+def bounded(settings, pairs: int, candidates: int = 0) -> None:
+    """Refuse at admission what would answer with more than the limits allow (a few bytes asking for millions of
+    records)."""
+    if pairs > settings.max_pairs:
+        raise TooLarge(f"{pairs} image-text pairs, over the limit of {settings.max_pairs}", "send fewer")
+    if candidates > settings.max_candidates:
+        limit = settings.max_candidates
+        raise TooLarge(f"{candidates} mask candidates, over the limit of {limit}", "lower top_k or send fewer")
+
+
+def _about(routes: APIRouter, dispatch: Dispatcher) -> None:
+    settings, started = dispatch.settings, time.time()
 
     @routes.get("/v1/models")
     async def models() -> dict:
@@ -32,21 +46,36 @@ def router(dispatch: Dispatcher) -> APIRouter:
             "data": [{"id": name, "object": "model", "owned_by": "bt"} for name in dispatch.pool.models],
         }
 
+    @routes.get("/v1/status")
+    async def status() -> dict:
+        """The server's process, uptime, loaded models, requests in flight and memory (`bt serve --status`)."""
+        return {
+            "pid": os.getpid(),
+            "uptime_s": round(time.time() - started, 1),
+            "models": [model.shown for model in dispatch.pool.loaded()],
+            "requests": len(dispatch.pool.tokens),
+            "cancelled": dispatch.pool.cancelled,
+            "rss_mb": _rss_mb(),
+            "idle_exit_s": settings.keep_alive_s if settings.idle_exit else None,
+        }
+
+
+def _pairs(routes: APIRouter, dispatch: Dispatcher) -> None:
+    settings = dispatch.settings
+
     @routes.post("/v1/score", response_model=RecordsOut)
     async def score(body: ScoreIn, request: Request) -> Response:
         """ITM scores of every image x text pair, as `bt score`."""
         from ..tasks import pairs
 
         dispatch.check(body, body.texts, body.images)
-        bounded(len(body.images) * len(body.texts))
-        outcome, reporter = Outcome(), Collected()
+        bounded(settings, len(body.images) * len(body.texts))
 
-        def work(runtime):
+        def work(runtime, reporter):
             sources, batch = dispatch.images(body.images), dispatch.batch_size(runtime)
-            records = pairs.score(runtime, sources, list(body.texts), outcome, batch, body.top_k, reporter)
-            return answer(records, outcome, reporter)
+            return pairs.score(runtime, sources, list(body.texts), Outcome(), batch, body.top_k, reporter)
 
-        return await dispatch.run(request, body.model, ("itm",), work)
+        return await dispatch.events(request, body.model, ("itm",), work, shown=body.model_name)
 
     @routes.post("/v1/fill-mask", response_model=RecordsOut)
     async def fill_mask(body: FillMaskIn, request: Request) -> Response:
@@ -55,16 +84,14 @@ def router(dispatch: Dispatcher) -> APIRouter:
 
         dispatch.check(body, [*body.texts, *(body.targets or [])], body.images)
         masks = sum(text.count("<mask>") for text in body.texts)
-        bounded(len(body.images) * len(body.texts), len(body.images) * masks * body.top_k)
-        outcome, reporter = Outcome(), Collected()
+        bounded(settings, len(body.images) * len(body.texts), len(body.images) * masks * body.top_k)
 
-        def work(runtime):
+        def work(runtime, reporter):
             sources, batch = dispatch.images(body.images), dispatch.batch_size(runtime)
             texts, top_k, targets = list(body.texts), body.top_k, body.targets
-            records = pairs.fill_mask(runtime, sources, texts, outcome, batch, top_k, targets, reporter)
-            return answer(records, outcome, reporter)
+            return pairs.fill_mask(runtime, sources, texts, Outcome(), batch, top_k, targets, reporter)
 
-        return await dispatch.run(request, body.model, ("mlm",), work)
+        return await dispatch.events(request, body.model, ("mlm",), work, shown=body.model_name)
 
     @routes.post("/v1/embed", response_model=RecordsOut)
     async def embed(body: EmbedIn, request: Request) -> Response:
@@ -72,67 +99,145 @@ def router(dispatch: Dispatcher) -> APIRouter:
         from ..tasks import pairs
 
         dispatch.check(body, body.texts, body.images)
-        bounded(len(body.images) * len(body.texts) if body.kind == "cross" else 0)
-        outcome, reporter = Outcome(), Collected()
+        bounded(settings, len(body.images) * len(body.texts) if body.kind == "cross" else 0)
 
-        def work(runtime):
+        def work(runtime, reporter):
             sources, batch = dispatch.images(body.images), dispatch.batch_size(runtime)
-            records = pairs.embed(runtime, body.kind, outcome, sources, list(body.texts), batch, reporter)
-            return answer(records, outcome, reporter)
+            return pairs.embed(runtime, body.kind, Outcome(), sources, list(body.texts), batch, reporter)
 
-        return await dispatch.run(request, body.model, ("itc",), work)
+        return await dispatch.events(request, body.model, ("itc",), work, shown=body.model_name)
 
-    _retrieval(routes, dispatch)
-    return routes
+    @routes.post("/v1/explain", response_model=RecordsOut)
+    async def explain(body: ExplainIn, request: Request) -> Response:
+        """Grad-CAM maps of every image x text pair, as `bt explain` (the client draws the pictures; the `meta`
+        event carries the short side the model resizes images to)."""
+        from ..tasks.explain import explain as explained
+
+        dispatch.check(body, body.texts, body.images)
+        bounded(settings, len(body.images) * len(body.texts))
+
+        def work(runtime, reporter):
+            sources, batch = dispatch.images(body.images), dispatch.batch_size(runtime)
+            reporter.meta(image_size=runtime.image_size)
+            pairs = explained(runtime, sources, list(body.texts), Outcome(), body.layer, batch, reporter)
+            return (record for record, _ in pairs)
+
+        return await dispatch.events(request, body.model, ("itm",), work, shown=body.model_name)
+
+
+def _evaluation(routes: APIRouter, dispatch: Dispatcher) -> None:
+    settings = dispatch.settings
+
+    @routes.post("/v1/eval", response_model=RecordsOut)
+    async def evaluate(body: EvalIn, request: Request) -> Response:
+        """Image-text retrieval recall on a caption set, as `bt eval` (its images: server paths)."""
+        from ..tasks.captions import CaptionSet
+        from ..tasks.evaluation import evaluate as recall
+
+        dispatch.check(body, body.texts)
+        if len(body.images) > settings.max_images:
+            raise TooLarge(f"{len(body.images)} images, over the limit of {settings.max_images}", "send fewer")
+        if len(body.text_image) != len(body.texts) or not all(0 <= i < len(body.images) for i in body.text_image):
+            raise InputError("text_image must give, for each text, the index of one of the images")
+        for image in body.images:
+            if image.path is None:
+                raise InputError(f"eval reads its images by path ({image.name})", 'send "path"')
+            dispatch.policy.check(image.path, "image")
+        names, files = [image.name for image in body.images], [image.path for image in body.images]
+        captions = CaptionSet(names, list(body.texts), list(body.text_image), files)
+        needs = ("itc",) if body.itc_only else ("itm",)
+
+        def work(runtime, reporter):
+            batch = dispatch.batch_size(runtime)
+            return recall(runtime, captions, Outcome(), body.k_test, body.itc_only, batch, reporter)
+
+        return await dispatch.events(request, body.model, needs, work, ("itm", "itc"), shown=body.model_name)
+
+
+def _rss_mb() -> float | None:
+    """The server's resident memory (Linux), in MiB."""
+    try:
+        with open("/proc/self/statm") as statm:
+            return round(int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20, 1)
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _retrieval(routes: APIRouter, dispatch: Dispatcher) -> None:
     settings = dispatch.settings
 
+    def served(body, reporter, outcome, walk: bool):
+        """The images of a search or an index refresh, and the folders that scope it: as the client found them (a
+        server of one's own), or found here under the roots, each checked."""
+        if body.files or body.folders:
+            return dispatch.images(body.files), dispatch.folders(body.folders)
+        found = dispatch.policy.sources(body.sources, walk=walk)
+        for name, reason in found.left_out:
+            outcome.skip(name, reason, reporter)
+        return found.sources, found.folders
+
+    def checked_sources(body) -> None:
+        if len(body.sources) > settings.max_images:
+            raise TooLarge(f"{len(body.sources)} sources, over the limit of {settings.max_images}", "send fewer")
+
     @routes.post("/v1/retrieve", response_model=RecordsOut)
     async def retrieve(body: RetrieveIn, request: Request) -> Response:
-        """Images for a text (over one of the server's indexes, refreshed for `sources`), or texts for an image."""
+        """Images for a text or like an image (over an index, refreshed for the sources first), or texts for an
+        image, as `bt retrieve`."""
         from ..tasks import retrieve as retrieval
 
         needs, preferred = retrieval_heads(body.rerank_k)
-        outcome, reporter = Outcome(), Collected()
         if body.image is not None:
             if not body.texts:
                 raise InputError("an image query needs texts to rank", 'send them as "texts"')
             dispatch.check(body, body.texts, [body.image])
 
-            def rank_texts(runtime):
+            def rank_texts(runtime, reporter):
                 (source,), batch = dispatch.images([body.image]), dispatch.batch_size(runtime)
                 texts, top_k, rerank_k = list(body.texts), body.top_k, body.rerank_k
-                records = retrieval.retrieve_texts(runtime, source, texts, top_k, rerank_k, batch, reporter)
-                return answer(records, outcome, reporter)
+                return retrieval.retrieve_texts(runtime, source, texts, top_k, rerank_k, batch, reporter)
 
-            return await dispatch.run(request, body.model, needs, rank_texts, preferred)
-        if body.query is None or not body.sources:
-            raise InputError("a retrieve request needs a query and sources, or an image and texts")
-        dispatch.check(body, [body.query])
-        if len(body.sources) > settings.max_images:
-            raise TooLarge(f"{len(body.sources)} sources, over the limit of {settings.max_images}", "send fewer")
+            return await dispatch.events(request, body.model, needs, rank_texts, preferred, body.model_name)
+        if (body.query is None) == (body.like is None):
+            raise InputError("a retrieve request needs a query (or like) and sources, or an image and texts")
+        if body.like is not None:
+            needs, preferred, rerank_k = ("itc",), retrieval_heads(0)[1], 0
+        else:
+            rerank_k = body.rerank_k
+            dispatch.check(body, [body.query])
+        checked_sources(body)
         index = dispatch.policy.index(body.index, body.rebuild)
+        if not (body.sources or body.files or body.folders or not body.refresh):
+            raise InputError("a retrieve request needs sources (or refresh off: the whole index)")
 
-        def search(runtime):
-            served = dispatch.policy.sources(body.sources, walk=body.refresh)
-            for name, reason in served.left_out:
-                outcome.skip(name, reason, reporter)
-            records = retrieval.retrieve_images(
-                runtime,
-                body.query,
-                served.sources,
-                outcome,
-                served.folders,
-                index,
-                body.rebuild,
-                body.top_k,
-                body.rerank_k,
-                dispatch.batch_size(runtime),
-                reporter,
-                refresh=body.refresh,
-            )
-            return answer(records, outcome, reporter)
+        def search(runtime, reporter):
+            outcome = Outcome()
+            sources, folders = served(body, reporter, outcome, walk=body.refresh)
+            if not body.refresh and not body.sources and not body.files and not folders:
+                folders = [Path(os.sep)]  # the whole index
+            query = body.query if body.like is None else dispatch.images([body.like])[0]
+            return retrieval.retrieve_images(
+                runtime, query, sources, outcome, folders, index, body.rebuild, body.top_k, rerank_k,
+                dispatch.batch_size(runtime), reporter, refresh=body.refresh, wait_s=body.wait_s,
+            )  # fmt: skip
 
-        return await dispatch.run(request, body.model, needs, search, preferred)
+        return await dispatch.events(request, body.model, needs, search, preferred, body.model_name)
+
+    @routes.post("/v1/index", response_model=RecordsOut)
+    async def index(body: IndexIn, request: Request) -> Response:
+        """Bring an index up to date with images, as `bt index` (one result record: what the refresh did)."""
+        from ..tasks import indexing
+
+        checked_sources(body)
+        if not (body.sources or body.files):
+            raise InputError("an index request needs sources")
+        path = dispatch.policy.index(body.index, body.rebuild)
+
+        def work(runtime, reporter):
+            outcome = Outcome()
+            sources, folders = served(body, reporter, outcome, walk=True)
+            opened = indexing.open_index(runtime, path, body.rebuild, wait_s=body.wait_s)
+            batch = dispatch.batch_size(runtime)
+            return indexing.index_images(runtime, opened, sources, outcome, folders, batch, reporter)
+
+        return await dispatch.events(request, body.model, ("itc",), work, shown=body.model_name)

@@ -4,26 +4,42 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from ..model.catalog import DEFAULT_CONTRASTIVE_MODEL, DEFAULT_MATCHING_MODEL
 
+OWN_FILES = "On a server of your own (bt serve --uds): the image files, as the client found them."
+OWN_FOLDERS = "On a server of your own: the folders they were found in (a search's scope)."
 MODEL = "A model this server serves: one given to bt serve -m, or (unless --no-pull) a public checkpoint id."
+
+
+class ModelRequest(BaseModel):
+    model_name: str | None = Field(
+        None, description="On a server of your own: how the client named the model (`model` is the folder it resolved)."
+    )
 
 
 class ImageIn(BaseModel):
     name: str = Field(description="How records refer to the image (the client's path or URL); unique per request.")
-    data: str = Field(description="The image file's bytes, base64-encoded (or a data:image/...;base64, URL).")
+    data: str | None = Field(None, description="The file's bytes, base64-encoded (or a data:image/...;base64, URL).")
+    path: str | None = Field(None, description="Instead of data, on a server of your own (bt serve --uds): its path.")
+    url: str | None = Field(None, description="Instead of data, on a server of your own (bt serve --uds): its URL.")
+
+    @model_validator(mode="after")
+    def one_source(self):
+        if sum(value is not None for value in (self.data, self.path, self.url)) != 1:
+            raise ValueError("an image has exactly one of data, path and url")
+        return self
 
 
-class ScoreIn(BaseModel):
+class ScoreIn(ModelRequest):
     model: str = Field(DEFAULT_MATCHING_MODEL, description=MODEL)
     images: list[ImageIn] = Field(description="Images, in order.")
     texts: list[str] = Field(min_length=1, description="Texts to score against every image.")
     top_k: int | None = Field(None, ge=1, description="Keep the best k texts per image.")
 
 
-class FillMaskIn(BaseModel):
+class FillMaskIn(ModelRequest):
     model: str = Field(DEFAULT_MATCHING_MODEL, description=MODEL)
     images: list[ImageIn] = Field(description="Images, in order.")
     texts: list[str] = Field(min_length=1, description="Texts with <mask> tokens.")
@@ -31,14 +47,14 @@ class FillMaskIn(BaseModel):
     targets: list[str] | None = Field(None, description="Restrict the candidates to these words.")
 
 
-class EmbedIn(BaseModel):
+class EmbedIn(ModelRequest):
     model: str = Field(DEFAULT_CONTRASTIVE_MODEL, description=MODEL)
     kind: Literal["image", "text", "cross"] = Field(description="image, text, or cross ((image, text) pairs).")
     images: list[ImageIn] = Field(default_factory=list, description="Images (kind image or cross).")
     texts: list[str] = Field(default_factory=list, description="Texts (kind text or cross).")
 
 
-class RetrieveIn(BaseModel):
+class RetrieveIn(ModelRequest):
     model: str = Field(DEFAULT_CONTRASTIVE_MODEL, description=MODEL)
     query: str | None = Field(None, description="A text query: rank the images under `sources`.")
     sources: list[str] = Field(default_factory=list, description="Server paths and globs (under --allow-path).")
@@ -49,8 +65,38 @@ class RetrieveIn(BaseModel):
     refresh: bool = Field(True, description="Refresh the index for the sources first (false: query it as it is).")
     image: ImageIn | None = Field(None, description="An image query: rank `texts` for it.")
     texts: list[str] = Field(default_factory=list, description="With `image`: the texts to rank.")
+    like: ImageIn | None = Field(None, description="An image query: rank the images by their likeness to it.")
+    files: list[ImageIn] = Field(default_factory=list, description=OWN_FILES)
+    folders: list[str] = Field(default_factory=list, description=OWN_FOLDERS)
     top_k: int = Field(10, ge=1, le=10000, description="How many hits.")
     rerank_k: int = Field(5, ge=0, le=10000, description="ITM rescoring of the best ITC hits (0: ITC alone).")
+    wait_s: float = Field(60.0, ge=0, le=3600, description="How long to wait for another writer of the index.")
+
+
+class IndexIn(ModelRequest):
+    model: str = Field(DEFAULT_CONTRASTIVE_MODEL, description=MODEL)
+    sources: list[str] = Field(default_factory=list, description="Server paths and globs (under --allow-path).")
+    files: list[ImageIn] = Field(default_factory=list, description=OWN_FILES)
+    folders: list[str] = Field(default_factory=list, description=OWN_FOLDERS)
+    index: str | None = Field(None, description="As in /v1/retrieve (a server of your own: the index file's path).")
+    rebuild: bool = Field(False, description="Start the named index afresh (needs `index`).")
+    wait_s: float = Field(60.0, ge=0, le=3600, description="How long to wait for another writer of the index.")
+
+
+class EvalIn(ModelRequest):
+    model: str = Field(DEFAULT_CONTRASTIVE_MODEL, description=MODEL)
+    images: list[ImageIn] = Field(min_length=1, description="The caption set's images by name and (server) path.")
+    texts: list[str] = Field(min_length=1, description="Its captions.")
+    text_image: list[int] = Field(description="For each caption, the index of its image in `images`.")
+    k_test: int = Field(128, ge=1, le=10000, description="ITM reranks each query's k most similar by ITC.")
+    itc_only: bool = Field(False, description="ITC similarities alone (no ITM rerank).")
+
+
+class ExplainIn(ModelRequest):
+    model: str = Field(DEFAULT_MATCHING_MODEL, description=MODEL)
+    images: list[ImageIn] = Field(description="Images, in order.")
+    texts: list[str] = Field(min_length=1, description="Texts to explain in every image.")
+    layer: int | None = Field(None, description="The fusion layer whose cross-attention is explained (default: last).")
 
 
 class EmbeddingsIn(BaseModel):

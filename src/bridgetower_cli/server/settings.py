@@ -42,10 +42,12 @@ class Settings:
     max_pairs: int = 100_000  # image x text pairs per request
     max_candidates: int = 1_000_000  # fill-mask candidates per request (images x masks x top_k)
     decode_pixels: int = DEFAULT_MAX_IMAGE_PIXELS  # decoding at once, all requests together (~14 bytes each)
-    request_timeout_s: float = 600.0  # a request's deadline: past it, 504 and its work stops at the next batch
+    request_timeout_s: float | None = 600.0  # a request's deadline: past it, 504 and its work stops at the next batch
     graceful_timeout_s: float = 30.0  # on SIGTERM, how long requests in flight may still run
     max_waiting: int = 64  # requests admitted per model (running or queued); past it, 503 with Retry-After
     batch_window_s: float = 0.005
+    own: bool = False  # a server of one user's own (bt serve --uds): requests act with that user's rights, as bt does
+    idle_exit: bool = False  # exit once idle for keep_alive_s (the automatic server)
 
     @classmethod
     def from_env(cls) -> Settings:

@@ -187,6 +187,7 @@ class _Model:
     runtime: Any
     worker: ModelWorker
     last_used: float
+    shown: str
     in_use: int = 0
 
 
@@ -203,6 +204,7 @@ class ModelPool:
     reserved: int = 0  # models being loaded (they count against max_models)
     lock: threading.Lock = field(default_factory=threading.Lock)
     loading: dict = field(default_factory=dict)
+    last_request: float = field(default_factory=time.monotonic)  # when the last request came in or ended
 
     def admit(self, name: str, token: CancelToken) -> None:
         """Count a request in for a model, or refuse it at once (503) when ``max_waiting`` are in already."""
@@ -211,11 +213,13 @@ class ModelPool:
                 raise Busy(f"too many requests wait for {name}", "retry shortly")
             self.waiting[name] = self.waiting.get(name, 0) + 1
             self.tokens.add(token)
+            self.last_request = time.monotonic()
 
     def release(self, name: str, token: CancelToken) -> None:
         with self.lock:
             self.waiting[name] -= 1
             self.tokens.discard(token)
+            self.last_request = time.monotonic()
             if token.reason is not None:
                 self.cancelled += 1
 
@@ -277,10 +281,19 @@ class ModelPool:
         from ..model.runtime import Runtime
 
         s = self.settings
-        path = hub_snapshot(model.name) if model.hub else Path(model.name)
+        path = hub_snapshot(model.name) if model.hub else Path(model.path or model.name)
         runtime = Runtime(load_model(path, model.shown, s.device, s.dtype, threads=s.threads))
         worker = ModelWorker(runtime, s.batch_size or runtime.default_batch_size, s.batch_window_s)
-        return _Model(runtime, worker, time.monotonic())
+        return _Model(runtime, worker, time.monotonic(), model.shown)
+
+    def idle_s(self) -> float:
+        """How long no request has been in flight (0 while one is)."""
+        with self.lock:
+            return 0.0 if self.tokens else time.monotonic() - self.last_request
+
+    def loaded(self) -> list[_Model]:
+        with self.lock:
+            return list(self.models.values())
 
     def unload_idle(self) -> list[str]:
         """Unload the models idle past keep-alive (and, past ``max_models``, the least recently used idle ones)."""

@@ -9,15 +9,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import BtError
+from ..sources import ImageSource
 
 
 @dataclass
 class CaptionSet:
-    """Images (paths), captions, and the image of each caption."""
+    """Images (paths as named), captions, the image of each caption, and the images' absolute paths."""
 
     images: list[str]
     texts: list[str]
     text_image: list[int]
+    files: list[str] | None = None  # (None: the names made absolute here)
+
+    def sources(self) -> list[ImageSource]:
+        files = self.files or [os.path.abspath(name) for name in self.images]
+        return [ImageSource(name, path=path) for name, path in zip(self.images, files)]
 
 
 def _malformed(path: Path, where: str, what: str) -> BtError:

@@ -12,7 +12,6 @@ Each image and each caption is encoded once; the ITM head runs once per pair in 
 
 from __future__ import annotations
 
-import os
 import time
 
 import torch
@@ -20,7 +19,6 @@ import torch
 from ..errors import BtError
 from ..model.runtime import Runtime
 from ..records import EvalRecord, Outcome, Reporter
-from ..sources import ImageSource
 from .batching import chunks, encode_image_batches, encode_text_batches
 from .captions import CaptionSet, load_caption_set  # noqa: F401  (the caption set evaluated)
 
@@ -70,7 +68,7 @@ def protocol_scores(
     """The merged score matrix [images, texts], the image (row) of each text, and the number of pairs the ITM head
     scored. Unreadable images go to ``outcome.skipped`` and are left out with their captions."""
     reporter = reporter or Reporter()
-    sources = [ImageSource(path, path=os.path.abspath(path)) for path in caption_set.images]
+    sources = caption_set.sources()
     index_of = {id(source): k for k, source in enumerate(sources)}
     row_of, image_states = {}, []
     with reporter.progress(len(sources), "encoding images") as advance:

@@ -4,6 +4,7 @@ searches)."""
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -59,6 +60,24 @@ def open_index(
     if write:
         return EmbeddingIndex.for_writing(path, fingerprint(loaded.path), dim, rebuild, loaded.name, wait_s=wait_s)
     return EmbeddingIndex.for_reading(path, fingerprint(loaded.path), dim, loaded.name)
+
+
+def index_images(
+    runtime: Runtime | None,
+    index: EmbeddingIndex,
+    sources: Sequence[ImageSource],
+    outcome: Outcome,
+    folders: Sequence[Path],
+    batch_size: int,
+    reporter: Reporter,
+    engine=None,
+) -> RefreshStats:
+    """``bt index``: the opened ``index`` brought up to date with ``sources`` (``refresh_index``), then closed;
+    says what it did."""
+    with index:
+        stats = refresh_index(runtime, index, sources, outcome, folders, batch_size, reporter, engine=engine)
+        reporter.info(f"{stats.line()}; {index.count()} images in {os.path.abspath(index.path)}")
+    return stats
 
 
 def refresh_index(

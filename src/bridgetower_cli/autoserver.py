@@ -1,0 +1,246 @@
+"""The automatic server (``--server auto``, env ``BT_SERVER=auto``), as ollama's or a build daemon's: the first call
+starts ``bt serve --uds`` detached, on a Unix socket in a private runtime folder (0700; the socket 0600, so no other
+user can connect and no key is needed); later calls use it; it exits after ``BT_KEEP_ALIVE`` idle (default 10 min,
+its models unloaded first). One started by another bt version, Python or set of server options is replaced. Two
+first calls at once start one server (a lock file). A server that cannot start is an ``AutoServerFailed`` naming
+its log; the caller then runs in process.
+
+The folder: ``$XDG_RUNTIME_DIR/bt`` (else ``<tmp>/bt-<uid>``) holds ``server.sock``, ``server.lock``,
+``server.json`` (the pid and identity of the server started last) and ``server.log``."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import BtError
+from .records import Record
+
+DEFAULT_KEEP_ALIVE = "10m"
+START_TIMEOUT_S = 60.0  # for a new server to answer (it imports the server stack; models load on first use)
+STOP_TIMEOUT_S = 10.0  # for a replaced server to stop listening
+LOCK_TIMEOUT_S = START_TIMEOUT_S + STOP_TIMEOUT_S + 5  # another call starting one holds the lock this long at most
+
+
+@dataclass
+class ServerStatus(Record):
+    """The automatic server as `bt serve --status` shows it."""
+
+    socket: str
+    log: str
+    pid: int
+    uptime_s: float
+    models: list[str]
+    requests: int  # in flight now
+    cancelled: int  # stopped by their client (Ctrl-C), a deadline or a shutdown, since it started
+    rss_mb: float | None
+    idle_exit_s: float | None
+
+
+class AutoServerFailed(BtError):
+    """The automatic server could not be started or reached (the call runs in process instead)."""
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    """What a server is started with, beyond the models requests name: these make its identity."""
+
+    device: str = "auto"
+    dtype: str = "auto"
+    threads: int | None = None
+    batch_size: int | None = None
+    keep_alive: str = DEFAULT_KEEP_ALIVE
+
+    def arguments(self, socket: Path) -> list[str]:
+        args = ["serve", "--uds", str(socket), "--idle-exit", "--keep-alive", self.keep_alive]
+        args += ["--device", self.device, "--dtype", self.dtype]
+        args += ["--threads", str(self.threads)] if self.threads else []
+        args += ["--batch-size", str(self.batch_size)] if self.batch_size else []
+        return args
+
+    def identity(self) -> str:
+        """bt's version, the Python environment, these options and the environment the server reads: a server
+        started with any other is not this one."""
+        from . import __version__
+
+        environment = {name: value for name, value in os.environ.items() if name in SERVER_ENVIRONMENT}
+        facts = [__version__, sys.executable, sys.prefix, self.arguments(Path("socket")), sorted(environment.items())]
+        return hashlib.sha256(json.dumps(facts).encode()).hexdigest()[:16]
+
+
+# What the server process reads from its environment (the rest of it is the caller's and changes nothing there).
+SERVER_ENVIRONMENT = ("BT_MAX_IMAGE_PIXELS", "HF_HOME", "HF_HUB_OFFLINE", "HF_ENDPOINT", "XDG_CACHE_HOME")
+
+
+def runtime_folder() -> Path:
+    """The private folder of the automatic server: made 0700 if need be; refused if it is not this user's alone."""
+    base = os.environ.get("XDG_RUNTIME_DIR")
+    folder = Path(base) / "bt" if base and os.path.isdir(base) else Path(tempfile.gettempdir()) / f"bt-{os.geteuid()}"
+    with contextlib.suppress(FileExistsError):
+        folder.mkdir(mode=0o700)
+    found = os.lstat(folder)
+    if not stat.S_ISDIR(found.st_mode) or found.st_uid != os.geteuid() or found.st_mode & 0o077:
+        raise AutoServerFailed(
+            f"the automatic server's folder {folder} is not private (a link, someone else's, or open to others)",
+            "remove it, or set XDG_RUNTIME_DIR to a private folder (mode 0700)",
+        )
+    return folder
+
+
+@dataclass
+class Place:
+    """The automatic server's files."""
+
+    folder: Path
+
+    @property
+    def socket(self) -> Path:
+        return self.folder / "server.sock"
+
+    @property
+    def log(self) -> Path:
+        return self.folder / "server.log"
+
+    @property
+    def record(self) -> Path:
+        return self.folder / "server.json"
+
+    def started(self) -> dict:
+        """What server.json says of the server started last ({} if nothing)."""
+        try:
+            found = json.loads(self.record.read_text())
+        except (OSError, ValueError):
+            return {}
+        return found if isinstance(found, dict) else {}
+
+    @contextlib.contextmanager
+    def locked(self):
+        """The start lock: one call at a time checks, replaces and starts the server."""
+        descriptor = os.open(self.folder / "server.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        try:
+            deadline = time.monotonic() + LOCK_TIMEOUT_S
+            while True:
+                try:
+                    fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise AutoServerFailed(
+                            f"another bt call has been starting the automatic server for {LOCK_TIMEOUT_S:g} s",
+                            f"see {self.log}",
+                        ) from None
+                    time.sleep(0.05)
+            yield
+        finally:
+            os.close(descriptor)  # (closing releases the lock)
+
+
+def connect(options: ServerOptions, timeout_s: float | None = None):
+    """A client of the automatic server for ``options``: the running one if it is ours and answers, else a new one
+    started now (replacing one of another identity)."""
+    from .client import Client
+
+    place, identity = Place(runtime_folder()), options.identity()
+    client = Client(f"unix:{place.socket}", timeout_s=timeout_s, socket=str(place.socket), own=True)
+    if place.started().get("identity") == identity and _answers(client):
+        return client
+    with place.locked():  # (another call may have started it meanwhile: look again)
+        started = place.started()
+        if started.get("identity") == identity and _answers(client):
+            return client
+        if _answers(client):
+            stop(place, client)
+        _start(place, options, identity)
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not _answers(client):
+            if not _alive(place.started().get("pid")) or time.monotonic() > deadline:
+                raise AutoServerFailed(f"the automatic bt server did not start (see {place.log})")
+            time.sleep(0.05)
+    return client
+
+
+def _start(place: Place, options: ServerOptions, identity: str) -> None:
+    """``bt serve --uds`` detached: its own session (no terminal signal reaches it), its output to the log."""
+    with open(os.open(place.log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600), "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "bridgetower_cli", *options.arguments(place.socket)],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+            close_fds=True,
+            cwd=place.folder,
+        )
+    record = {"pid": process.pid, "identity": identity, "socket": str(place.socket), "started": time.time()}
+    temporary = place.record.with_suffix(".tmp")
+    temporary.write_text(json.dumps(record))
+    temporary.replace(place.record)
+
+
+def _answers(client) -> bool:
+    """Whether a bt server answers on the client's socket (a stale socket file refuses at once)."""
+    if not os.path.exists(client.socket):
+        return False
+    try:
+        return client.get("/health", connect_s=2.0).get("status") == "ok"
+    except BtError:
+        return False
+
+
+def _alive(pid) -> bool:
+    if not isinstance(pid, int):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return not _zombie(pid)
+
+
+def _zombie(pid: int) -> bool:
+    """A child that exited and was not reaped yet (it answers kill 0 but is gone)."""
+    with contextlib.suppress(OSError, IndexError):
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    return False
+
+
+def status(place: Place | None = None) -> ServerStatus | None:
+    """The running automatic server's status (socket, pid, uptime, models, memory), None if none answers."""
+    from .client import Client
+
+    place = place or Place(runtime_folder())
+    client = Client(f"unix:{place.socket}", timeout_s=10.0, socket=str(place.socket), own=True)
+    if not _answers(client):
+        return None
+    return ServerStatus(str(place.socket), str(place.log), **client.get("/v1/status"))
+
+
+def stop(place: Place | None = None, client=None) -> int | None:
+    """Stop the automatic server (SIGTERM to the pid its socket reports: requests in flight get its graceful time),
+    waiting until it no longer listens; its pid, or None if none answered."""
+    place = place or Place(runtime_folder())
+    found = status(place)
+    if found is None:
+        return None
+    pid = found.pid
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + STOP_TIMEOUT_S
+    from .client import Client
+
+    client = client or Client(f"unix:{place.socket}", socket=str(place.socket), own=True)
+    while _answers(client) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return pid
