@@ -108,9 +108,16 @@ def load(
     api_key: str | None = None,
     timeout: float | None = None,
 ) -> Model:
-    """A checkpoint by hub id or local directory, run here, or on the bt server at ``server`` (the same records)."""
+    """A checkpoint by hub id or local directory, run here, or on the bt server at ``server`` (the same records;
+    ``"auto"``: the automatic server, started on first use; a ``RuntimeWarning`` if it cannot start, and the work
+    runs here)."""
+    import warnings
+
+    def warn(message: str) -> None:
+        warnings.warn(message, RuntimeWarning, stacklevel=4)
+
     options = ModelOptions(str(model), revision, device, dtype, threads, batch_size)
-    return Model(open_backend(options, server, api_key, timeout))
+    return Model(open_backend(options, server, api_key, timeout, warn))
 
 
 def _texts(texts: Iterable[str]) -> list[str]:
@@ -132,8 +139,9 @@ def _sources(images: Images) -> list[ImageSource]:
         elif hasattr(image, "save"):  # a PIL image: its pixels, losslessly
             buffer = io.BytesIO()
             image.save(buffer, "PNG")
-            name = getattr(image, "filename", "") or f"image[{k}]"
-            sources.append(ImageSource(name, data=buffer.getvalue()))
+            name = getattr(image, "filename", "")
+            taken = name in {source.name for source in sources}  # (records must tell the images apart)
+            sources.append(ImageSource(name if name and not taken else f"image[{k}]", data=buffer.getvalue()))
         else:
             raise BtError(f"image[{k}] is a {type(image).__name__}", "pass paths, PIL images or bytes")
     return sources

@@ -30,6 +30,7 @@ from .records import Record
 DEFAULT_KEEP_ALIVE = "10m"
 START_TIMEOUT_S = 60.0  # for a new server to answer (it imports the server stack; models load on first use)
 STOP_TIMEOUT_S = 10.0  # for a replaced server to stop listening
+LOG_BYTES = 2**20
 LOCK_TIMEOUT_S = START_TIMEOUT_S + STOP_TIMEOUT_S + 5  # another call starting one holds the lock this long at most
 
 
@@ -171,18 +172,28 @@ def connect(options: ServerOptions, timeout_s: float | None = None):
 
 
 def _start(place: Place, options: ServerOptions, identity: str) -> None:
-    """``bt serve --uds`` detached: its own session (no terminal signal reaches it), its output to the log."""
-    with open(os.open(place.log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600), "wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "bridgetower_cli", *options.arguments(place.socket)],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=log,
-            start_new_session=True,
-            close_fds=True,
-            cwd=place.folder,
-        )
-    record = {"pid": process.pid, "identity": identity, "socket": str(place.socket), "started": time.time()}
+    """``bt serve --uds`` detached: a session of its own (no terminal signal reaches it), a child of init (no zombie
+    of this process, which may live long: a Python program), its output to the log (one line per start first; the
+    log starts afresh past ``LOG_BYTES``)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW
+    with open(os.open(place.log, flags, 0o600), "ab") as log:
+        if os.fstat(log.fileno()).st_size > LOG_BYTES:
+            log.truncate(0)
+        log.write(f"bt: {time.strftime('%Y-%m-%d %H:%M:%S')} starting the automatic server ({identity})\n".encode())
+    server = [sys.executable, "-m", "bridgetower_cli", *options.arguments(place.socket)]
+    # sh starts the server in the background and says its pid; the server outlives sh, which exits at once.
+    detach = 'log=$1; shift; "$@" </dev/null >>"$log" 2>&1 & echo $!'
+    spawned = subprocess.run(
+        ["/bin/sh", "-c", detach, "sh", str(place.log), *server],
+        capture_output=True,
+        text=True,
+        start_new_session=True,
+        cwd=place.folder,
+        timeout=30,
+    )
+    if spawned.returncode != 0 or not spawned.stdout.strip().isdigit():
+        raise AutoServerFailed(f"the automatic bt server could not be started ({spawned.stderr.strip()[:200]})")
+    record = {"pid": int(spawned.stdout), "identity": identity, "socket": str(place.socket), "started": time.time()}
     temporary = place.record.with_suffix(".tmp")
     temporary.write_text(json.dumps(record))
     temporary.replace(place.record)

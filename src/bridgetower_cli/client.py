@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import http.client
 import json
-from collections.abc import Iterator
+import socket
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from .errors import BtError, InputError
@@ -16,7 +18,6 @@ from .records import Outcome, Reporter
 from .sources import ImageSource
 
 DEFAULT_TIMEOUT_S = 660.0  # a little past the server's default request deadline (10 min), so its 504 comes first
-SOCKET_HOST = "http://bt"  # the host name of requests over a Unix socket (any name serves)
 
 
 @dataclass
@@ -32,52 +33,34 @@ class Client:
     own: bool = False
     meta: dict = field(default_factory=dict)  # the last request's facts beside its records (explain's image size)
 
-    def _session(self, connect_s: float = 10.0):
-        import httpx
-
-        timeout = httpx.Timeout(self.timeout_s or DEFAULT_TIMEOUT_S, connect=min(connect_s, self.timeout_s or 10.0))
-        transport = httpx.HTTPTransport(uds=self.socket) if self.socket else None
-        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
-        return httpx.Client(transport=transport, timeout=timeout, headers=headers)
-
-    @property
-    def base(self) -> str:
-        return SOCKET_HOST if self.socket else self.url.rstrip("/")
-
     def get(self, path: str, connect_s: float = 10.0) -> dict:
         """A small GET (status, health), as JSON."""
-        import httpx
-
-        try:
-            with self._session(connect_s) as session:
-                response = session.get(self.base + path)
-        except httpx.HTTPError as error:
-            raise _failure(self.url, error, self.timeout_s or DEFAULT_TIMEOUT_S) from None
-        return self._checked(response, response.read())
+        with self._exchange("GET", path, None, connect_s) as answer:
+            return self._checked(answer, answer.read())
 
     def stream(self, path: str, payload: dict, outcome: Outcome, reporter: Reporter) -> Iterator[dict]:
         """POST ``payload`` and yield each record (as a dict) as it arrives; the server's skips go to ``outcome``,
         its warnings, notes and progress to ``reporter``, its error is raised. Leaving early (Ctrl-C, a closed pipe)
         closes the connection, and the server stops the work at its next step."""
-        import httpx
-
         self.meta = {}
-        try:
-            with self._session() as session, contextlib.ExitStack() as bars:
-                headers = {"Accept": "application/x-ndjson"}
-                with session.stream("POST", self.base + path, json=payload, headers=headers) as response:
-                    if response.status_code >= 400 or "ndjson" not in response.headers.get("content-type", ""):
-                        self._checked(response, response.read())
-                        raise self._not_bt(response)
-                    shown = _Shown(outcome, reporter, bars, self.meta)
-                    for line in response.iter_lines():
-                        if line:
-                            yield from shown.event(self._event(line))
-                            if shown.ended:
-                                return
-                    raise BtError(f"the bt server at {self.url} closed the connection mid-answer", "see its log")
-        except httpx.HTTPError as error:
-            raise _failure(self.url, error, self.timeout_s or DEFAULT_TIMEOUT_S) from None
+        with self._exchange("POST", path, payload) as answer, contextlib.ExitStack() as bars:
+            if answer.status >= 400 or "ndjson" not in answer.kind:
+                self._checked(answer, answer.read())
+                raise self._not_bt(answer)
+            shown = _Shown(outcome, reporter, bars, self.meta)
+            for line in answer.lines:
+                if line:
+                    yield from shown.event(self._event(line))
+                    if shown.ended:
+                        return
+            raise BtError(f"the bt server at {self.url} closed the connection mid-answer", "see its log")
+
+    def _exchange(self, method: str, path: str, payload: dict | None, connect_s: float = 10.0):
+        headers = {"Accept": "application/x-ndjson"} | (
+            {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        )
+        exchange = _over_socket if self.socket else _over_http
+        return exchange(self, method, path, payload, headers, connect_s)
 
     def _event(self, line: str) -> dict:
         try:
@@ -90,22 +73,22 @@ class Client:
             raise self._error(event.get("status", 500), event)
         return event
 
-    def _checked(self, response, content: bytes) -> dict:
+    def _checked(self, answer: _Answer, content: bytes) -> dict:
         """A JSON answer, or the error it carries (a non-bt server said so)."""
         try:
             body = json.loads(content)
         except ValueError:
             body = None
         if not isinstance(body, dict):
-            raise self._not_bt(response)
-        if response.status_code >= 400:
-            raise self._error(response.status_code, body)
+            raise self._not_bt(answer)
+        if answer.status >= 400:
+            raise self._error(answer.status, body)
         return body
 
-    def _not_bt(self, response) -> BtError:
-        kind = response.headers.get("content-type", "no content type").split(";")[0]
+    def _not_bt(self, answer: _Answer) -> BtError:
+        kind = (answer.kind or "no content type").split(";")[0]
         return BtError(
-            f"{self.url} is not a bt server (it answered {response.status_code} with {kind})",
+            f"{self.url} is not a bt server (it answered {answer.status} with {kind})",
             "check the URL in --server / BT_SERVER",
         )
 
@@ -117,6 +100,83 @@ class Client:
         failure.hint, failure.status = body.get("hint"), status
         failure.exit_code = body.get("exit_code") or 1
         return failure
+
+
+@dataclass
+class _Answer:
+    """A server's answer as it arrives: status, content type, its lines (one event each), or all of it."""
+
+    status: int
+    kind: str
+    lines: Iterator[str]
+    read: Callable[[], bytes]
+
+
+@contextlib.contextmanager
+def _over_http(client: Client, method: str, path: str, payload, headers: dict, connect_s: float):
+    """An exchange over HTTP(S) (httpx: TLS, proxies, the system's certificates), transport errors named."""
+    import httpx
+
+    read_s = client.timeout_s or DEFAULT_TIMEOUT_S
+    timeout = httpx.Timeout(read_s, connect=min(connect_s, client.timeout_s or 10.0))
+    try:
+        with httpx.Client(timeout=timeout) as session:
+            url = client.url.rstrip("/") + path
+            with session.stream(method, url, json=payload, headers=headers) as response:
+                kind = response.headers.get("content-type", "")
+                yield _Answer(response.status_code, kind, response.iter_lines(), response.read)
+    except httpx.HTTPError as error:
+        raise _failure(client.url, error, read_s) from None
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    """HTTP over a Unix socket (the standard library's client: the automatic server's calls are short, and httpx
+    alone would take longer to import than one of them takes)."""
+
+    def __init__(self, socket_path: str, connect_s: float, read_s: float):
+        super().__init__("bt", timeout=connect_s)
+        self.socket_path, self.read_s = socket_path, read_s
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(self.socket_path)
+        self.sock.settimeout(self.read_s)
+
+
+@contextlib.contextmanager
+def _over_socket(client: Client, method: str, path: str, payload, headers: dict, connect_s: float):
+    """An exchange over the automatic server's Unix socket, transport errors named."""
+    read_s = client.timeout_s or DEFAULT_TIMEOUT_S
+    connection = _UnixConnection(client.socket, min(connect_s, read_s), read_s)
+
+    def failure(error: Exception) -> BtError:
+        if isinstance(error, TimeoutError):
+            return BtError(f"no answer within {read_s:g} s from {client.url}", "raise --timeout (env BT_TIMEOUT)")
+        if isinstance(error, (FileNotFoundError, ConnectionRefusedError)):
+            return BtError(f"no bt server answers at {client.url}", "bt serve --status says whether one runs")
+        return BtError(f"the bt server at {client.url} failed to answer ({type(error).__name__})", "see its log")
+
+    def lines(response) -> Iterator[str]:
+        try:
+            for line in response:
+                yield line.decode("utf-8").rstrip("\n")
+        except (OSError, http.client.HTTPException) as error:
+            raise failure(error) from None
+
+    body = None if payload is None else json.dumps(payload).encode()
+    if body is not None:
+        headers = {**headers, "Content-Type": "application/json"}
+    try:
+        connection.request(method, path, body=body, headers=headers)
+        response = connection.getresponse()
+    except (OSError, http.client.HTTPException) as error:
+        connection.close()
+        raise failure(error) from None
+    try:
+        yield _Answer(response.status, response.getheader("content-type", ""), lines(response), response.read)
+    finally:
+        connection.close()
 
 
 class _Shown:
@@ -182,12 +242,16 @@ def _failure(url: str, error, timeout_s: float) -> BtError:
 
 
 def sent_images(client: Client, sources: list[ImageSource], outcome: Outcome, reporter: Reporter) -> list[dict]:
-    """The images as a request names them: by path or URL to one's own server (it reads them as bt in process
-    would); else their bytes, base64 (an unreadable one skipped here, as in process)."""
-    if client.own:
-        return [{"name": s.name, "url": s.url} if s.is_url else {"name": s.name, "path": s.path} for s in sources]
+    """The images as a request names them: files and URLs by path or URL to one's own server (it reads them as bt
+    in process would); else their bytes, base64 (an unreadable one skipped here, as in process)."""
     images = []
     for source in sources:
+        if client.own and source.is_url:
+            images.append({"name": source.name, "url": source.url})
+            continue
+        if client.own and source.path is not None:
+            images.append({"name": source.name, "path": source.path})
+            continue
         try:
             data = read_bytes(source)
         except InputError as error:

@@ -136,3 +136,32 @@ def test_device_cuda_without_cuda(bt, full_checkpoint, samples):
         pytest.skip("this machine has CUDA")
     result = bt("score", samples / "cat.jpg", "a cat", "-m", full_checkpoint, "--device", "cuda")
     assert result.code == 1 and "CUDA is not available" in result.stderr
+
+
+def test_two_images_under_one_name_each_get_their_records(full_checkpoint, samples):
+    """The Python API may pass a path and a PIL image of another file under one name: no record is lost."""
+    from conftest import DEVICE
+
+    import bridgetower_cli as bt
+    from bridgetower_cli.model.loading import load_model
+    from bridgetower_cli.model.runtime import Runtime
+    from bridgetower_cli.records import Outcome
+    from bridgetower_cli.sources import ImageSource
+    from bridgetower_cli.tasks import pairs
+
+    runtime = Runtime(load_model(full_checkpoint, "full", DEVICE, "float32"))
+    sources = [
+        ImageSource("same", path=str(samples / "cat.jpg")),
+        ImageSource("same", path=str(samples / "rocket.jpg")),
+    ]
+    records = list(pairs.score(runtime, sources, TEXTS[:2], Outcome(), batch_size=1))
+    expected = {
+        itm_logits(full_checkpoint, rgb(samples / name), text)[1].item() for name in ("cat.jpg", "rocket.jpg")
+        for text in TEXTS[:2]
+    }  # fmt: skip
+    assert len(records) == 4 and all(min(abs(r.logit - e) for e in expected) <= 1e-5 for r in records)
+    from PIL import Image
+
+    model = bt.load(str(full_checkpoint), device=DEVICE, dtype="float32")
+    named = [r.image for r in model.score([str(samples / "cat.jpg"), Image.open(samples / "cat.jpg")], ["a cat"])]
+    assert named == [str(samples / "cat.jpg"), "image[1]"]

@@ -42,7 +42,7 @@ def read_images(
 ) -> Iterator[tuple[ImageSource, torch.Tensor]]:
     """Pixel values per readable source; unreadable ones are reported and recorded as skipped, whatever fails on the
     way (reading, decoding, converting, preprocessing). Each image is decoded and preprocessed within the process's
-    decode budget (a server's). ``keep`` collects the RGB image the model sees, by source name."""
+    decode budget (a server's). ``keep`` collects the RGB image the model sees, by ``id(source)``."""
     for source in sources:
         cancel.check()
         try:
@@ -59,7 +59,7 @@ def read_images(
             outcome.skip(source.name, f"cannot decode it ({type(error).__name__}: {error})", reporter)
             continue
         if keep is not None:
-            keep[source.name] = image
+            keep[id(source)] = image
         if padded:
             warn_padded(reporter, source.name, padded)
         yield source, pixels

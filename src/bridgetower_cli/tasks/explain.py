@@ -93,6 +93,6 @@ def explain(
                     record = ExplainRecord(
                         source.name, text, layer, probability, cams[1:-1].mean(dim=0).tolist(), words
                     )
-                    yield record, images[source.name]
+                    yield record, images[id(source)]
                     advance(1)
-                images.pop(source.name)
+                images.pop(id(source))

@@ -29,17 +29,18 @@ def score(
     """
     reporter = reporter or Reporter()
     text_states = encode_text_batches(runtime, texts, batch_size, reporter)
-    pending: dict[str, list[ScoreRecord]] = {}
+    pending: dict[int, list[ScoreRecord]] = {}  # by source (two may share a name: a path and a PIL image of it)
     with reporter.progress(len(sources) * len(texts), "scoring pairs") as advance:
         for batch in encode_image_batches(runtime, sources, batch_size, outcome, reporter):
             pairs = [(source, image, j) for source, image in batch for j in range(len(texts))]
             for chunk in chunks(pairs, batch_size):
                 scores = runtime.match_scores([(text_states[j], image) for _, image, j in chunk], batch_size)
                 for (source, _, j), (logit, probability) in zip(chunk, scores):
-                    pending.setdefault(source.name, []).append(ScoreRecord(source.name, texts[j], logit, probability))
+                    record = ScoreRecord(source.name, texts[j], logit, probability)
+                    pending.setdefault(id(source), []).append(record)
                 advance(len(chunk))
-                for name in [name for name, records in pending.items() if len(records) == len(texts)]:
-                    yield from best_first(pending.pop(name))[:top_k]
+                for done in [key for key, records in pending.items() if len(records) == len(texts)]:
+                    yield from best_first(pending.pop(done))[:top_k]
 
 
 def mask_positions(runtime: Runtime, texts: list[str]) -> list[list[int]]:

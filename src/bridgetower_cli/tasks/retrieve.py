@@ -110,13 +110,13 @@ def retrieve_images(
 
     def rescore(shortlist: list[int]) -> dict[int, Score]:
         chosen = [candidates[item] for item in shortlist]
-        item_of = {source.name: item for item, source in zip(shortlist, chosen)}
+        item_of = {id(source): item for item, source in zip(shortlist, chosen)}
         scores = {}
         with reporter.progress(len(chosen), "reranking images") as advance:
             for batch in encode_image_batches(runtime, chosen, batch_size, outcome, reporter):
                 pairs = [(text, image) for _, image in batch]
                 for (source, _), itm in zip(batch, runtime.match_scores(pairs, batch_size)):
-                    scores[item_of[source.name]] = itm
+                    scores[item_of[id(source)]] = itm
                 advance(len(batch))
         return scores
 

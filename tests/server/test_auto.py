@@ -1,0 +1,353 @@
+"""`--server auto`: the automatic server on a private Unix socket. Every command prints through it what it prints in
+process (records, order, skips, warnings, exit codes, progress); the first call starts it, later ones reuse it, two
+first calls start one, another identity replaces it, it exits when idle, a stale socket is replaced, a server that
+cannot start falls back to in process, and Ctrl-C on the client stops the work on the server."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import BT_ENV, DEVICE
+from helpers import CHECK_IMPORTS
+
+pytest.importorskip("fastapi")
+
+from bridgetower_cli import autoserver  # noqa: E402
+
+pytestmark = pytest.mark.slow  # every test here starts a server process
+
+TEXTS = ["two cats on a couch", "a rocket launch at night"]
+
+
+def private(folder: Path) -> Path:
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return folder
+
+
+def auto_env(runtime: Path, **more) -> dict:
+    return {"XDG_RUNTIME_DIR": str(runtime), "BT_SERVER": "auto", **more}
+
+
+def place(runtime: Path) -> autoserver.Place:
+    return autoserver.Place(runtime / "bt")
+
+
+def server_pids(socket: Path) -> list[int]:
+    """The processes serving on ``socket`` (from /proc: whatever server.json says)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                command = (entry / "cmdline").read_bytes().split(b"\0")
+                state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            except OSError:
+                continue
+            if b"--uds" in command and str(socket).encode() in command and state != "Z":
+                found.append(int(entry.name))
+    return found
+
+
+def wait_until(condition, timeout_s: float = 60.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.fixture
+def runtime(tmp_path):
+    """A private runtime folder of the test's own; whatever server it started is stopped at the end."""
+    folder = private(tmp_path / "run")
+    yield folder
+    stop_all(folder)
+
+
+def stop_all(folder: Path) -> None:
+    socket = place(folder).socket
+    autoserver.stop(place(folder))
+    for pid in server_pids(socket):
+        os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory, samples, full_checkpoint):
+    """One automatic server for the module's comparisons (its runtime folder), and a copy of the samples."""
+    root = tmp_path_factory.mktemp("auto")
+    shutil.copytree(samples, root / "photos", ignore=shutil.ignore_patterns("*.md", "*.json"))
+    folder = private(root / "run")
+    yield root, folder
+    stop_all(folder)
+
+
+# -- the same output in both modes -----------------------------------------------------------------------------
+
+COMMANDS = {
+    "score": ["score", "{photos}", *TEXTS],
+    "score-relative": ["score", "photos/cat.jpg", "-t", "a cat", "-k", "1"],
+    "score-skips": ["score", "mixed", "a cat"],
+    "fill-mask": ["fill-mask", "{photos}/cat.jpg", "photos/rocket.jpg", "a <mask> on a <mask>", "-k", "3"],
+    "embed-image": ["embed", "photos", "--kind", "image"],
+    "embed-text": ["embed", "-t", "a cat", "-t", "a dog", "-f", "jsonl"],
+    "embed-cross": ["embed", "{photos}/coffee.jpg", "-t", "a cup", "--kind", "cross"],
+    "index": ["index", "photos", "mixed", "--index", "{index}"],
+    "retrieve": ["retrieve", "two cats", "photos", "--index", "{index}", "-r", "3"],
+    "retrieve-csv": ["retrieve", "two cats", "{photos}", "--index", "{index}", "-r", "2", "-f", "csv"],
+    "retrieve-like": ["retrieve", "photos/cat.jpg", "photos", "--index", "{index}", "-k", "3"],
+    "retrieve-whole": ["retrieve", "-n", "--query", "a rocket", "--index", "{index}", "-k", "2"],
+    "retrieve-texts": ["retrieve", "--image", "{photos}/cat.jpg", "-t", "a cat", "-t", "a rocket", "-t", "a cup"],
+    "eval": ["eval", "captions.json", "--images", "photos", "--k-test", "2"],
+    "eval-missing": ["eval", "captions-missing.json", "--images", "photos", "--k-test", "2"],
+    "explain": ["explain", "photos/cat.jpg", "a cat", "--output-dir", "pictures", "--words"],
+    "explain-layer": ["explain", "photos/cat.jpg", "a cat", "--layer", "99"],
+    "fill-mask-no-mask": ["fill-mask", "photos/cat.jpg", "a cat"],
+}
+
+
+def prepared(root: Path) -> None:
+    """The inputs the commands name: a folder with unreadable files, caption sets (one naming a missing image)."""
+    mixed = root / "mixed"
+    if not mixed.exists():
+        mixed.mkdir()
+        shutil.copy(root / "photos" / "cat.jpg", mixed / "cat.jpg")
+        (mixed / "broken.jpg").write_text("not a jpeg")
+        (mixed / "empty.png").write_bytes(b"")
+        captions = [
+            {"image": "cat.jpg", "caption": ["two cats on a couch", "cats resting"]},
+            {"image": "rocket.jpg", "caption": ["a rocket launch at night"]},
+            {"image": "coffee.jpg", "caption": ["a cup of coffee"]},
+        ]
+        (root / "captions.json").write_text(json.dumps(captions))
+        missing = [*captions, {"image": "gone.jpg", "caption": ["nothing"]}]
+        (root / "captions-missing.json").write_text(json.dumps(missing))
+
+
+@pytest.mark.parametrize("name", list(COMMANDS))
+def test_every_command_prints_through_the_automatic_server_what_it_prints_in_process(
+    bt, shared, full_checkpoint, monkeypatch, name
+):
+    """Byte for byte on stdout and stderr, and the same exit code (names as typed, relative paths too)."""
+    root, runtime = shared
+    prepared(root)
+    monkeypatch.chdir(root)
+    runs = {}
+    for mode, env in (("local", {}), ("auto", auto_env(runtime))):
+        index = root / f"{name}-{mode}.sqlite"
+        args = [a.format(photos=root / "photos", index=index) for a in COMMANDS[name]]
+        if name == "retrieve-whole":  # (an index to search as a whole: built first)
+            bt("index", "photos", "--index", index, "-m", full_checkpoint, env=env)
+        fmt = [] if "-f" in args else ["-f", "json"]
+        result = bt(*args, "-m", full_checkpoint, *fmt, env=env)
+        pictures = sorted((p.name, p.read_bytes()) for p in (root / "pictures").glob("*")) if name == "explain" else []
+        shutil.rmtree(root / "pictures", ignore_errors=True)
+        runs[mode] = result, result.stderr.replace(str(index), "{index}"), pictures
+    (local, local_err, local_pictures), (auto, auto_err, auto_pictures) = runs["local"], runs["auto"]
+    assert auto.code == local.code, auto.stderr
+    if name.startswith("eval"):  # (the seconds it took are the one field that differs)
+        untimed = [{k: v for k, v in json.loads(r.stdout).items() if k != "seconds"} for r in (auto, local)]
+        assert untimed[0] == untimed[1]
+    else:
+        assert auto.stdout == local.stdout
+    assert auto_err == local_err
+    assert auto_pictures == local_pictures
+    assert "running in this process" not in auto.stderr  # (it did run on the server)
+    failing = {"score-skips": 3, "index": 3, "eval-missing": 3, "explain-layer": 1, "fill-mask-no-mask": 1}
+    assert local.code == failing.get(name, 0), local.stderr
+
+
+def test_the_server_runs_them_with_its_models_loaded_and_reports_itself(bt, shared, full_checkpoint):
+    root, runtime = shared
+    bt("score", root / "photos" / "cat.jpg", "a cat", "-m", full_checkpoint, env=auto_env(runtime))
+    result = bt("serve", "--status", "-f", "json", env={"XDG_RUNTIME_DIR": str(runtime)})
+    status = json.loads(result.stdout)
+    assert status["models"] == [str(full_checkpoint)] and status["pid"] in server_pids(place(runtime).socket)
+    assert status["socket"] == str(place(runtime).socket) and status["rss_mb"] > 0 and status["idle_exit_s"] == 600
+    # Private: the folder 0700, the socket 0600 (no other user can connect).
+    assert stat.S_IMODE(os.stat(runtime / "bt").st_mode) == 0o700
+    assert stat.S_IMODE(os.stat(place(runtime).socket).st_mode) == 0o600
+
+
+def test_the_client_imports_neither_torch_nor_transformers(shared, full_checkpoint):
+    root, runtime = shared
+    env = {**os.environ, **{k: v for k, v in BT_ENV.items() if v}, **auto_env(runtime)}
+    args = ["score", root / "photos" / "cat.jpg", "a cat", "-m", full_checkpoint, "-f", "json"]
+    result = subprocess.run([sys.executable, "-c", CHECK_IMPORTS, *map(str, args)], capture_output=True, text=True,
+                            env=env)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)[0]["text"] == "a cat"
+    assert result.stderr.rstrip().endswith("HEAVY=") and "running in this process" not in result.stderr
+
+
+def test_progress_reaches_the_client_as_in_process(shared, full_checkpoint, monkeypatch):
+    """The same bars, totals and counts from a server's work as from the same work in process."""
+    from bridgetower_cli.backend import IndexRequest, Local, ModelOptions, Remote, indexable
+    from bridgetower_cli.records import Outcome, Reporter
+
+    class Recording(Reporter):
+        def __init__(self):
+            self.bars = []
+
+        def progress(self, total, description):
+            import contextlib
+
+            bar = [description, total, 0]
+            self.bars.append(bar)
+
+            @contextlib.contextmanager
+            def counting():
+                yield lambda n=1: bar.__setitem__(2, bar[2] + n)
+
+            return counting()
+
+    root, runtime = shared
+    options = ModelOptions(str(full_checkpoint), device=DEVICE, dtype="float32")
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
+    client = autoserver.connect(autoserver.ServerOptions(DEVICE, "float32"))
+    reports = {}
+    for mode, backend in (("local", Local(options)), ("auto", Remote(options, client))):
+        photos = [str(root / "photos")]
+        request = IndexRequest(indexable(photos), [root / "photos"], root / f"progress-{mode}.sqlite", specs=photos)
+        reporter = Recording()
+        backend.index(request, Outcome(), reporter)
+        reports[mode] = reporter.bars
+    assert reports["auto"] == reports["local"] == [["indexing images", 5, 5]]
+
+
+def test_ctrl_c_on_the_client_stops_the_work_on_the_server(shared, full_checkpoint, tmp_path):
+    """A long score (one image x 20,000 texts) interrupted once the server runs it: the client ends with 130 and
+    the server cancels the request (it stops at its next batch, and keeps serving)."""
+    root, runtime = shared
+    texts = tmp_path / "texts.txt"
+    texts.write_text("".join(f"caption number {k} of a cat\n" for k in range(20_000)))
+    env = {**os.environ, **{k: v for k, v in BT_ENV.items() if v}, **auto_env(runtime)}
+    args = ["score", root / "photos" / "cat.jpg", "--texts-file", texts, "-m", full_checkpoint, "-f", "json"]
+    before = autoserver.status(place(runtime))
+    cancelled = before.cancelled if before is not None else 0
+    client = subprocess.Popen([sys.executable, "-m", "bridgetower_cli", *map(str, args)], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        running = wait_until(lambda: (s := autoserver.status(place(runtime))) is not None and s.requests == 1, 120)
+        assert running, "the server never ran the request"
+        client.send_signal(signal.SIGINT)
+        _, stderr = client.communicate(timeout=30)
+    finally:
+        client.kill()
+    assert client.returncode == 130, stderr
+    assert wait_until(lambda: autoserver.status(place(runtime)).requests == 0, 30)
+    assert autoserver.status(place(runtime)).cancelled == cancelled + 1
+
+
+def test_the_python_api_uses_the_automatic_server_too(shared, full_checkpoint, monkeypatch):
+    """Paths, PIL images and bytes alike, the records equal in process; no warning (it did reach the server)."""
+    import warnings
+
+    from PIL import Image
+
+    import bridgetower_cli as bt
+
+    root, runtime = shared
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
+    cat = root / "photos" / "cat.jpg"
+    images = [str(cat), Image.open(cat), cat.read_bytes()]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        auto = bt.load(str(full_checkpoint), device=DEVICE, dtype="float32", server="auto").score(images, TEXTS)
+    local = bt.load(str(full_checkpoint), device=DEVICE, dtype="float32").score(images, TEXTS)
+    assert [r.to_dict() for r in auto] == [r.to_dict() for r in local] and len(auto) == 6
+    assert str(full_checkpoint) in autoserver.status(place(runtime)).models
+
+
+# -- starting, reusing, replacing, stopping ---------------------------------------------------------------------
+
+
+def test_two_first_calls_start_one_server_which_later_calls_reuse(runtime, full_checkpoint, samples):
+    env = {**os.environ, **{k: v for k, v in BT_ENV.items() if v}, **auto_env(runtime)}
+    args = [sys.executable, "-m", "bridgetower_cli", "score", str(samples / "cat.jpg"), "a cat", "-m",
+            str(full_checkpoint), "-f", "json"]  # fmt: skip
+    calls = [subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
+    results = [call.communicate(timeout=180) for call in calls]
+    assert [call.returncode for call in calls] == [0, 0], results
+    assert all(b"running in this process" not in err for _, err in results)
+    (pid,) = server_pids(place(runtime).socket)
+    assert place(runtime).log.read_text().count("starting the automatic server") == 1
+    again = subprocess.run(args, env=env, capture_output=True, timeout=120)
+    assert again.returncode == 0 and server_pids(place(runtime).socket) == [pid]
+    assert place(runtime).started()["pid"] == pid
+
+
+def test_a_server_of_another_identity_is_replaced(bt, runtime, full_checkpoint, samples):
+    """Other server options (a batch size), or another bt version or Python (what server.json records): the
+    server is stopped and a new one started."""
+    args = ["score", samples / "cat.jpg", "a cat", "-m", full_checkpoint, "-f", "json"]
+    assert bt(*args, env=auto_env(runtime)).code == 0
+    (first,) = server_pids(place(runtime).socket)
+    assert bt(*args, "--batch-size", "2", env=auto_env(runtime)).code == 0
+    (second,) = server_pids(place(runtime).socket)
+    assert second != first and wait_until(lambda: first not in server_pids(place(runtime).socket), 30)
+    record = place(runtime).started()
+    place(runtime).record.write_text(json.dumps({**record, "identity": "an-older-bt"}))
+    assert bt(*args, "--batch-size", "2", env=auto_env(runtime)).code == 0
+    (third,) = server_pids(place(runtime).socket)
+    assert third not in (first, second)
+
+
+def test_the_server_exits_when_idle_and_a_later_call_starts_another(bt, runtime, full_checkpoint, samples):
+    args = ["score", samples / "cat.jpg", "a cat", "-m", full_checkpoint, "-f", "json"]
+    assert bt(*args, env=auto_env(runtime, BT_KEEP_ALIVE="1s")).code == 0
+    (pid,) = server_pids(place(runtime).socket)
+    assert wait_until(lambda: not server_pids(place(runtime).socket), 60), "the idle server did not exit"
+    assert not place(runtime).socket.exists()  # (it removed its socket)
+    assert "Traceback" not in place(runtime).log.read_text()
+    assert bt(*args, env=auto_env(runtime, BT_KEEP_ALIVE="1s")).code == 0
+    assert server_pids(place(runtime).socket) not in ([], [pid])
+
+
+def test_a_stale_socket_of_a_killed_server_is_replaced(bt, runtime, full_checkpoint, samples):
+    args = ["score", samples / "cat.jpg", "a cat", "-m", full_checkpoint, "-f", "json"]
+    first = bt(*args, env=auto_env(runtime))
+    (pid,) = server_pids(place(runtime).socket)
+    os.kill(pid, signal.SIGKILL)
+    assert wait_until(lambda: not server_pids(place(runtime).socket), 30)
+    assert stat.S_ISSOCK(os.lstat(place(runtime).socket).st_mode)  # left behind
+    second = bt(*args, env=auto_env(runtime))
+    assert second.code == 0 and second.stdout == first.stdout and "running in this process" not in second.stderr
+    assert server_pids(place(runtime).socket) not in ([], [pid])
+
+
+def test_a_server_that_cannot_start_is_one_warning_and_the_call_runs_in_process(bt, runtime, full_checkpoint, samples):
+    folder = private(runtime / "bt")
+    place(runtime).socket.write_text("not a socket")  # (bt serve refuses to replace a file it did not make)
+    args = ["score", samples / "cat.jpg", "a cat", "-m", full_checkpoint, "-f", "json"]
+    result = bt(*args, env=auto_env(runtime))
+    local = bt(*args)
+    assert result.code == 0 and result.stdout == local.stdout
+    (line,) = result.stderr.strip().splitlines()
+    assert "did not start" in line and str(folder / "server.log") in line and "running in this process" in line
+    assert "exists and is not a socket" in (folder / "server.log").read_text()
+    assert place(runtime).socket.read_text() == "not a socket"
+
+
+def test_a_runtime_folder_open_to_others_is_refused(bt, runtime, full_checkpoint, samples):
+    (runtime / "bt").mkdir(mode=0o755)
+    os.chmod(runtime / "bt", 0o755)
+    result = bt("score", samples / "cat.jpg", "a cat", "-m", full_checkpoint, "-f", "json", env=auto_env(runtime))
+    assert result.code == 0 and "is not private" in result.stderr and "running in this process" in result.stderr
+    assert not (runtime / "bt" / "server.sock").exists()
+
+
+def test_stop_and_status_without_a_server(bt, runtime):
+    env = {"XDG_RUNTIME_DIR": str(runtime)}
+    status = bt("serve", "--status", env=env)
+    assert status.code == 1 and "no automatic bt server is running" in status.stderr
+    stop = bt("serve", "--stop", env=env)
+    assert stop.code == 0 and "no automatic bt server was running" in stop.stderr
