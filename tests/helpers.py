@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
+import shutil
 import socket
+from pathlib import Path
 
 # Runs bt's CLI with the arguments given, then says on stderr which heavy modules it imported ("HEAVY=...").
 CHECK_IMPORTS = (
@@ -18,3 +22,28 @@ def closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def put_in_hf_cache(hub_cache: Path, repo_id: str, checkpoint: Path, ref: str = "main") -> str:
+    """Lay ``checkpoint`` out as huggingface_hub does: blobs by hash, a snapshot of symlinks, a ref; its commit."""
+    repo = hub_cache / f"models--{repo_id.replace('/', '--')}"
+    commit = hashlib.sha1(f"{repo_id}@{ref}".encode()).hexdigest()
+    snapshot = repo / "snapshots" / commit
+    (repo / "blobs").mkdir(parents=True, exist_ok=True)
+    snapshot.mkdir(parents=True)
+    for file in checkpoint.iterdir():
+        blob = repo / "blobs" / hashlib.sha256(file.read_bytes()).hexdigest()
+        shutil.copyfile(file, blob)
+        (snapshot / file.name).symlink_to(os.path.relpath(blob, snapshot))
+    (repo / "refs" / ref).parent.mkdir(parents=True, exist_ok=True)
+    (repo / "refs" / ref).write_text(commit)
+    return commit
+
+
+def many_photos(samples, folder, count):
+    """``count`` JPEGs, each of distinct content (a sample with bytes after its end marker, which decoders skip)."""
+    folder.mkdir()
+    images = [path.read_bytes() for path in sorted(samples.glob("*.jpg"))]
+    for k in range(count):
+        (folder / f"img{k:04d}.jpg").write_bytes(images[k % len(images)] + f"{folder.name}-{k}".encode())
+    return folder

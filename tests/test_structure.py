@@ -87,3 +87,14 @@ def test_imports_go_one_way():
 
     for node in graph:
         visit(node)
+
+
+def test_no_test_module_imports_another():
+    """Shared test code lives in conftest.py, helpers.py and reference.py: a test module imported from another runs
+    only where pytest happened to put its folder on sys.path first."""
+    tests = Path(__file__).resolve().parent
+    for path in tests.rglob("test_*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                names = [node.module or ""] if isinstance(node, ast.ImportFrom) else [a.name for a in node.names]
+                assert not any(n.split(".")[0].startswith("test_") for n in names), f"{path.name} imports {names}"

@@ -15,6 +15,7 @@ from .records import (
     EmbeddingRecord,
     ExplainRecord,
     FillMaskRecord,
+    LabelRecord,
     Outcome,
     Reporter,
     RetrievalRecord,
@@ -90,6 +91,27 @@ class Model:
         """Texts for an image, as ``bt retrieve --image``."""
         (source,) = _sources([image])
         return self._backend.retrieve_texts(source, _texts(texts), self._outcome(), Reporter(), top_k, rerank_k)
+
+    def classify(
+        self,
+        images: Images,
+        labels: Iterable[str],
+        method: str = "auto",
+        templates: Iterable[str] | None = None,
+        top_k: int = 5,
+        rerank_k: int = 10,
+    ) -> list[LabelRecord]:
+        """Each image's ``top_k`` most probable ``labels``, as ``bt classify``: ``method`` ``"itc"`` (prompt-ensembled
+        ITC), ``"itm"``, ``"rerank"`` (ITC shortlist of ``rerank_k``, then ITM) or ``"auto"`` (ITC with ITC heads,
+        else ITM); ``templates`` with ``{}`` for the label (default: CLIP's seven)."""
+        from .tasks.labels import METHODS, check_labels, read_templates
+
+        if method not in METHODS:
+            raise BtError(f"no method {method!r}", f"one of: {', '.join(METHODS)}")
+        names = check_labels([str(label) for label in labels])
+        chosen = read_templates(list(templates) if templates is not None else None, None)
+        sources, outcome = _sources(images), self._outcome()
+        return list(self._backend.classify(sources, names, chosen, outcome, Reporter(), method, top_k, rerank_k))
 
     def explain(self, images: Images, texts: Iterable[str], layer: int | None = None) -> list[ExplainRecord]:
         """Grad-CAM maps of where each image matches each text (the ITM match), as ``bt explain -f json``."""

@@ -140,6 +140,33 @@ class ModelRecord(Record):
 
 
 @dataclass
+class LabelRecord(Record):
+    """One of an image's most probable labels (``bt classify``): the softmax over the labels of their scores (ITC:
+    ``logit_scale.exp()`` x cosine; ITM: the match logit, each averaged over the prompt templates)."""
+
+    image: str
+    label: str
+    probability: float
+    score: float
+
+
+@dataclass
+class ClassificationEvalRecord(Record):
+    """Zero-shot classification accuracy on a labelled folder, in percent, by CLIP_benchmark's names: top-1 and
+    top-5 accuracy and the mean of the classes' recalls; each class's recall; what was evaluated, how, how long."""
+
+    acc1: float
+    acc5: float
+    mean_per_class_recall: float
+    images: int
+    classes: int
+    method: str
+    templates: int
+    per_class_recall: dict[str, float]
+    seconds: float
+
+
+@dataclass
 class EvalRecord(Record):
     """Image-text retrieval recall (percent, LAVIS names): text retrieval (txt_, per image) and image retrieval
     (img_, per caption) at 1, 5 and 10, their means; what was evaluated, how, and in how long."""

@@ -365,7 +365,7 @@ def test_threads_option(bt, full_checkpoint, samples):
 
 @pytest.mark.slow
 def test_doctor_reports_the_environment(published, tmp_path):
-    from test_published import put_in_hf_cache
+    from helpers import put_in_hf_cache
 
     put_in_hf_cache(tmp_path / "hub", "BridgeTower/bridgetower-base-itm-mlm", published["bridgetower-base-itm-mlm"])
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "BT_"))}

@@ -67,7 +67,7 @@ def test_index_on_ray_equals_the_local_engine(bt, full_checkpoint, folder, tmp_p
 def test_a_killed_build_resumes_to_the_same_index(bt, full_checkpoint, samples, tmp_path):
     """SIGKILL the driver of a Ray build once it has committed batches; the next run embeds only the rest, and the
     index ends with every file once, as the local engine builds it."""
-    from test_retrieve import many_photos
+    from helpers import many_photos
 
     folder = many_photos(samples, tmp_path / "many", 240)
     index = tmp_path / "ix.sqlite"

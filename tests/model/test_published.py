@@ -3,7 +3,6 @@ command that applies runs on each, with the numbers of the stock classes; the ot
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -15,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import DEVICE, PUBLISHED
+from helpers import put_in_hf_cache
 from reference import contrastive, itm_logits, mlm_logits, processor, rgb
 
 from bridgetower_cli.model.hub import files_to_fetch
@@ -219,22 +219,6 @@ def test_files_to_fetch_is_what_the_repos_hold():
 
 
 # -- the Hugging Face cache: the default hub ids, revisions ---------------------------------------------------------
-
-
-def put_in_hf_cache(hub_cache: Path, repo_id: str, checkpoint: Path, ref: str = "main") -> str:
-    """Lay ``checkpoint`` out as huggingface_hub does: blobs by hash, a snapshot of symlinks, a ref; its commit."""
-    repo = hub_cache / f"models--{repo_id.replace('/', '--')}"
-    commit = hashlib.sha1(f"{repo_id}@{ref}".encode()).hexdigest()
-    snapshot = repo / "snapshots" / commit
-    (repo / "blobs").mkdir(parents=True, exist_ok=True)
-    snapshot.mkdir(parents=True)
-    for file in checkpoint.iterdir():
-        blob = repo / "blobs" / hashlib.sha256(file.read_bytes()).hexdigest()
-        shutil.copyfile(file, blob)
-        (snapshot / file.name).symlink_to(os.path.relpath(blob, snapshot))
-    (repo / "refs" / ref).parent.mkdir(parents=True, exist_ok=True)
-    (repo / "refs" / ref).write_text(commit)
-    return commit
 
 
 def bt_process(*args, env: dict) -> subprocess.CompletedProcess:

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import DEVICE, wait_for_rows
+from helpers import many_photos
 from reference import contrastive, itm_logits, rgb
 
 from bridgetower_cli import sources as inputs
@@ -214,15 +215,6 @@ def test_without_itc_heads_falls_back_to_itm_over_all(bt, checkpoints, photos, t
 
 
 BT_INDEX = [sys.executable, "-m", "bridgetower_cli", "index"]
-
-
-def many_photos(samples, folder, count):
-    """``count`` JPEGs, each of distinct content (a sample with bytes after its end marker, which decoders skip)."""
-    folder.mkdir()
-    images = [path.read_bytes() for path in sorted(samples.glob("*.jpg"))]
-    for k in range(count):
-        (folder / f"img{k:04d}.jpg").write_bytes(images[k % len(images)] + f"{folder.name}-{k}".encode())
-    return folder
 
 
 def test_sigkill_mid_build_leaves_a_valid_index_that_resumes(full_checkpoint, samples, tmp_path):

@@ -91,6 +91,14 @@ class Backend:
     def evaluate(self, caption_set, k_test: int, itc_only: bool, outcome, reporter) -> EvalRecord:
         raise NotImplementedError
 
+    def classify(self, sources, labels, templates, outcome, reporter, method="auto", top_k=5, rerank_k=10) -> Iterable:
+        """Per image, its ``top_k`` labels (``LabelRecord``), the most probable first."""
+        raise NotImplementedError
+
+    def evaluate_classification(self, folder, templates, outcome, reporter, method="auto", rerank_k=10) -> tuple:
+        """(``ClassificationEvalRecord``, the confusion matrix [true][predicted]) on a ``LabelledFolder``."""
+        raise NotImplementedError
+
     def explain(self, sources, texts, outcome, reporter, layer=None) -> Iterator[tuple[ExplainRecord, object]]:
         """(record, the RGB image the model saw) per pair."""
         raise NotImplementedError

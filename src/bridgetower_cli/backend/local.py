@@ -5,7 +5,7 @@ from __future__ import annotations
 import gc
 from collections.abc import Iterator
 
-from ..model.catalog import retrieval_heads
+from ..model.catalog import classify_heads, retrieval_heads
 from ..records import (
     EmbeddingRecord,
     EvalRecord,
@@ -112,6 +112,18 @@ class Local(Backend):
         from ..tasks.evaluation import evaluate
 
         return evaluate(runtime, caption_set, outcome, k_test, itc_only, batch, reporter)
+
+    def classify(self, sources, labels, templates, outcome, reporter, method="auto", top_k=5, rerank_k=10):
+        runtime, batch = self.runtime(reporter, *classify_heads(method))
+        from ..tasks import classify
+
+        return classify.classify(runtime, sources, labels, templates, outcome, method, top_k, rerank_k, batch, reporter)
+
+    def evaluate_classification(self, folder, templates, outcome, reporter, method="auto", rerank_k=10):
+        runtime, batch = self.runtime(reporter, *classify_heads(method))
+        from ..tasks import classify
+
+        return classify.evaluate_classification(runtime, folder, templates, outcome, method, rerank_k, batch, reporter)
 
     def explain(self, sources, texts, outcome, reporter, layer=None) -> Iterator[tuple[ExplainRecord, object]]:
         runtime, batch = self.runtime(reporter, ("itm",))

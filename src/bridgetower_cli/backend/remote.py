@@ -9,10 +9,12 @@ from pathlib import Path
 
 from ..errors import BtError
 from ..records import (
+    ClassificationEvalRecord,
     EmbeddingRecord,
     EvalRecord,
     ExplainRecord,
     FillMaskRecord,
+    LabelRecord,
     RefreshStats,
     RetrievalRecord,
     ScoreRecord,
@@ -116,6 +118,20 @@ class Remote(Backend):
         payload |= {"k_test": k_test, "itc_only": itc_only}
         (record,) = self._records("/v1/eval", payload, outcome, reporter, lambda r: EvalRecord(**r))
         return record
+
+    def classify(self, sources, labels, templates, outcome, reporter, method="auto", top_k=5, rerank_k=10):
+        payload = {"images": self._images(sources, outcome, reporter), "labels": labels, "templates": templates}
+        payload |= {"method": method, "top_k": top_k, "rerank_k": rerank_k}
+        return self._records("/v1/classify", payload, outcome, reporter, lambda r: LabelRecord(**r))
+
+    def evaluate_classification(self, folder, templates, outcome, reporter, method="auto", rerank_k=10):
+        """The folder's images by path (one's own server; another's, under its --allow-path roots)."""
+        images = [{"name": source.name, "path": source.path} for source in folder.sources]
+        payload = {"images": images, "targets": folder.targets, "classes": folder.classes, "templates": templates}
+        payload |= {"method": method, "rerank_k": rerank_k}
+        path = "/v1/eval/classification"
+        (record,) = self._records(path, payload, outcome, reporter, lambda r: ClassificationEvalRecord(**r))
+        return record, self.client.meta["confusion"]
 
     def explain(self, sources, texts, outcome, reporter, layer=None) -> Iterator[tuple[ExplainRecord, object]]:
         """The maps from the server; the image each was drawn on decoded here, as the model saw it."""

@@ -13,7 +13,7 @@ from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 from .. import __version__
 from ..errors import BtError, Interrupted, PartialSuccess, StdoutClosed
 from ..errors import UsageError as BtUsageError
-from . import embed, evaluate, info, pairs, retrieval, serve
+from . import classify, embed, evaluate, info, pairs, retrieval, serve
 
 # Typer raises the usage errors of the click it runs on (its own copy in recent versions): their classes, reached
 # from the public typer.BadParameter, not from a private module.
@@ -59,7 +59,7 @@ class Group(TyperGroup):
 app = typer.Typer(
     name="bt",
     cls=Group,
-    help="BridgeTower vision-language model at the shell prompt: score, fill-mask, embed, retrieve.",
+    help="BridgeTower vision-language model at the shell prompt: score, fill-mask, embed, retrieve, classify.",
     no_args_is_help=True,
     add_completion=True,
     pretty_exceptions_enable=False,
@@ -88,6 +88,7 @@ for name, epilog, command in (
     ("retrieve", retrieval.RETRIEVE_EPILOG, retrieval.retrieve),
     ("index", retrieval.INDEX_EPILOG, retrieval.index),
     ("explain", pairs.EXPLAIN_EPILOG, pairs.explain),
+    ("classify", classify.EPILOG, classify.classify),
     ("serve", serve.EPILOG, serve.serve),
     ("eval", evaluate.EPILOG, evaluate.evaluate),
     ("models", info.MODELS_EPILOG, info.models),

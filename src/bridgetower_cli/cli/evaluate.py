@@ -1,9 +1,17 @@
-"""``bt eval``: image-text retrieval recall of a checkpoint on a caption set, by the BridgeTower protocol."""
+"""``bt eval``: image-text retrieval recall on a caption set, by the BridgeTower protocol; zero-shot classification
+accuracy on a labelled folder (``--task classification``)."""
 
 from __future__ import annotations
 
-from ..errors import PartialSuccess
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ..errors import BtError, PartialSuccess
 from ..model.catalog import DEFAULT_CONTRASTIVE_MODEL
+from .classify import LabelsFile, Method, MethodOpt, ShortlistK, TemplateOpt, TemplatesFile
 from .common import model_command
 from .options import Annotations, Format, FormatOpt, ImagesRoot, ItcOnly, KTest, Quiet, Split
 
@@ -12,27 +20,67 @@ EPILOG = (
     "  bt eval samples/captions.json\n\n"
     "  bt eval dataset_flickr30k.json --images flickr30k-images --k-test 128 -f json\n\n"
     "  bt eval coco_karpathy_test.json --images coco/ --k-test 256 --itc-only\n\n"
+    "  bt eval --task classification imagenette/val --labels-file classes.txt --confusion confusion.csv\n\n"
     "The BridgeTower paper's protocol: ITC similarities, the ITM head on each image's and each caption's k-test "
     "most similar, the two merged by maximum; R@1/5/10 in percent. Default model: "
     f"{DEFAULT_CONTRASTIVE_MODEL}."
 )
 
 
+class Task(str, Enum):
+    retrieval = "retrieval"
+    classification = "classification"
+
+
+TaskOpt = Annotated[
+    Task,
+    typer.Option(
+        "--task",
+        help="retrieval: recall on a caption set (ANNOTATIONS); classification: zero-shot accuracy on an ImageFolder "
+        "(ANNOTATIONS is the folder: one sub-folder of images per class).",
+        case_sensitive=False,
+    ),
+]
+Confusion = Annotated[
+    Path | None,
+    typer.Option(
+        "--confusion",
+        help="classification: write the confusion matrix (rows: true class, columns: predicted) as CSV.",
+        metavar="FILE.csv",
+        show_default=False,
+    ),
+]
+
+
 @model_command(DEFAULT_CONTRASTIVE_MODEL)
 def evaluate(
     annotations: Annotations,
+    task: TaskOpt = Task.retrieval,
     images: ImagesRoot = None,
     split: Split = "test",
     k_test: KTest = 128,
     itc_only: ItcOnly = False,
+    labels_file: LabelsFile = None,
+    method: MethodOpt = Method.auto,
+    template: TemplateOpt = None,
+    templates_file: TemplatesFile = None,
+    rerank_k: ShortlistK = 10,
+    confusion: Confusion = None,
     fmt: FormatOpt = Format.auto,
     quiet: Quiet = False,
     backend=None,
 ) -> None:
-    """Image-text retrieval recall (R@1/5/10) of a checkpoint on a caption set, by the BridgeTower protocol."""
+    """Retrieval recall on a caption set, or zero-shot accuracy on an ImageFolder (--task classification).
+
+    Retrieval: R@1/5/10 by the BridgeTower protocol; classification: CLIP_benchmark's acc1, acc5 and mean per-class
+    recall."""
     from ..records import Outcome
     from ..tasks.captions import load_caption_set
     from .render import StderrReporter, render_object
+
+    if task is Task.classification:
+        return _classification(annotations, labels_file, method, template, templates_file, rerank_k, confusion, fmt,
+                               quiet, backend)  # fmt: skip
 
     caption_set = load_caption_set(annotations, images or annotations.parent, split)
     reporter, outcome = StderrReporter(quiet), Outcome()
@@ -43,4 +91,31 @@ def evaluate(
         raise PartialSuccess(
             f"{len(outcome.skipped)} of {total} images could not be read (named above): these recalls cover the "
             f"other {record.images} and their {record.texts} captions, not comparable with figures on the full set"
+        )
+
+
+def _classification(folder, labels_file, method, template, templates_file, rerank_k, confusion, fmt, quiet, backend):
+    """``--task classification``: CLIP_benchmark's acc1, acc5 and mean per-class recall on an ImageFolder."""
+    import csv
+
+    from ..records import Outcome
+    from ..tasks.labels import labelled_folder, read_templates
+    from .render import StderrReporter, render_object
+
+    data, templates = labelled_folder(folder, labels_file), read_templates(template, templates_file)
+    if confusion is not None and confusion.suffix.lower() != ".csv":
+        raise BtError(f"--confusion writes CSV; {confusion} does not end in .csv", "e.g. --confusion confusion.csv")
+    reporter, outcome = StderrReporter(quiet), Outcome()
+    record, matrix = backend.evaluate_classification(data, templates, outcome, reporter, method.value, rerank_k)
+    render_object(record, fmt.value)
+    if confusion is not None:
+        with open(confusion, "w", newline="", encoding="utf-8") as file:
+            writer = csv.writer(file)
+            writer.writerow(["true \\ predicted", *data.classes])
+            writer.writerows([label, *row] for label, row in zip(data.classes, matrix))
+        reporter.info(f"confusion matrix written to {confusion}")
+    if outcome.skipped:
+        raise PartialSuccess(
+            f"{len(outcome.skipped)} of {len(data.sources)} images could not be read (named above): these accuracies "
+            f"cover the other {record.images}"
         )

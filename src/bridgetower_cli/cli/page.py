@@ -11,7 +11,7 @@ from itertools import groupby
 from typing import TextIO
 
 from ..errors import BtError, InputError
-from ..records import RetrievalRecord, ScoreRecord
+from ..records import LabelRecord, RetrievalRecord, ScoreRecord
 
 THUMBNAIL = 240  # pixels, the longer side
 
@@ -84,17 +84,19 @@ def _retrieval_cards(records: Sequence[RetrievalRecord]) -> list[str]:
     return cards
 
 
-def _score_cards(records: Sequence[ScoreRecord]) -> list[str]:
+def _score_cards(records: Sequence, column: str = "logit") -> list[str]:
+    """A card per image: its texts (or labels) with their match probability and ``column`` (logit or score)."""
     cards = []
     for image, group in groupby(records, key=lambda r: r.image):
         rows = "".join(
-            f'<tr><td>{html.escape(r.text)}<div class="bar" style="width:{100 * r.probability:.1f}%"></div></td>'
-            f'<td class="num">{r.probability:.4f}</td><td class="num">{r.logit:.4f}</td></tr>'
+            f'<tr><td>{html.escape(getattr(r, "text", None) or r.label)}<div class="bar" '
+            f'style="width:{100 * r.probability:.1f}%"></div></td>'
+            f'<td class="num">{r.probability:.4f}</td><td class="num">{getattr(r, column):.4f}</td></tr>'
             for r in group
         )
         cards.append(
             f'<div class="card">{_framed(image)}<div class="name">'
-            f"{html.escape(image)}</div><table><tr><td></td><td class=num>probability</td><td class=num>logit</td>"
+            f"{html.escape(image)}</div><table><tr><td></td><td class=num>probability</td><td class=num>{column}</td>"
             f"</tr>{rows}</table></div>"
         )
     return cards
@@ -105,10 +107,13 @@ def write_html(records: list, stream: TextIO, title: str = "") -> None:
         cards, what = _retrieval_cards(records), f"{len(records)} hits"
     elif records and isinstance(records[0], ScoreRecord):
         cards, what = _score_cards(records), f"{len(records)} image-text pairs"
+    elif records and isinstance(records[0], LabelRecord):
+        images = len({r.image for r in records})
+        cards, what = _score_cards(records, "score"), f"{len(records)} labels of {images} images"
     elif not records:
         cards, what = [], "no results"
     else:
-        raise BtError("-f html shows retrieve and score results", "use -f json for these")
+        raise BtError("-f html shows retrieve, score and classify results", "use -f json for these")
     heading = html.escape(title or "bt results")
     stream.write(
         f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{heading}</title>'

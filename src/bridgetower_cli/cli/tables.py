@@ -152,17 +152,22 @@ def print_tables(records: list, console: Console) -> None:
 
 
 def object_table(record) -> Table:
-    """One record as a two-column table: a field per row, floats to two decimals (percentages, seconds)."""
+    """One record as a two-column table: a field per row (a mapping: a row per key, indented), floats to two
+    decimals (percentages, seconds)."""
     table = Table(show_header=False)
     table.add_column(style="bold", no_wrap=True)
     table.add_column(overflow="fold")
     for key, value in asdict(record).items():
-        shown = (
-            ", ".join(map(str, value))
-            if isinstance(value, list)
-            else f"{value:.2f}"
-            if isinstance(value, float)
-            else str(value)
-        )
-        table.add_row(key, shown)
+        if isinstance(value, dict):
+            table.add_row(key, "")
+            for name, item in value.items():
+                table.add_row(f"  {name}", _shown(item), style="not bold")
+            continue
+        table.add_row(key, _shown(value))
     return table
+
+
+def _shown(value) -> str:
+    if isinstance(value, list):
+        return ", ".join(map(str, value))
+    return f"{value:.2f}" if isinstance(value, float) else str(value)

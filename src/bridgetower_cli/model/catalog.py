@@ -33,6 +33,13 @@ def checkpoint_with(*heads: str) -> str:
     return next(c.id for c in KNOWN_CHECKPOINTS if set(heads) <= set(c.heads))
 
 
+def classify_heads(method: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The heads a classification method needs, and those it works best with (``auto``: ITC, else ITM)."""
+    return {"itc": (("itc",), ()), "itm": (("itm",), ()), "rerank": (("itc", "itm"), ()), "auto": ((), ("itc",))}[
+        method
+    ]
+
+
 def retrieval_heads(rerank_k: int) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """The heads retrieval needs, and those it works best with. Ranking by ITC similarity alone (``rerank_k`` 0)
     needs the ITC heads; reranking needs ITM, and uses ITC for the shortlist when the checkpoint has it (without,

@@ -107,6 +107,7 @@ def emit_all(channel: Channel, result) -> None:
 async def lines(channel: Channel, token: CancelToken, disconnected: Callable) -> AsyncIterator[bytes]:
     """The response body: one JSON event per line, until the end or an error; a heartbeat when the work is quiet.
     A client that went away, a deadline or a stopping server cancels the work (it stops at its next step)."""
+    finished = False
     try:
         while True:
             event = await channel.get(HEARTBEAT_S)
@@ -120,11 +121,12 @@ async def lines(channel: Channel, token: CancelToken, disconnected: Callable) ->
                     yield (json.dumps(error_event(stop)) + "\n").encode()
                     return
                 event = {"event": "alive"}
+            finished = event["event"] in ("end", "error")
             yield (json.dumps(event, ensure_ascii=False) + "\n").encode()
-            if event["event"] in ("end", "error"):
+            if finished:
                 return
-    finally:  # (the response cancelled: the client went away, or the server stops)
-        if token.reason is None:
+    finally:  # (the response cancelled before the end: the client went away, or the server stops)
+        if not finished and token.reason is None:
             token.cancel(Cancelled("the client went away"))
 
 

@@ -10,10 +10,22 @@ from pathlib import Path
 from fastapi import APIRouter, Request, Response
 
 from ..errors import InputError, TooLarge
-from ..model.catalog import retrieval_heads
+from ..model.catalog import classify_heads, retrieval_heads
 from ..records import Outcome
+from ..sources import ImageSource
 from .dispatch import Dispatcher
-from .schemas import EmbedIn, EvalIn, ExplainIn, FillMaskIn, IndexIn, RecordsOut, RetrieveIn, ScoreIn
+from .schemas import (
+    ClassifyIn,
+    EmbedIn,
+    EvalClassificationIn,
+    EvalIn,
+    ExplainIn,
+    FillMaskIn,
+    IndexIn,
+    RecordsOut,
+    RetrieveIn,
+    ScoreIn,
+)
 
 
 def router(dispatch: Dispatcher) -> APIRouter:
@@ -21,6 +33,7 @@ def router(dispatch: Dispatcher) -> APIRouter:
     _about(routes, dispatch)
     _pairs(routes, dispatch)
     _evaluation(routes, dispatch)
+    _classification(routes, dispatch)
     _retrieval(routes, dispatch)
     return routes
 
@@ -152,6 +165,65 @@ def _evaluation(routes: APIRouter, dispatch: Dispatcher) -> None:
             return recall(runtime, captions, Outcome(), body.k_test, body.itc_only, batch, reporter)
 
         return await dispatch.events(request, body.model, needs, work, ("itm", "itc"), shown=body.model_name)
+
+
+def _classification(routes: APIRouter, dispatch: Dispatcher) -> None:
+    settings = dispatch.settings
+
+    def checked(body, labels: list[str]) -> list[str]:
+        """The request's templates (CLIP's seven by default), its strings and counts checked."""
+        from ..tasks.labels import prompts, read_templates
+
+        templates = read_templates(body.templates, None)
+        dispatch.check(body, prompts(labels, templates), body.images)
+        pairs = len(body.images) * len(labels) * len(templates) if body.method in ("itm", "auto") else 0
+        bounded(settings, pairs)
+        return templates
+
+    @routes.post("/v1/classify", response_model=RecordsOut)
+    async def classify(body: ClassifyIn, request: Request) -> Response:
+        """Each image's most probable labels, as `bt classify`."""
+        from ..tasks import classify as classification
+
+        templates = checked(body, body.labels)
+
+        def work(runtime, reporter):
+            sources, batch = dispatch.images(body.images), dispatch.batch_size(runtime)
+            labels, k = list(body.labels), body.top_k
+            return classification.classify(
+                runtime, sources, labels, templates, Outcome(), body.method, k, body.rerank_k, batch, reporter
+            )
+
+        needs, preferred = classify_heads(body.method)
+        return await dispatch.events(request, body.model, needs, work, preferred, body.model_name)
+
+    @routes.post("/v1/eval/classification", response_model=RecordsOut)
+    async def evaluate(body: EvalClassificationIn, request: Request) -> Response:
+        """Zero-shot accuracy on labelled images, as `bt eval --task classification` (the confusion matrix in the
+        `meta` event)."""
+        from ..tasks import classify as classification
+        from ..tasks.labels import LabelledFolder
+
+        templates = checked(body, body.classes)
+        if len(body.targets) != len(body.images) or not all(0 <= t < len(body.classes) for t in body.targets):
+            raise InputError("targets must give, for each image, the index of its class")
+        for image in body.images:
+            if image.path is None:
+                raise InputError(f"eval reads its images by path ({image.name})", 'send "path"')
+            dispatch.policy.check(image.path, "image")
+        sources = [ImageSource(image.name, path=image.path) for image in body.images]
+        folder = LabelledFolder(list(body.classes), sources, list(body.targets))
+
+        def work(runtime, reporter):
+            batch = dispatch.batch_size(runtime)
+            record, confusion = classification.evaluate_classification(
+                runtime, folder, templates, Outcome(), body.method, body.rerank_k, batch, reporter
+            )
+            reporter.meta(confusion=confusion)
+            return record
+
+        needs, preferred = classify_heads(body.method)
+        return await dispatch.events(request, body.model, needs, work, preferred, body.model_name)
 
 
 def _rss_mb() -> float | None:

@@ -92,6 +92,26 @@ class EvalIn(ModelRequest):
     itc_only: bool = Field(False, description="ITC similarities alone (no ITM rerank).")
 
 
+class ClassifyIn(ModelRequest):
+    model: str = Field(DEFAULT_CONTRASTIVE_MODEL, description=MODEL)
+    images: list[ImageIn] = Field(description="Images, in order.")
+    labels: list[str] = Field(min_length=2, description="The labels to choose from.")
+    templates: list[str] = Field(default_factory=list, description="Prompt templates with {} (default: CLIP's 7).")
+    method: Literal["auto", "itc", "itm", "rerank"] = Field("auto", description="auto: ITC with ITC heads, else ITM.")
+    top_k: int = Field(5, ge=1, description="Labels per image.")
+    rerank_k: int = Field(10, ge=1, description="rerank: the ITC shortlist scored by ITM.")
+
+
+class EvalClassificationIn(ModelRequest):
+    model: str = Field(DEFAULT_CONTRASTIVE_MODEL, description=MODEL)
+    images: list[ImageIn] = Field(min_length=1, description="The images by name and (server) path.")
+    targets: list[int] = Field(description="Each image's class (an index into `classes`).")
+    classes: list[str] = Field(min_length=2, description="The class labels.")
+    templates: list[str] = Field(default_factory=list, description="Prompt templates with {} (default: CLIP's 7).")
+    method: Literal["auto", "itc", "itm", "rerank"] = Field("auto", description="auto: ITC with ITC heads, else ITM.")
+    rerank_k: int = Field(10, ge=1, description="rerank: the ITC shortlist scored by ITM.")
+
+
 class ExplainIn(ModelRequest):
     model: str = Field(DEFAULT_MATCHING_MODEL, description=MODEL)
     images: list[ImageIn] = Field(description="Images, in order.")

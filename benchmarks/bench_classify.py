@@ -1,0 +1,103 @@
+"""`bt classify` at ImageNet's label count: ITC, rerank and ITM side by side on one checkpoint in one run.
+
+    python benchmarks/bench_classify.py [--size base] [--images 100] [--labels 1000] [--itm-images 1] [--json F]
+
+Each label's prompts are encoded once (CLIP's seven templates: labels x 7 text passes), each image once; then per
+image ITC costs a matrix product, rerank adds the ITM head on the shortlist's prompts (--rerank-k x 7 pairs) and ITM
+runs the head on every label's prompts (labels x 7 pairs). ITM over 1,000 labels is hours on a CPU, so it runs on
+--itm-images images and its per-image time is what is compared. Labels: words of the checkpoint's vocabulary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from common import checkpoint, machine, photo_folder, table
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--size", default="base")
+    parser.add_argument("--images", type=int, default=100)
+    parser.add_argument("--labels", type=int, default=1000)
+    parser.add_argument("--itm-images", type=int, default=1)
+    parser.add_argument("--rerank-k", type=int, default=10)
+    parser.add_argument("--json")
+    args = parser.parse_args()
+    print(machine())
+    from bridgetower_cli.model.loading import load_model
+    from bridgetower_cli.model.runtime import Runtime
+    from bridgetower_cli.records import Outcome, Reporter
+    from bridgetower_cli.sources import expand_image_sources
+    from bridgetower_cli.tasks import classify
+    from bridgetower_cli.tasks.batching import encode_image_batches
+    from bridgetower_cli.tasks.labels import DEFAULT_TEMPLATES
+
+    path = checkpoint(args.size, ("itm", "mlm", "itc"))
+    runtime = Runtime(load_model(path, str(path), "cpu", "float32"))
+    vocabulary = json.loads((path / "vocab.json").read_text())
+    words = sorted(w[1:] for w in vocabulary if w.startswith("Ġ") and w[1:].isalpha() and len(w) > 4)
+    labels = words[:: max(1, len(words) // args.labels)][: args.labels]
+    templates = list(DEFAULT_TEMPLATES)
+    sources = expand_image_sources([str(photo_folder(args.images))])
+    batch, reporter = runtime.default_batch_size, Reporter()
+
+    start = time.perf_counter()
+    encoded = classify.encode_labels(runtime, labels, templates, batch, reporter)
+    text_s = time.perf_counter() - start
+    start = time.perf_counter()
+    batches = encode_image_batches(runtime, sources, batch, Outcome(), reporter)
+    images = [state for chunk in batches for _, state in chunk]
+    vision_s = time.perf_counter() - start
+
+    def per_image(method: str, count: int) -> tuple[float, list]:
+        start, best = time.perf_counter(), []
+        for image in images[:count]:
+            scored, scores = classify.label_scores(runtime, image, encoded, method, args.rerank_k, batch)
+            best.append(scored[int(scores.argmax())])
+        return (time.perf_counter() - start) / count, best
+
+    itc_s, itc_best = per_image("itc", len(images))
+    rerank_s, _ = per_image("rerank", len(images))
+    itm_s, _ = per_image("itm", args.itm_images)
+    prompts = len(labels) * len(templates)
+    rows = [
+        ["labels' prompts, once", f"{prompts} text passes", f"{text_s:.1f} s", ""],
+        ["images, once", f"{len(images)} vision passes", f"{vision_s:.1f} s", f"{vision_s / len(images):.3f} s"],
+        ["itc (per image)", "1 matrix product", f"{itc_s * len(images):.2f} s", f"{itc_s * 1000:.2f} ms"],
+        ["rerank (per image)", f"{args.rerank_k * len(templates)} ITM pairs", f"{rerank_s * len(images):.1f} s",
+         f"{rerank_s:.2f} s"],
+        ["itm (per image)", f"{prompts} ITM pairs", f"~{itm_s * len(images):.0f} s (from {args.itm_images})",
+         f"{itm_s:.1f} s"],
+    ]  # fmt: skip
+    print(f"\n{len(images)} images x {len(labels)} labels x {len(templates)} templates, {args.size}, fp32, CPU")
+    print(table(["step", "work", "total", "per image"], rows))
+    print(
+        f"\nwhole classify, {len(images)} images: itc {text_s + vision_s + itc_s * len(images):.0f} s, rerank "
+        f"{text_s + vision_s + rerank_s * len(images):.0f} s, itm ~{text_s + vision_s + itm_s * len(images):.0f} s"
+    )
+    if args.json:
+        Path(args.json).write_text(
+            json.dumps(
+                {
+                    "size": args.size,
+                    "images": len(images),
+                    "labels": len(labels),
+                    "templates": len(templates),
+                    "text_s": text_s,
+                    "vision_s": vision_s,
+                    "itc_per_image_s": itc_s,
+                    "rerank_per_image_s": rerank_s,
+                    "itm_per_image_s": itm_s,
+                    "itc_top1": itc_best[:10],
+                },
+                indent=2,
+            )
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,99 @@
+"""``bt classify``: zero-shot labels for images (and the options ``bt eval --task classification`` shares)."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ..model.catalog import DEFAULT_CONTRASTIVE_MODEL
+from .common import emit, image_sources, model_command, only_images
+from .options import Format, FormatOpt, ImageArgs, Null, Quiet
+
+
+class Method(str, Enum):
+    auto = "auto"
+    itc = "itc"
+    itm = "itm"
+    rerank = "rerank"
+
+
+Labels = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--labels", "-l", help="Labels, comma-separated (repeat for more).", metavar="A,B,...", show_default=False
+    ),
+]
+LabelsFile = Annotated[
+    Path | None, typer.Option("--labels-file", "-L", help="Labels, one per line.", metavar="FILE", show_default=False)
+]
+MethodOpt = Annotated[
+    Method,
+    typer.Option(
+        "--method",
+        help="itc: prompt-ensembled ITC (CLIP's); itm: the ITM head on every (image, prompt); rerank: ITC shortlist, "
+        "ITM on it. auto: itc with ITC heads, else itm.",
+        case_sensitive=False,
+    ),
+]
+TemplateOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--template",
+        help="A prompt template with {} for the label (repeat). Default: CLIP's seven ImageNet templates.",
+        metavar="TEXT",
+        show_default=False,
+    ),
+]
+TemplatesFile = Annotated[
+    Path | None, typer.Option("--templates", help="Templates, one per line.", metavar="FILE", show_default=False)
+]
+LabelsK = Annotated[int, typer.Option("--top-k", "-k", min=1, help="Labels shown per image.", metavar="K")]
+ShortlistK = Annotated[
+    int,
+    typer.Option("--rerank-k", "-r", min=1, help="rerank: how many ITC-best labels the ITM head scores.", metavar="K"),
+]
+
+EPILOG = (
+    "Examples:\n\n"
+    "  bt classify samples/ --labels cat,rocket,coffee,astronaut\n\n"
+    "  bt classify photos/ --labels-file imagenet.txt --method rerank -r 20 -k 3 -f jsonl\n\n"
+    '  bt classify cat.jpg -l "a cat,a dog" --template "{}" --method itm\n\n'
+    "Each label goes into every template and the prompts are encoded once; ITC averages a label's prompt embeddings "
+    "(CLIP's prompt ensembling) and scales cosines by the checkpoint's logit_scale; ITM averages the match logit over "
+    "the templates. Probabilities: a softmax over the labels (the shortlist, for rerank). Default templates: CLIP's "
+    f"seven-template ImageNet subset. Default model: {DEFAULT_CONTRASTIVE_MODEL}."
+)
+
+
+@model_command(DEFAULT_CONTRASTIVE_MODEL)
+def classify(
+    images: ImageArgs = None,
+    labels: Labels = None,
+    labels_file: LabelsFile = None,
+    method: MethodOpt = Method.auto,
+    template: TemplateOpt = None,
+    templates_file: TemplatesFile = None,
+    top_k: LabelsK = 5,
+    rerank_k: ShortlistK = 10,
+    fmt: FormatOpt = Format.auto,
+    null: Null = False,
+    quiet: Quiet = False,
+    backend=None,
+) -> None:
+    """Zero-shot labels for images: the most probable of --labels for each, by ITC, ITM or both."""
+    from ..errors import BtError
+    from ..records import Outcome
+    from ..tasks.labels import read_labels, read_templates
+    from .render import StderrReporter
+
+    specs = only_images(images or [], "(labels go in --labels)")
+    if not specs:
+        raise BtError("classify needs images", "e.g. bt classify photos/ --labels cat,dog")
+    names, templates = read_labels(labels, labels_file), read_templates(template, templates_file)
+    reporter, outcome = StderrReporter(quiet), Outcome()
+    sources = image_sources(specs, null, reporter)
+    records = backend.classify(sources, names, templates, outcome, reporter, method.value, top_k, rerank_k)
+    emit(records, fmt, outcome, reporter)
