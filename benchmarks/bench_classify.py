@@ -38,7 +38,7 @@ def main() -> None:
 
     path = checkpoint(args.size, ("itm", "mlm", "itc"))
     runtime = Runtime(load_model(path, str(path), "cpu", "float32"))
-    vocabulary = json.loads((path / "vocab.json").read_text())
+    vocabulary = runtime.tokenizer.get_vocab()
     words = sorted(w[1:] for w in vocabulary if w.startswith("Ġ") and w[1:].isalpha() and len(w) > 4)
     labels = words[:: max(1, len(words) // args.labels)][: args.labels]
     templates = list(DEFAULT_TEMPLATES)

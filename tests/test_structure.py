@@ -10,7 +10,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "src" / "bridgetower_cli"
 # Rooms from the bottom up: a module may import its own room and the rooms below, never one above.
 LAYERS = [
     {"errors", "records", "cancel"},
-    {"images", "reading"},
+    {"images", "reading", "pictures"},
     {"sources", "model.catalog", "model.hub"},
     {"model.loading", "model.runtime", "model"},
     {"index"},

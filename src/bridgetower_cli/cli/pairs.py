@@ -143,7 +143,8 @@ def explain(
     reporter, outcome = StderrReporter(quiet), Outcome()
     names = picture_names(sources, texts, output, output_dir)
     explained = backend.explain(sources, texts, outcome, reporter, layer)
-    from .pictures import overlay, panels, save_picture
+    from ..pictures import explained_picture
+    from .pictures import save_picture
 
     if output is None and output_dir is None and resolve_format(fmt.value) == "table":
         reporter.info("no pictures written: pass --output FILE.png or --output-dir DIR")
@@ -151,12 +152,7 @@ def explain(
     def records():
         for record, image in explained:
             if names:
-                caption = f"{record.text} | match {record.probability:.3f} | layer {record.layer}"
-                side = backend.image_size
-                picture = overlay(image, record.grid, side, caption)
-                if words:
-                    tokens = [overlay(image, token.grid, side, token.token) for token in record.tokens]
-                    picture = panels([picture, *tokens])
+                picture = explained_picture(image, record, backend.image_size, words)
                 path = names[record.image, record.text]
                 save_picture(picture, path)
                 record.picture = str(path)

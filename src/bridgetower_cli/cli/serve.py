@@ -118,6 +118,9 @@ Status = Annotated[
     bool, typer.Option("--status", help="Show the automatic server (socket, pid, uptime, models, memory) and exit.")
 ]
 Stop = Annotated[bool, typer.Option("--stop", help="Stop the automatic server and exit.")]
+OpenPage = Annotated[
+    bool, typer.Option("--open", help="Open the search page (/) in the default browser once the server answers.")
+]
 IndexDir = Annotated[
     Path | None,
     typer.Option(
@@ -135,6 +138,7 @@ EPILOG = (
     "  BT_SERVER=http://127.0.0.1:8765 bt score samples/cat.jpg 'a cat'\n\n"
     '  bt serve --host 0.0.0.0 --api-key "$KEY" --allow-path ~/Pictures --keep-alive 10m\n\n'
     "  BT_SERVER=auto bt score samples/cat.jpg 'a cat'; bt serve --status; bt serve --stop\n\n"
+    "  bt serve --allow-path ~/Pictures --open      # the search page, in your browser\n\n"
     "With --server auto (env BT_SERVER=auto) the first call starts a server of your own on a Unix socket in a "
     "private folder; it exits after BT_KEEP_ALIVE idle (default 10m).\n\n"
     "Endpoints: /v1/score, /v1/fill-mask, /v1/embed, /v1/retrieve, /v1/index, /v1/eval, /v1/explain, /v1/models, "
@@ -172,6 +176,7 @@ def serve(
     batch_size: BatchSize = None,
     status: Status = False,
     stop: Stop = False,
+    open_page: OpenPage = False,
     fmt: FormatOpt = Format.auto,
 ) -> None:
     """Keep models loaded and answer every command (--server URL, env BT_SERVER; or --server auto) over HTTP."""
@@ -189,6 +194,8 @@ def serve(
             f"serving on {host} (beyond this machine) needs an API key",
             "pass --api-key KEY (env BT_API_KEY), or serve on 127.0.0.1",
         )
+    if open_page and uds is not None:
+        raise BtError("--open needs an HTTP address: a browser cannot open a Unix socket", "drop --uds")
     if idle_exit and not keep_alive:
         raise BtError("--idle-exit needs --keep-alive", "e.g. --idle-exit --keep-alive 10m")
     from ..model.hub import resolve_checkpoint
@@ -212,10 +219,28 @@ def serve(
     stderr_console().print(f"bt: serving on {address} (Ctrl-C or SIGTERM to stop)", highlight=False)
     # uvicorn raises the signal again once it has stopped: end with status 0 then.
     signal.signal(signal.SIGTERM, lambda *_: None)
+    if open_page:
+        _open_when_started(server, address)
     try:
         server.run(sockets=[listener])
     finally:
         cleanup()
+
+
+def _open_when_started(server, address: str) -> None:
+    """Open the page in the default browser once uvicorn has started (within a minute)."""
+    import threading
+    import time
+    import webbrowser
+
+    def opener() -> None:
+        deadline = time.monotonic() + 60
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if server.started:
+            webbrowser.open(address + "/")
+
+    threading.Thread(target=opener, daemon=True, name="bt-open").start()
 
 
 def _tcp_listener(host: str, port: int) -> tuple[socket.socket, str, Callable]:

@@ -19,7 +19,7 @@ from starlette.exceptions import HTTPException
 
 from .. import images
 from ..errors import BtError, Busy, Cancelled, Forbidden, InputError, TooLarge, Unauthorized
-from . import compat, routes
+from . import compat, routes, web
 from .dispatch import Dispatcher, error_body
 from .policy import Policy
 from .settings import Settings, is_loopback
@@ -43,6 +43,30 @@ def _key_matches(scope, key: str) -> bool:
     return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), key.encode())
 
 
+PUBLIC = ("/health", "/")
+# Every answer: scripts, styles, images and connections from this server only (the page's thumbnails are blob: URLs
+# of fetched bytes, its overlays data: URLs), no framing, no sniffing, no referrer.
+SECURITY_HEADERS = [
+    (
+        b"content-security-policy",
+        b"default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; connect-src 'self'; "
+        b"base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+    ),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"x-frame-options", b"DENY"),
+]
+
+
+def _secured(send):
+    async def sending(message):
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", []), *SECURITY_HEADERS]}
+        await send(message)
+
+    return sending
+
+
 class Guard:
     """ASGI middleware, in front of everything: who may ask (the API key, or loopback only without one) is decided
     before a byte of the body is read; then the body is read within ``body_timeout_s`` and up to ``limit`` bytes
@@ -52,8 +76,8 @@ class Guard:
         self.app, self.settings = app, settings
 
     def _refusal(self, scope) -> BtError | None:
-        if scope["path"] == "/health":
-            return None
+        if scope["path"] in PUBLIC or scope["path"].startswith("/static/"):
+            return None  # (the page holds no data: it asks for the key itself)
         if self.settings.api_key is not None:
             if not _key_matches(scope, self.settings.api_key):
                 return Unauthorized("missing or wrong API key", "send Authorization: Bearer KEY")
@@ -67,6 +91,7 @@ class Guard:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        send = _secured(send)
         refusal = self._refusal(scope)
         if refusal is not None:
             return await render_error(refusal)(scope, receive, send)
@@ -163,6 +188,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(Guard, settings=settings)
     app.include_router(routes.router(dispatch))
     app.include_router(compat.router(dispatch))
+    app.include_router(web.router(dispatch))
 
     @app.get("/health")
     async def health() -> dict:

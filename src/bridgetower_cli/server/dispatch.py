@@ -70,17 +70,17 @@ class Dispatcher:
             raise InputError(f"the image name {twice!r} appears twice", "give each image its own name")
 
     def images(self, images: Sequence) -> list[ImageSource]:
-        """The request's images as sources holding their bytes (base64 or data URLs, each within the size cap); on a
-        server of one's own also by path or URL, read as bt in process reads them."""
+        """The request's images as sources: bytes (base64 or data URLs, each within the size cap), or a path under
+        the roots; on a server of one's own also a URL, read as bt in process reads them."""
         sources = []
         for image in images:
             if image.data is not None:
                 sources.append(ImageSource(image.name, data=self.decode(image.data, image.name)))
-            elif not self.settings.own:
-                raise Forbidden(f"this server reads images only as data ({image.name})", "send the file's bytes")
-            elif image.path is not None:
+            elif image.path is not None:  # (under the roots; read under the server's read rule)
                 self.policy.check(image.path, "image")
                 sources.append(ImageSource(image.name, path=image.path))
+            elif not self.settings.own:
+                raise Forbidden(f"this server fetches no URLs ({image.name})", "send the image's bytes")
             else:
                 sources.append(ImageSource(image.name, url=image.url))
         return sources

@@ -133,7 +133,9 @@ def _pairs(routes: APIRouter, dispatch: Dispatcher) -> None:
             sources, batch = dispatch.images(body.images), dispatch.batch_size(runtime)
             reporter.meta(image_size=runtime.image_size)
             pairs = explained(runtime, sources, list(body.texts), Outcome(), body.layer, batch, reporter)
-            return (record for record, _ in pairs)
+            if not body.pictures:
+                return (record for record, _ in pairs)
+            return (_drawn(record, image, runtime.image_size, body.words) for record, image in pairs)
 
         return await dispatch.events(request, body.model, ("itm",), work, shown=body.model_name)
 
@@ -224,6 +226,19 @@ def _classification(routes: APIRouter, dispatch: Dispatcher) -> None:
 
         needs, preferred = classify_heads(body.method)
         return await dispatch.events(request, body.model, needs, work, preferred, body.model_name)
+
+
+def _drawn(record, image, side: int, words: bool):
+    """The record with its picture, as a data URL of a PNG."""
+    import base64
+    import io
+
+    from ..pictures import explained_picture
+
+    buffer = io.BytesIO()
+    explained_picture(image, record, side, words).save(buffer, "PNG")
+    record.picture = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    return record
 
 
 def _rss_mb() -> float | None:

@@ -22,7 +22,9 @@ class ModelRequest(BaseModel):
 class ImageIn(BaseModel):
     name: str = Field(description="How records refer to the image (the client's path or URL); unique per request.")
     data: str | None = Field(None, description="The file's bytes, base64-encoded (or a data:image/...;base64, URL).")
-    path: str | None = Field(None, description="Instead of data, on a server of your own (bt serve --uds): its path.")
+    path: str | None = Field(
+        None, description="Instead of data: a server path (under --allow-path; anywhere on --uds)."
+    )
     url: str | None = Field(None, description="Instead of data, on a server of your own (bt serve --uds): its URL.")
 
     @model_validator(mode="after")
@@ -116,7 +118,11 @@ class ExplainIn(ModelRequest):
     model: str = Field(DEFAULT_MATCHING_MODEL, description=MODEL)
     images: list[ImageIn] = Field(description="Images, in order.")
     texts: list[str] = Field(min_length=1, description="Texts to explain in every image.")
-    layer: int | None = Field(None, description="The fusion layer whose cross-attention is explained (default: last).")
+    layer: int | None = Field(
+        None, description="The fusion layer whose cross-attention is explained (default: middle)."
+    )
+    pictures: bool = Field(False, description="Also draw each map over its photo: `picture`, a data:image/png URL.")
+    words: bool = Field(False, description="With pictures: a panel per word beside the text's map.")
 
 
 class EmbeddingsIn(BaseModel):
