@@ -126,6 +126,7 @@ def load(
     dtype: str = "auto",
     threads: int | None = None,
     batch_size: int | None = None,
+    fast_decode: bool = False,
     server: str | None = None,
     api_key: str | None = None,
     timeout: float | None = None,
@@ -138,7 +139,7 @@ def load(
     def warn(message: str) -> None:
         warnings.warn(message, RuntimeWarning, stacklevel=4)
 
-    options = ModelOptions(str(model), revision, device, dtype, threads, batch_size)
+    options = ModelOptions(str(model), revision, device, dtype, threads, batch_size, fast_decode)
     return Model(open_backend(options, server, api_key, timeout, warn))
 
 

@@ -62,12 +62,14 @@ class ServerOptions:
     threads: int | None = None
     batch_size: int | None = None
     keep_alive: str = DEFAULT_KEEP_ALIVE
+    fast_decode: bool = False
 
     def arguments(self, socket: Path) -> list[str]:
         args = ["serve", "--uds", str(socket), "--idle-exit", "--keep-alive", self.keep_alive]
         args += ["--device", self.device, "--dtype", self.dtype]
         args += ["--threads", str(self.threads)] if self.threads else []
         args += ["--batch-size", str(self.batch_size)] if self.batch_size else []
+        args += ["--fast-decode"] if self.fast_decode else []
         return args
 
     def identity(self) -> str:
@@ -81,7 +83,15 @@ class ServerOptions:
 
 
 # What the server process reads from its environment (the rest of it is the caller's and changes nothing there).
-SERVER_ENVIRONMENT = ("BT_MAX_IMAGE_PIXELS", "HF_HOME", "HF_HUB_OFFLINE", "HF_ENDPOINT", "XDG_CACHE_HOME")
+SERVER_ENVIRONMENT = (
+    "BT_MAX_IMAGE_PIXELS",
+    "BT_DECODE_WORKERS",
+    "BT_INT8_CACHE",
+    "HF_HOME",
+    "HF_HUB_OFFLINE",
+    "HF_ENDPOINT",
+    "XDG_CACHE_HOME",
+)
 
 
 def runtime_folder() -> Path:

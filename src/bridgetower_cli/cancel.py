@@ -53,8 +53,13 @@ def watching(token: CancelToken | None):
     return bound(_local, "token", token)
 
 
+def current() -> CancelToken | None:
+    """The token this thread's work checks (a thread working for another passes it on with ``watching``)."""
+    return getattr(_local, "token", None)
+
+
 def check() -> None:
     """Stop here if this thread's work was cancelled (nothing to do outside a server's request)."""
-    token = getattr(_local, "token", None)
+    token = current()
     if token is not None:
         token.check()

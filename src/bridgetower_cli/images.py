@@ -84,14 +84,25 @@ def decoded_pixels(data: bytes, max_pixels: int | None = None) -> int:
     return -(-width // scale) * -(-height // scale)
 
 
-def decode_image(data: bytes, max_pixels: int | None = None):
+def _reduction(image, short_side: int) -> int:
+    """The largest JPEG reduction (1, 2, 4, 8) that keeps the image's short side at least ``short_side``."""
+    if image.format != "JPEG":
+        return 1
+    return max(s for s in (1, 2, 4, 8) if min(image.size) // s >= short_side or s == 1)
+
+
+def decode_image(data: bytes, max_pixels: int | None = None, short_side: int | None = None):
     """Decode bytes to an RGB PIL image: EXIF orientation applied, first frame, any mode made RGB; images over
-    ``max_pixels`` are read at a reduced JPEG scale, or refused."""
+    ``max_pixels`` are read at a reduced JPEG scale, or refused. With ``short_side`` (fast decoding), a JPEG much
+    larger than that is read at the reduced scale that keeps its short side at least ``short_side``: several times
+    faster, pixels close to (not equal to) those of the full decode."""
     from PIL import ImageOps
 
     image = _open(data)
     try:
         scale = _scale(image, max_pixels or max_image_pixels())
+        if short_side:
+            scale = max(scale, _reduction(image, short_side))
         if scale > 1:
             width, height = image.size
             image.draft("RGB", (width // scale, height // scale))

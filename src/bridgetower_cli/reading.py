@@ -32,7 +32,8 @@ def restricted(policy: ReadPolicy):
     return bound(_local, "policy", policy)
 
 
-def _policy() -> ReadPolicy:
+def current_policy() -> ReadPolicy:
+    """What this thread reads under (a thread working for another passes it on with ``restricted``)."""
     return getattr(_local, "policy", None) or ReadPolicy()
 
 
@@ -59,7 +60,7 @@ def open_file(path: str) -> BinaryIO:
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise InputError("not a regular file")
-        roots = _policy().roots
+        roots = current_policy().roots
         if roots is not None and not inside(_opened_path(fd, path), roots):
             raise InputError("is a link out of the served folders")
         os.set_blocking(fd, True)
@@ -71,7 +72,7 @@ def open_file(path: str) -> BinaryIO:
 
 def read_file(path: str) -> bytes:
     """The bytes of a file under the process's rule."""
-    limit = _policy().max_bytes
+    limit = current_policy().max_bytes
     with open_file(path) as file:
         data = file.read() if limit is None else file.read(limit + 1)
     if limit is not None and len(data) > limit:

@@ -43,7 +43,7 @@ def test_index_plans_new_changed_unchanged_and_gone(tmp_path):
 
 def test_index_refuses_another_checkpoint(tmp_path):
     EmbeddingIndex.for_writing(tmp_path / "ix.sqlite", "one", 4, label="first").close()
-    with pytest.raises(BtError, match=r"was built with another model \(first\)"):
+    with pytest.raises(BtError, match=r"was built with another model or dtype \(first\)"):
         EmbeddingIndex.for_writing(tmp_path / "ix.sqlite", "two", 4, label="second")
 
 

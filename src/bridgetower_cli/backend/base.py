@@ -31,6 +31,7 @@ class ModelOptions:
     dtype: str = "auto"
     threads: int | None = None
     batch_size: int | None = None
+    fast_decode: bool = False  # JPEGs read at a reduced scale (images.decode_image)
 
 
 @dataclass

@@ -36,10 +36,11 @@ class Local(Backend):
             o = self.options
             path = resolve_checkpoint(o.model, o.revision)
             with reporter.status(f"loading {o.model} ..."):
+                from ..model import runtime_for
                 from ..model.loading import load_model
-                from ..model.runtime import Runtime
 
-                self._runtime = Runtime(load_model(path, o.model, o.device, o.dtype, needs, preferred, o.threads))
+                self._runtime = runtime_for(load_model(path, o.model, o.device, o.dtype, needs, preferred, o.threads))
+                self._runtime.fast_decode = o.fast_decode
             # The millions of objects torch and transformers made live as long as the process: out of the
             # collector's sight, so walking a 100,000-file folder does not pay for scanning them again and again.
             gc.freeze()
@@ -98,12 +99,13 @@ class Local(Backend):
             opened = indexing.open_index(runtime, r.path, r.rebuild, wait_s=r.wait_s)
             return indexing.index_images(runtime, opened, r.sources, outcome, r.folders, batch, reporter)
         from ..engines.ray import RayEngine
-        from ..model.hub import fingerprint, resolve_checkpoint
+        from ..model.hub import embedding_identity, resolve_checkpoint
+        from ..model.loading import select_precision
 
         checkpoint = resolve_checkpoint(o.model, o.revision)
         ray = RayEngine.for_checkpoint(checkpoint, o.model, o.device, o.dtype, r.ray_address)
-        checkpoint_id = fingerprint(checkpoint)
-        opened = EmbeddingIndex.for_writing(r.path, checkpoint_id, ray.dim, r.rebuild, o.model, wait_s=r.wait_s)
+        identity, label = embedding_identity(checkpoint, o.model, select_precision(o.dtype)[0])
+        opened = EmbeddingIndex.for_writing(r.path, identity, ray.dim, r.rebuild, label, wait_s=r.wait_s)
         batch = o.batch_size or 8
         return indexing.index_images(None, opened, r.sources, outcome, r.folders, batch, reporter, engine=ray)
 

@@ -201,7 +201,7 @@ class Auto:
 
             o = self.options
             keep_alive = os.environ.get("BT_KEEP_ALIVE") or autoserver.DEFAULT_KEEP_ALIVE
-            wanted = autoserver.ServerOptions(o.device, o.dtype, o.threads, o.batch_size, keep_alive)
+            wanted = autoserver.ServerOptions(o.device, o.dtype, o.threads, o.batch_size, keep_alive, o.fast_decode)
             try:
                 self._chosen = Remote(o, autoserver.connect(wanted, self.timeout))
             except autoserver.AutoServerFailed as failure:

@@ -16,6 +16,7 @@ from .options import (
     Device,
     Dtype,
     DtypeOpt,
+    FastDecode,
     Format,
     Model,
     Revision,
@@ -34,14 +35,15 @@ _MODEL_OPTIONS = [
     ("dtype", DtypeOpt, Dtype.auto),
     ("threads", Threads, None),
     ("batch_size", BatchSize, None),
+    ("fast_decode", FastDecode, False),
 ]
 _SERVER_OPTIONS = [("server", Server, None), ("api_key", ApiKey, None), ("timeout", ClientTimeout, None)]
 
 
 def model_command(default_model: str) -> Callable:
     """Give a command the options every model command takes (--model with ``default_model``, --revision,
-    --device, --dtype, --threads, --batch-size, --server, --api-key, --timeout), parsed once into the ``backend``
-    it is called with (in process, or a bt server: chosen here, once)."""
+    --device, --dtype, --threads, --batch-size, --fast-decode, --server, --api-key, --timeout), parsed once into the
+    ``backend`` it is called with (in process, or a bt server: chosen here, once)."""
 
     def decorate(command: Callable) -> Callable:
         signature = inspect.signature(command, eval_str=True)  # (the Annotated options, not their names)
@@ -63,7 +65,13 @@ def model_command(default_model: str) -> Callable:
 
             o = {name: values.pop(name) for name, _, _ in shared}
             options = ModelOptions(
-                o["model"], o["revision"], o["device"], o["dtype"].value, o["threads"], o["batch_size"]
+                o["model"],
+                o["revision"],
+                o["device"],
+                o["dtype"].value,
+                o["threads"],
+                o["batch_size"],
+                o["fast_decode"],
             )
             values["backend"] = backend.open_backend(options, o["server"], o["api_key"], o["timeout"], _warn)
             return command(**values)

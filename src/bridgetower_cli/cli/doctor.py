@@ -45,7 +45,7 @@ def environment(device: str = "auto", dtype: str = "auto") -> Environment:
 
     from ..index.files import default_index_path
     from ..model.hub import cached_snapshot
-    from ..model.loading import select_device, select_dtype
+    from ..model.loading import select_device, select_precision
 
     index = default_index_path()
     return Environment(
@@ -58,7 +58,7 @@ def environment(device: str = "auto", dtype: str = "auto") -> Environment:
         device=str(select_device(device)),
         cuda_devices=[torch.cuda.get_device_name(k) for k in range(torch.cuda.device_count())],
         mps=torch.backends.mps.is_available(),
-        dtype=str(select_dtype(dtype)).removeprefix("torch."),
+        dtype=select_precision(dtype)[0],
         threads=torch.get_num_threads(),
         hf_cache=str(constants.HF_HUB_CACHE),
         hf_offline=bool(constants.HF_HUB_OFFLINE),

@@ -223,7 +223,7 @@ def _repair(index, report, backend, reporter):
     """Forget the damaged rows (a new vector file if its own is missing or foreign), embed their files again."""
     import os
 
-    from ..model.hub import fingerprint
+    from ..model.hub import embedding_identity
     from ..records import Outcome
     from ..sources import ImageSource
     from ..tasks import indexing
@@ -231,8 +231,9 @@ def _repair(index, report, backend, reporter):
     if report.catalog != "ok":
         return report  # the catalog itself: only --rebuild can mend that
     runtime, batch_size = backend.in_process().runtime(reporter, ("itc",))
-    if fingerprint(runtime.loaded.path) != index.fingerprint:
-        hint = f"repair it with -m {index.label}"
+    loaded = runtime.loaded
+    if embedding_identity(loaded.path, loaded.name, loaded.precision)[0] != index.fingerprint:
+        hint = f"repair it with the model (and --dtype) it was built with: {index.label}"
         raise BtError(f"the index {index.path} was built with {index.label}, not {backend.options.model}", hint)
     half_only = report.vector_file.startswith("its float16 copy")
     if half_only:

@@ -93,13 +93,13 @@ class EmbedActor:
     """The model stage: one runtime per actor, loaded once."""
 
     def __init__(self, checkpoint: str, name: str, device: str, dtype: str):
+        from ..model import runtime_for
         from ..model.loading import load_model
-        from ..model.runtime import Runtime
 
         # Ray gives a 1-CPU actor one thread (OMP_NUM_THREADS=1); the CPU actor is the node's one model worker: let
         # it use the node's cores, as the local engine does (decoding tasks interleave with it).
         threads = None if device not in ("auto", "cpu") else os.cpu_count()
-        self.runtime = Runtime(load_model(Path(checkpoint), name, device, dtype, needs=("itc",), threads=threads))
+        self.runtime = runtime_for(load_model(Path(checkpoint), name, device, dtype, needs=("itc",), threads=threads))
         self.dim = self.runtime.network.config.contrastive_hidden_size
 
     def __call__(self, batch: dict) -> dict:

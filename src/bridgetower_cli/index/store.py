@@ -37,8 +37,8 @@ class EmbeddingIndex(Reading):
         if fingerprint is not None and (meta.get("model") != fingerprint or meta.get("dim") != str(dim)):
             catalog.close()
             raise BtError(
-                f"the index {self.path} was built with another model ({meta.get('label')}), not {label}",
-                "rebuild it with --rebuild, or keep one index per model with --index FILE",
+                f"the index {self.path} was built with another model or dtype ({meta.get('label')}), not {label}",
+                "rebuild it with --rebuild, or keep one index per model (and --dtype) with --index FILE",
             )
         self.fingerprint, self.dim = meta["model"], int(meta["dim"])
         self.label = meta.get("label", self.fingerprint)

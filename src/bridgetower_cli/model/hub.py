@@ -170,3 +170,11 @@ def fingerprint(path: Path) -> str:
             handle.seek(max(0, size - 2**20))
             digest.update(handle.read(2**20))
     return digest.hexdigest()[:16]
+
+
+def embedding_identity(path: Path, name: str, precision: str) -> tuple[str, str]:
+    """What an index records of the model whose vectors it holds: the checkpoint's fingerprint, with the precision
+    unless float32 (int8 or bfloat16 vectors are not float32 ones: an index never mixes them), and a label."""
+    if precision == "float32":
+        return fingerprint(path), name
+    return f"{fingerprint(path)}+{precision}", f"{name} ({precision})"

@@ -69,6 +69,7 @@ class LoadedModel:
     processor: BridgeTowerProcessor
     device: torch.device
     dtype: torch.dtype
+    precision: str = "float32"  # float32, bfloat16, float16 or int8 (``PRECISIONS``)
 
     @property
     def heads(self) -> tuple[str, ...]:
@@ -98,13 +99,23 @@ def select_device(name: str) -> torch.device:
     return device
 
 
-def select_dtype(name: str) -> torch.dtype:
+# What each --dtype runs in: its name (records and indexes carry it) and the dtype the weights load in (int8 graphs
+# are built from the float32 weights).
+PRECISIONS = {
+    "auto": ("float32", torch.float32),
+    "float32": ("float32", torch.float32),
+    "bfloat16": ("bfloat16", torch.bfloat16),
+    "float16": ("float16", torch.float16),
+    "int8": ("int8", torch.float32),
+}
+
+
+def select_precision(name: str) -> tuple[str, torch.dtype]:
     """``auto`` is float32 on every device: the numbers of the stock classes. bfloat16 is opt-in (faster on GPUs,
-    logits move by a few hundredths, enough to swap close rankings)."""
-    dtypes = {"auto": torch.float32, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-    if name not in dtypes:
-        raise BtError(f"unknown dtype {name!r}", "use auto, float32, bfloat16 or float16")
-    return dtypes[name]
+    logits move by a few hundredths, enough to swap close rankings); int8 (CPUs, ONNX Runtime) likewise."""
+    if name not in PRECISIONS:
+        raise BtError(f"unknown dtype {name!r}", "use auto, float32, bfloat16, float16 or int8")
+    return PRECISIONS[name]
 
 
 def weight_names(path: Path) -> set[str]:
@@ -243,7 +254,9 @@ def load_model(
     hf_logging.disable_progress_bar()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     torch_device = select_device(device)
-    torch_dtype = select_dtype(dtype)
+    precision, torch_dtype = select_precision(dtype)
+    if precision == "int8" and torch_device.type != "cpu":
+        raise BtError("--dtype int8 runs on CPUs (ONNX Runtime)", "on a GPU use --dtype bfloat16 or float16")
     if threads:
         torch.set_num_threads(threads)
     config = read_config(path, name)
@@ -267,4 +280,4 @@ def load_model(
         torch.backends.cudnn.allow_tf32 = False
         torch.backends.cuda.matmul.allow_tf32 = False
     network.eval().to(torch_device)
-    return LoadedModel(name, path, network, processor, torch_device, torch_dtype)
+    return LoadedModel(name, path, network, processor, torch_device, torch_dtype, precision)

@@ -80,6 +80,7 @@ class Runtime:
         # 10-million-character text costs what a short one does.
         self.longest_token = max(map(len, self.tokenizer.get_vocab()))
         self.text_char_limit = 2 * (self.max_length + 1) * self.longest_token
+        self.fast_decode = False  # JPEGs read at a reduced scale (see images.decode_image); set by its owner
 
     @property
     def default_batch_size(self) -> int:
@@ -91,6 +92,15 @@ class Runtime:
     def pixel_values(self, image: Image.Image) -> torch.Tensor:
         """Preprocess one RGB image exactly as ``BridgeTowerProcessor`` does; [3, S, S]."""
         return pixel_values(self.processor.image_processor, image)
+
+    def prepare_image(self, data: bytes) -> tuple[Image.Image, str, torch.Tensor]:
+        """Image file bytes to what the model takes: (the RGB image it sees, how it was padded: see
+        ``images.fit_aspect``, its pixel values). Plain CPU work with no model call: safe in any thread."""
+        from ..images import decode_image, fit_aspect
+
+        image = decode_image(data, short_side=self.image_size if self.fast_decode else None)
+        image, padded = fit_aspect(image, self.image_size)
+        return image, padded, self.pixel_values(image)
 
     def tokenize(self, texts: list[str]) -> tuple[list[list[int]], list[bool]]:
         """Token ids per text (truncated to the model's limit) and whether each was truncated. Plain CPU work with
@@ -210,7 +220,7 @@ class Runtime:
         scores: list[tuple[float, float]] = []
         for start in range(0, len(pairs), batch_size):
             chunk = pairs[start : start + batch_size]
-            logits = self.itm_head(self.fuse_states([t for t, _ in chunk], [i for _, i in chunk])).float()
+            logits = self.itm_head(self.fuse([t for t, _ in chunk], [i for _, i in chunk])).float()
             scores += zip(logits[:, 1].tolist(), logits.softmax(dim=-1)[:, 1].tolist())
         return scores
 

@@ -27,6 +27,7 @@ class Settings:
     dtype: str = "auto"
     threads: int | None = None
     batch_size: int | None = None
+    fast_decode: bool = False  # JPEGs read at a reduced scale (images.decode_image)
     keep_alive_s: float | None = None  # unload a model idle this long (None: never)
     api_key: str | None = None
     host: str = "127.0.0.1"  # where it listens: beyond loopback the app refuses to start without a key
@@ -60,6 +61,7 @@ class Settings:
             device=env.get("BT_DEVICE", "auto"),
             dtype=env.get("BT_DTYPE", "auto"),
             threads=int(number("BT_THREADS", 0)) or None,
+            fast_decode=env.get("BT_FAST_DECODE", "").lower() in ("1", "true", "yes"),
             keep_alive_s=parse_duration(keep_alive) if keep_alive else None,
             api_key=env.get("BT_API_KEY") or None,
             host=env.get("BT_SERVE_HOST") or _host_from_argv() or "127.0.0.1",

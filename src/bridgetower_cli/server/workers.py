@@ -276,13 +276,14 @@ class ModelPool:
             self.models.pop(idle).worker.stop()
 
     def _load(self, model: Allowed) -> _Model:
+        from ..model import runtime_for
         from ..model.hub import hub_snapshot
         from ..model.loading import load_model
-        from ..model.runtime import Runtime
 
         s = self.settings
         path = hub_snapshot(model.name) if model.hub else Path(model.path or model.name)
-        runtime = Runtime(load_model(path, model.shown, s.device, s.dtype, threads=s.threads))
+        runtime = runtime_for(load_model(path, model.shown, s.device, s.dtype, threads=s.threads))
+        runtime.fast_decode = s.fast_decode
         worker = ModelWorker(runtime, s.batch_size or runtime.default_batch_size, s.batch_window_s)
         return _Model(runtime, worker, time.monotonic(), model.shown)
 

@@ -3,15 +3,18 @@ and reported), and (image, text) pairs fused in batches."""
 
 from __future__ import annotations
 
+import os
+from collections import deque
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
 from .. import cancel
-from ..errors import BtError, InputError
-from ..images import decode_image, decoding, fit_aspect
+from ..errors import BtError, InputError, UsageError
+from ..images import decoding
 from ..model.runtime import Fused, ImageStates, Runtime, TextStates
-from ..reading import read_bytes
+from ..reading import current_policy, read_bytes, restricted
 from ..records import Outcome, Reporter
 from ..sources import ImageSource
 
@@ -37,32 +40,61 @@ def warn_padded(reporter: Reporter, name: str, padded: str) -> None:
     reporter.warn(message, kind="elongated images padded")
 
 
+def decode_workers() -> int:
+    """Threads decoding images ahead of the model: ``BT_DECODE_WORKERS``, else one per core up to four."""
+    value = os.environ.get("BT_DECODE_WORKERS", "")
+    if value:
+        if not value.isdigit() or int(value) < 1:
+            raise UsageError(f"BT_DECODE_WORKERS={value} is not a positive whole number", "e.g. BT_DECODE_WORKERS=2")
+        return int(value)
+    return min(4, os.cpu_count() or 1)
+
+
 def read_images(
     runtime: Runtime, sources: Sequence[ImageSource], outcome: Outcome, reporter: Reporter, keep: dict | None = None
 ) -> Iterator[tuple[ImageSource, torch.Tensor]]:
-    """Pixel values per readable source; unreadable ones are reported and recorded as skipped, whatever fails on the
-    way (reading, decoding, converting, preprocessing). Each image is decoded and preprocessed within the process's
-    decode budget (a server's). ``keep`` collects the RGB image the model sees, by ``id(source)``."""
-    for source in sources:
-        cancel.check()
-        try:
+    """Pixel values per readable source, in order; unreadable ones are reported and recorded as skipped, whatever
+    fails on the way (reading, decoding, converting, preprocessing). ``decode_workers()`` threads read and decode
+    ahead of the model while it runs (Pillow decodes and resizes without holding the GIL), each image within the
+    process's decode budget (a server's). ``keep`` collects the RGB image the model sees, by ``id(source)``."""
+
+    policy, token = current_policy(), cancel.current()  # (per thread: the decode threads work under this one's)
+
+    def prepare(source: ImageSource):
+        with restricted(policy), cancel.watching(token):
             data = read_bytes(source)
             with decoding(data):
-                image, padded = fit_aspect(decode_image(data), runtime.image_size)
-                pixels = runtime.pixel_values(image)
-        except InputError as error:
-            outcome.skip(source.name, error.message, reporter)
-            continue
-        except (BtError, MemoryError):  # (not this image's fault: a busy server, a cancelled request)
-            raise
-        except Exception as error:  # a decoder's own failure on odd input is this image's problem
-            outcome.skip(source.name, f"cannot decode it ({type(error).__name__}: {error})", reporter)
-            continue
-        if keep is not None:
-            keep[id(source)] = image
-        if padded:
-            warn_padded(reporter, source.name, padded)
-        yield source, pixels
+                return runtime.prepare_image(data)
+
+    workers = decode_workers()
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="bt-decode")
+    ahead: deque = deque()  # (source, future) in source order, at most two per worker
+    remaining = iter(sources)
+    try:
+        while True:
+            cancel.check()
+            while len(ahead) < 2 * workers and (source := next(remaining, None)) is not None:
+                ahead.append((source, pool.submit(prepare, source)))
+            if not ahead:
+                return
+            source, future = ahead.popleft()
+            try:
+                image, padded, pixels = future.result()
+            except InputError as error:
+                outcome.skip(source.name, error.message, reporter)
+                continue
+            except (BtError, MemoryError):  # (not this image's fault: a busy server, a cancelled request)
+                raise
+            except Exception as error:  # a decoder's own failure on odd input is this image's problem
+                outcome.skip(source.name, f"cannot decode it ({type(error).__name__}: {error})", reporter)
+                continue
+            if keep is not None:
+                keep[id(source)] = image
+            if padded:
+                warn_padded(reporter, source.name, padded)
+            yield source, pixels
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def encode_image_batches(

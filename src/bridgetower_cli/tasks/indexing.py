@@ -11,7 +11,7 @@ from pathlib import Path
 from ..errors import InputError, Interrupted
 from ..index.files import content_hash, default_index_path, file_states
 from ..index.store import EmbeddingIndex
-from ..model.hub import fingerprint
+from ..model.hub import embedding_identity
 from ..model.runtime import Runtime
 from ..records import Outcome, RefreshStats, Reporter
 from ..sources import ImageSource
@@ -57,9 +57,10 @@ def open_index(
     loaded = runtime.loaded
     dim = loaded.network.config.contrastive_hidden_size
     path = index_file or default_index_path()
+    identity, label = embedding_identity(loaded.path, loaded.name, loaded.precision)
     if write:
-        return EmbeddingIndex.for_writing(path, fingerprint(loaded.path), dim, rebuild, loaded.name, wait_s=wait_s)
-    return EmbeddingIndex.for_reading(path, fingerprint(loaded.path), dim, loaded.name)
+        return EmbeddingIndex.for_writing(path, identity, dim, rebuild, label, wait_s=wait_s)
+    return EmbeddingIndex.for_reading(path, identity, dim, label)
 
 
 def index_images(
