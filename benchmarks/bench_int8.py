@@ -17,6 +17,7 @@ import argparse
 import dataclasses
 import importlib.metadata
 import json
+import logging
 import os
 import statistics
 import subprocess
@@ -141,6 +142,7 @@ def runtimes(size: str, batch_size: int, repeats: int) -> list[dict]:
             import nncf
         except ImportError:
             return rows
+        nncf.set_log_level(logging.ERROR)
         start = time.perf_counter()
         compressed = nncf.compress_weights(core.read_model(str(graph)), mode=nncf.CompressWeightsMode.INT8_ASYM)
         compiled_int8 = core.compile_model(compressed, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})

@@ -60,3 +60,9 @@ def test_the_automatic_server_decodes_as_asked():
     socket = Path("bt.sock")
     assert "--fast-decode" in fast.arguments(socket) and "--fast-decode" not in plain.arguments(socket)
     assert plain.identity() != fast.identity()
+
+
+def test_a_bad_decode_thread_count_is_said_before_any_model_loads(bt, samples, tmp_path):
+    result = bt("embed", samples / "cat.jpg", "-m", tmp_path / "no-such-model", env={"BT_DECODE_WORKERS": "0"})
+    assert result.code == 2 and "BT_DECODE_WORKERS=0" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1

@@ -29,6 +29,16 @@ def max_image_pixels() -> int:
     return int(value)
 
 
+def decode_workers() -> int:
+    """Threads decoding images ahead of the model: ``BT_DECODE_WORKERS``, else one per core up to four."""
+    value = os.environ.get("BT_DECODE_WORKERS", "")
+    if value:
+        if not value.isdigit() or int(value) < 1:
+            raise UsageError(f"BT_DECODE_WORKERS={value} is not a positive whole number", "e.g. BT_DECODE_WORKERS=2")
+        return int(value)
+    return min(4, os.cpu_count() or 1)
+
+
 # The formats bt decodes: photographs and the common lossless ones. Pillow's other plugins (ICO, BLP, ...) decode
 # whole images while merely opening them, before any limit can apply; they are never tried.
 FORMATS = ("JPEG", "MPO", "PNG", "GIF", "BMP", "TIFF", "WEBP", "PPM", "AVIF", "HEIF")

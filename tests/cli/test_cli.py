@@ -370,6 +370,7 @@ def test_doctor_reports_the_environment(published, tmp_path):
     put_in_hf_cache(tmp_path / "hub", "BridgeTower/bridgetower-base-itm-mlm", published["bridgetower-base-itm-mlm"])
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "BT_"))}
     env |= {"HF_HUB_CACHE": str(tmp_path / "hub"), "BT_INDEX": str(tmp_path / "ix.sqlite")}
+    env |= {"BT_INT8_CACHE": str(tmp_path / "int8")}
     result = subprocess.run(
         [sys.executable, "-m", "bridgetower_cli", "doctor", "-d", "cpu", "-f", "json"],
         capture_output=True,
@@ -382,3 +383,4 @@ def test_doctor_reports_the_environment(published, tmp_path):
     assert report["hf_cache"] == str(tmp_path / "hub") and report["index"] == str(tmp_path / "ix.sqlite")
     assert report["cached_checkpoints"] == ["BridgeTower/bridgetower-base-itm-mlm"]
     assert not report["index_exists"]
+    assert report["int8_cache"] == str(tmp_path / "int8") and report["onnxruntime"] != "not installed"

@@ -51,8 +51,11 @@ def index_contents(path):
     return paths, matrix, failures
 
 
-def test_index_on_ray_equals_the_local_engine(bt, full_checkpoint, folder, tmp_path):
-    args = ["index", folder, "-m", full_checkpoint, "-b", "3", "-f", "json"]
+@pytest.mark.parametrize("decoding", [[], ["--fast-decode"]])
+def test_index_on_ray_equals_the_local_engine(bt, full_checkpoint, folder, tmp_path, decoding):
+    """With a full decode and with --fast-decode (a large JPEG is read at a quarter of its size, or in full)."""
+    Image.open(folder / "coffee.jpg").resize((2400, 1800)).save(folder / "large.jpg")
+    args = ["index", folder, "-m", full_checkpoint, "-b", "3", "-f", "json", *decoding]
     local = bt(*args, "--index", tmp_path / "local.sqlite")
     remote = bt(*args, "--index", tmp_path / "ray.sqlite", "--engine", "ray")
     assert local.code == remote.code == 3, remote.stderr
@@ -60,7 +63,7 @@ def test_index_on_ray_equals_the_local_engine(bt, full_checkpoint, folder, tmp_p
     assert remote.stderr.count("broken.jpg") == 1 and "padded to a taller frame" in remote.stderr
     paths, matrix, failures = index_contents(tmp_path / "ray.sqlite")
     expected_paths, expected, expected_failures = index_contents(tmp_path / "local.sqlite")
-    assert paths == expected_paths and len(paths) == 8 and failures == expected_failures
+    assert paths == expected_paths and len(paths) == 9 and failures == expected_failures
     assert float(np.abs(matrix - expected).max()) <= 1e-5
 
 

@@ -47,7 +47,7 @@ def pixels(runtime, samples):
 
 
 def test_exported_passes_compute_what_the_runtime_computes(float32, samples):
-    """The modules exported to ONNX, run in torch float32, equal the runtime's passes (padding and masks too)."""
+    """The modules exported to ONNX, run in torch float32, equal the runtime's passes (text padding and masks too)."""
     batch = pixels(float32, samples)
     images = float32.encode_images(batch)
     layers, itc = int8._ImagePass(float32)(batch)
@@ -56,12 +56,6 @@ def test_exported_passes_compute_what_the_runtime_computes(float32, samples):
         assert (itc[k] - state.itc_embedding).abs().max() <= 1e-5
 
     texts = float32.encode_texts(TEXTS)
-    padded = float32.tokenizer.pad({"input_ids": float32.tokenize(TEXTS)[0]}, return_tensors="pt")
-    layers, itc = int8._TextPass(float32)(padded["input_ids"], padded["attention_mask"])
-    for k, state in enumerate(texts):
-        assert (layers[k, :, : state.length] - state.layers).abs().max() <= 1e-5
-        assert (itc[k] - state.itc_embedding).abs().max() <= 1e-5
-
     pairs = [(t, i) for t in texts for i in images]
     fused = float32.fuse([t for t, _ in pairs], [i for _, i in pairs])
     longest = max(t.length for t in texts)
@@ -82,9 +76,8 @@ def test_int8_is_close_to_float32(float32, quantized, samples):
         assert torch.cosine_similarity(e.itc_embedding, a.itc_embedding, dim=0) >= 0.999
         assert e.layers.shape == a.layers.shape
     exact_texts, approx_texts = float32.encode_texts(TEXTS), quantized.encode_texts(TEXTS)
-    for e, a in zip(exact_texts, approx_texts):
-        assert torch.equal(e.input_ids, a.input_ids)
-        assert torch.cosine_similarity(e.itc_embedding, a.itc_embedding, dim=0) >= 0.999
+    for e, a in zip(exact_texts, approx_texts):  # the text pass stays float32
+        assert torch.equal(e.layers, a.layers) and torch.equal(e.itc_embedding, a.itc_embedding)
     pairs = [(t, i) for t in range(len(TEXTS)) for i in range(len(IMAGES))]
     scores = float32.match_scores([(exact_texts[t], exact[i]) for t, i in pairs], 4)
     approx_scores = quantized.match_scores([(approx_texts[t], approx[i]) for t, i in pairs], 4)
@@ -104,7 +97,7 @@ def test_graphs_are_built_once_and_a_damaged_or_stale_entry_is_rebuilt(checkpoin
     path = checkpoints["full"]
     first = QuantizedRuntime(load_model(path, "full", "cpu", "int8"))
     graphs = sorted(cache.glob("*/int8.onnx"))
-    assert len(graphs) == 3 and not list(cache.glob(".building-*"))
+    assert len(graphs) == 2 and not list(cache.glob(".building-*"))
     stamps = {g: g.stat().st_mtime_ns for g in graphs}
     batch = pixels(first, samples)
     expected = torch.stack([s.itc_embedding for s in first.encode_images(batch)])
@@ -116,7 +109,7 @@ def test_graphs_are_built_once_and_a_damaged_or_stale_entry_is_rebuilt(checkpoin
     data = bytearray(image_graph.read_bytes())
     data[len(data) // 2] ^= 0xFF  # one flipped byte deep in the weights: still loads, computes garbage
     image_graph.write_bytes(bytes(data))
-    manifest = next(g for g in graphs if "-text-" in g.parent.name).parent / "manifest.json"
+    manifest = next(g for g in graphs if "-fusion-" in g.parent.name).parent / "manifest.json"
     stale = json.loads(manifest.read_text())
     stale["key"]["onnxruntime"] = "0.0.1"  # built by another version
     manifest.write_text(json.dumps(stale))

@@ -181,6 +181,21 @@ def test_every_command_prints_through_the_automatic_server_what_it_prints_in_pro
     assert local.code == failing.get(name, 0), local.stderr
 
 
+def test_int8_and_fast_decoding_run_on_the_server_as_in_process(bt, runtime, samples, full_checkpoint, tmp_path):
+    pytest.importorskip("onnxruntime")
+    options = ["-m", full_checkpoint, "--dtype", "int8", "--fast-decode", "-f", "json"]
+    cache = {"BT_INT8_CACHE": str(tmp_path / "int8")}
+    for command in (["score", samples / "cat.jpg", *TEXTS], ["embed", samples / "rocket.jpg", "--kind", "image"]):
+        local = bt(*command, *options, env=cache)
+        auto = bt(*command, *options, env=auto_env(runtime, **cache))
+        assert local.code == auto.code == 0 and auto.stdout == local.stdout, auto.stderr
+        assert "running in this process" not in auto.stderr
+    assert autoserver.status(place(runtime)).models == [str(full_checkpoint)]
+    (pid,) = server_pids(place(runtime).socket)
+    command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    assert b"--fast-decode" in command and command[command.index(b"--dtype") + 1] == b"int8"
+
+
 def test_the_server_runs_them_with_its_models_loaded_and_reports_itself(bt, shared, full_checkpoint):
     root, runtime = shared
     bt("score", root / "photos" / "cat.jpg", "a cat", "-m", full_checkpoint, env=auto_env(runtime))

@@ -121,7 +121,11 @@ def test_a_dropped_image_shows_its_neighbours(bt, site, page, samples, full_chec
     url, photos, _ = site
     searched(page, url, "warm up")  # (the index exists after the first search)
     page.set_input_files("#picker", str(samples / "rocket.jpg"))
-    until(page, "document.querySelector('.card') && !document.querySelector('#message').textContent")
+    busy = "document.querySelector('#results').getAttribute('aria-busy')"
+    until(
+        page,
+        f"{busy} === 'false' && document.querySelector('.card') && !document.querySelector('#message').textContent",
+    )
     shown = page.eval_on_selector_all(".card", "cards => cards.map(c => c.dataset.path)")
     expected = bt("retrieve", "--like", samples / "rocket.jpg", photos, "-n", "--index", index_of(site), "-k", "24",
                   "-m", full_checkpoint, "-f", "json").json()  # fmt: skip

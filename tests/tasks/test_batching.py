@@ -60,9 +60,3 @@ def test_images_decode_in_parallel(runtime, mixed, monkeypatch):
     monkeypatch.setattr(runtime, "prepare_image", meet_then_prepare)
     names, _, skipped = read(runtime, [mixed[0], mixed[2]])
     assert names == ["cat.jpg", "rocket.jpg"] and not skipped
-
-
-def test_a_bad_worker_count_is_one_line(bt, checkpoints, samples):
-    result = bt("embed", samples / "cat.jpg", "-m", checkpoints["full"], env={"BT_DECODE_WORKERS": "0"})
-    assert result.code == 2 and "BT_DECODE_WORKERS=0" in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1

@@ -103,7 +103,7 @@ class Local(Backend):
         from ..model.loading import select_precision
 
         checkpoint = resolve_checkpoint(o.model, o.revision)
-        ray = RayEngine.for_checkpoint(checkpoint, o.model, o.device, o.dtype, r.ray_address)
+        ray = RayEngine.for_checkpoint(checkpoint, o.model, o.device, o.dtype, r.ray_address, o.fast_decode)
         identity, label = embedding_identity(checkpoint, o.model, select_precision(o.dtype)[0])
         opened = EmbeddingIndex.for_writing(r.path, identity, ray.dim, r.rebuild, label, wait_s=r.wait_s)
         batch = o.batch_size or 8

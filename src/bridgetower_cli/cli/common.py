@@ -59,9 +59,9 @@ def model_command(default_model: str) -> Callable:
         def run(**values):
             from .. import backend
             from ..backend import ModelOptions
-            from ..images import max_image_pixels
+            from ..images import decode_workers, max_image_pixels
 
-            max_image_pixels()  # an environment value that does not parse is said now, before any model loads
+            max_image_pixels(), decode_workers()  # an environment value that does not parse is said now, not later
 
             o = {name: values.pop(name) for name, _, _ in shared}
             options = ModelOptions(

@@ -18,12 +18,14 @@ class Environment:
     torch: str
     transformers: str
     huggingface_hub: str
+    onnxruntime: str  # what --dtype int8 runs on (the [int8] extra)
     device: str
     cuda_devices: list[str]
     mps: bool
     dtype: str
     threads: int
     hf_cache: str
+    int8_cache: str
     hf_offline: bool
     hf_endpoint: str
     index: str
@@ -45,6 +47,7 @@ def environment(device: str = "auto", dtype: str = "auto") -> Environment:
 
     from ..index.files import default_index_path
     from ..model.hub import cached_snapshot
+    from ..model.int8 import cache_root
     from ..model.loading import select_device, select_precision
 
     index = default_index_path()
@@ -55,12 +58,14 @@ def environment(device: str = "auto", dtype: str = "auto") -> Environment:
         torch=torch.__version__,
         transformers=_version("transformers"),
         huggingface_hub=_version("huggingface-hub"),
+        onnxruntime=_version("onnxruntime"),
         device=str(select_device(device)),
         cuda_devices=[torch.cuda.get_device_name(k) for k in range(torch.cuda.device_count())],
         mps=torch.backends.mps.is_available(),
         dtype=select_precision(dtype)[0],
         threads=torch.get_num_threads(),
         hf_cache=str(constants.HF_HUB_CACHE),
+        int8_cache=str(cache_root()),
         hf_offline=bool(constants.HF_HUB_OFFLINE),
         hf_endpoint=os.environ.get("HF_ENDPOINT", constants.ENDPOINT),
         index=str(index),

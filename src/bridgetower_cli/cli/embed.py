@@ -90,7 +90,8 @@ def _on_ray(options, address, kinds, sources, output, fmt, outcome, reporter) ->
     if any(s.is_url for s in sources):
         raise BtError("--engine ray reads local files (or a shared file system), not URLs", "download them first")
     checkpoint = resolve_checkpoint(options.model, options.revision)
-    engine = RayEngine.for_checkpoint(checkpoint, options.model, options.device, options.dtype, address)
+    o = options
+    engine = RayEngine.for_checkpoint(checkpoint, o.model, o.device, o.dtype, address, o.fast_decode)
     shards = Shards(output, sources, options.model)
     if output is not None and len(shards.todo) < len(sources):
         reporter.info(f"{len(sources) - len(shards.todo)} images already in complete shards of {output}: resuming")

@@ -99,8 +99,8 @@ DtypeOpt = Annotated[
         "--dtype",
         envvar="BT_DTYPE",
         help=(
-            "Weights and compute dtype; auto = float32 (exact). bfloat16 is faster on GPUs; int8 (CPUs, the [int8]"
-            " extra) about twice as fast on CPUs. bfloat16, float16 and int8 are approximate."
+            "Weights and compute dtype; auto = float32 (exact). bfloat16 is faster on GPUs; int8 (CPUs, the int8 extra)"
+            " about twice as fast on CPUs. bfloat16, float16 and int8 are approximate."
         ),
         case_sensitive=False,
         metavar="auto|float32|bfloat16|float16|int8",

@@ -60,8 +60,9 @@ def _processor(checkpoint: str):
     return _PROCESSORS[checkpoint]
 
 
-def read_batch(batch: dict, checkpoint: str, image_size: int) -> dict:
-    """The CPU stage: read, hash and preprocess a batch of files as the local engine does."""
+def read_batch(batch: dict, checkpoint: str, image_size: int, short_side: int | None = None) -> dict:
+    """The CPU stage: read, hash and preprocess a batch of files as the local engine does (``short_side``: fast
+    decoding, see ``images.decode_image``)."""
     from ..index.files import bytes_hash
     from ..model.runtime import pixel_values
 
@@ -73,7 +74,7 @@ def read_batch(batch: dict, checkpoint: str, image_size: int) -> dict:
         try:
             data = read_bytes(source)
             digest = bytes_hash(data)
-            image, padded = fit_aspect(decode_image(data), image_size)
+            image, padded = fit_aspect(decode_image(data, short_side=short_side), image_size)
             pixels = pixel_values(processor, image).numpy()
         except InputError as failure:
             error = failure.message
@@ -164,6 +165,7 @@ def embed_images(
     device: str = "auto",
     dtype: str = "auto",
     address: str | None = None,
+    fast_decode: bool = False,
 ) -> Iterator[list[Embedded]]:
     """Embed local image files on Ray Data; yields batches as they complete (in no particular order)."""
     import ray
@@ -176,7 +178,11 @@ def embed_images(
     dataset = dataset.map_batches(
         read_batch,
         batch_size=batch_size,
-        fn_kwargs={"checkpoint": str(checkpoint), "image_size": image_size},
+        fn_kwargs={
+            "checkpoint": str(checkpoint),
+            "image_size": image_size,
+            "short_side": image_size if fast_decode else None,
+        },
         num_cpus=0.5,  # unlike the model actors: Ray keeps the stages apart, so decoding overlaps the model
     )
 
@@ -211,9 +217,12 @@ class RayEngine:
     device: str = "auto"
     dtype: str = "auto"
     address: str | None = None
+    fast_decode: bool = False
 
     @classmethod
-    def for_checkpoint(cls, checkpoint: Path, name: str, device: str, dtype: str, address: str | None) -> RayEngine:
+    def for_checkpoint(
+        cls, checkpoint: Path, name: str, device: str, dtype: str, address: str | None, fast_decode: bool = False
+    ) -> RayEngine:
         """Check the checkpoint (ITC heads) and read what the driver needs, without loading the weights here."""
         from ..model.loading import heads_in, load_processor, read_config, require_heads
 
@@ -221,11 +230,19 @@ class RayEngine:
         config = read_config(checkpoint, name)
         require_heads(heads_in(checkpoint, config), ("itc",), name)
         size = load_processor(checkpoint, config).image_processor.size["shortest_edge"]
-        return cls(checkpoint, name, size, config.contrastive_hidden_size, device, dtype, address)
+        return cls(checkpoint, name, size, config.contrastive_hidden_size, device, dtype, address, fast_decode)
 
     def embed(self, sources: Sequence[ImageSource], batch_size: int) -> Iterator[list[Embedded]]:
         return embed_images(
-            self.checkpoint, self.name, sources, self.image_size, batch_size, self.device, self.dtype, self.address
+            self.checkpoint,
+            self.name,
+            sources,
+            self.image_size,
+            batch_size,
+            self.device,
+            self.dtype,
+            self.address,
+            self.fast_decode,
         )
 
 

@@ -1,10 +1,13 @@
-"""int8 on CPUs: the text pass, the image pass and the cross-modal fusion of the loaded checkpoint, exported to ONNX
-and quantised dynamically (int8 weights, activations quantised per call), run by ONNX Runtime (the [int8] extra).
+"""int8 on CPUs: the image pass and the cross-modal fusion of the loaded checkpoint, exported to ONNX and quantised
+dynamically (int8 weights, activations quantised per call), run by ONNX Runtime (the [int8] extra). The text pass
+stays in torch float32: texts are short (a small share of any command's time), and the text tower is where int8 moves
+the numbers most (benchmarks/bench_int8.py). The heads (a few matrix products) stay in float32 too.
 
 The graphs are built from the checkpoint bt loaded, once, and cached under ``$HF_HOME/bt/int8`` (``BT_INT8_CACHE``),
-keyed by the checkpoint's fingerprint, the pass and the versions of bt's export, torch and ONNX Runtime. An entry is
-used only when every file matches the sha256 its manifest names; a damaged or foreign one is rebuilt. The heads (a
-few matrix products) stay in torch float32. int8 is approximate: benchmarks/bench_int8.py measures how close.
+keyed by the checkpoint's fingerprint, the pass, the quantisation and the versions of bt's export, torch and ONNX
+Runtime. An entry is used only when every file matches the sha256 its manifest names; a damaged or stale one is
+rebuilt, and nothing bt did not build is ever deleted. int8 is approximate: benchmarks/bench_int8.py measures how
+close it comes.
 """
 
 from __future__ import annotations
@@ -27,7 +30,11 @@ from .loading import LoadedModel
 from .runtime import Fused, ImageStates, Runtime, TextStates
 
 # Bumped whenever the exported graphs change: older cache entries are then never used.
-EXPORT_VERSION = 1
+EXPORT_VERSION = 2
+# How ONNX Runtime quantises: the matrix products' weights in int8 with one scale per output channel, activations
+# quantised per call (benchmarks/bench_int8.py: closer to float32 than one scale per tensor, as fast). Part of every
+# cache key.
+QUANTISATION = {"weight_type": "QInt8", "per_channel": True, "op_types_to_quantize": ["MatMul"]}
 MANIFEST = "manifest.json"
 MARKER = ".bt-int8"  # in every directory bt builds: what it may delete
 
@@ -82,32 +89,6 @@ class _ImagePass(nn.Module):
         if "itc" not in runtime.loaded.heads:
             return (layers,)
         return layers, runtime._normalize(self.network.itc_image_head(states[-1][:, 0, :]))
-
-
-class _TextPass(nn.Module):
-    """``Runtime.encode_tokens`` as one graph: (ids, attention mask) -> (cross-stack inputs, ITC embedding)."""
-
-    def __init__(self, runtime: Runtime):
-        super().__init__()
-        self.runtime, self.network = runtime, runtime.network
-
-    def forward(self, input_ids, attention_mask):
-        runtime, tower = self.runtime, self.runtime.tower
-        hidden = tower.text_model.embeddings(input_ids=input_ids)
-        mask = _padding_mask(attention_mask)
-        layers = tower.text_model.encoder.layer
-        for layer in layers[: runtime.split]:
-            hidden = layer(hidden, mask)
-        type_embedding = tower.token_type_embeddings(torch.zeros(1, dtype=torch.long))
-        first = tower._apply_text_transform(hidden, layer_idx=0)
-        states = [tower.cross_modal_text_layernorm(first + type_embedding.expand_as(first))]
-        for link, layer in enumerate(layers[runtime.split :], start=1):
-            hidden = layer(hidden, mask)
-            states.append(tower._apply_text_transform(hidden, link) + type_embedding.expand_as(first))
-        stacked = torch.stack(states, dim=1)
-        if "itc" not in runtime.loaded.heads:
-            return (stacked,)
-        return stacked, runtime._normalize(self.network.itc_text_head(hidden[:, 0, :]))
 
 
 class _FusionPass(nn.Module):
@@ -212,6 +193,7 @@ def _export_and_quantise(module: nn.Module, args: tuple, names: dict, directory:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     exported = directory / "float32.onnx"
+    module.eval()  # (the exporter puts a module back in the mode it found it in, and its submodules: the network's)
     with warnings.catch_warnings(), _quiet(logging), torch.inference_mode(False), torch.no_grad():
         warnings.simplefilter("ignore")  # the exporter's and the quantiser's advice is for their developers
         torch.onnx.export(
@@ -224,14 +206,15 @@ def _export_and_quantise(module: nn.Module, args: tuple, names: dict, directory:
             opset_version=17,
             dynamo=False,
         )
-        quantize_dynamic(str(exported), str(directory / "int8.onnx"), weight_type=QuantType.QInt8)
+        options = dict(QUANTISATION, weight_type=QuantType[QUANTISATION["weight_type"]])
+        quantize_dynamic(str(exported), str(directory / "int8.onnx"), **options)
     exported.unlink()
     return "int8.onnx"
 
 
 class QuantizedRuntime(Runtime):
-    """``Runtime`` with the text pass, the image pass and the fusion in int8 through ONNX Runtime (CPU); the heads
-    and the tokenizer and image processor are the stock ones."""
+    """``Runtime`` with the image pass and the fusion in int8 through ONNX Runtime (CPU); the text pass, the heads,
+    the tokenizer and the image processor are the stock ones."""
 
     def __init__(self, loaded: LoadedModel):
         super().__init__(loaded)
@@ -239,13 +222,15 @@ class QuantizedRuntime(Runtime):
         self.has_itc = "itc" in loaded.heads
         checkpoint = fingerprint(loaded.path)
         versions = {"export": EXPORT_VERSION, "torch": torch.__version__, "onnxruntime": ort.__version__}
+        versions["quantisation"] = QUANTISATION
         cache = GraphCache(cache_root())
         options = ort.SessionOptions()
         options.intra_op_num_threads = torch.get_num_threads()
         options.inter_op_num_threads = 1
         self.sessions = {}
         for name, (module, args, names) in self._passes().items():
-            key = {"checkpoint": checkpoint, "pass": name, "heads": list(loaded.heads), **versions}
+            key = {"checkpoint": checkpoint, "pass": name, "heads": list(loaded.heads), "image_size": self.image_size}
+            key |= versions
             path = cache.get_or_build(key, functools.partial(_export_and_quantise, module, args, names))
             self.sessions[name] = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
@@ -255,8 +240,6 @@ class QuantizedRuntime(Runtime):
         images = Runtime.encode_images(self, torch.zeros(2, 3, size, size))
         image_layers = torch.stack([state.layers for state in images])
         itc = ["itc"] if self.has_itc else []
-        ids = torch.full((2, 8), self.tokenizer.pad_token_id or 1, dtype=torch.long)
-        ids[:, 0] = self.tokenizer.cls_token_id or 0
         mask = torch.ones(2, 8, dtype=torch.long)
         mask[1, 6:] = 0
         return {
@@ -264,15 +247,6 @@ class QuantizedRuntime(Runtime):
                 _ImagePass(self),
                 (torch.zeros(2, 3, size, size),),
                 {"inputs": ["pixel_values"], "outputs": ["layers", *itc], "axes": {"pixel_values": {0: "batch"}}},
-            ),
-            "text": (
-                _TextPass(self),
-                (ids, mask),
-                {
-                    "inputs": ["input_ids", "attention_mask"],
-                    "outputs": ["layers", *itc],
-                    "axes": {"input_ids": {0: "batch", 1: "length"}, "attention_mask": {0: "batch", 1: "length"}},
-                },
             ),
             "fusion": (
                 _FusionPass(self),
@@ -294,29 +268,13 @@ class QuantizedRuntime(Runtime):
         return [torch.from_numpy(output) for output in self.sessions[name].run(None, feeds)]
 
     @torch.inference_mode()
-    def encode_tokens(self, ids: list[list[int]], truncated: list[bool]) -> list[TextStates]:
-        padded = self.tokenizer.pad({"input_ids": ids}, return_tensors="pt")
-        input_ids, attention_mask = padded["input_ids"], padded["attention_mask"]
-        stacked, *itc = self._run("text", input_ids=input_ids, attention_mask=attention_mask)
-        lengths = attention_mask.sum(dim=1).tolist()
-        return [
-            TextStates(input_ids[i, :n], stacked[i, :, :n], itc[0][i] if itc else None, truncated[i])
-            for i, n in enumerate(lengths)
-        ]
-
-    @torch.inference_mode()
     def encode_images(self, pixel_values: torch.Tensor) -> list[ImageStates]:
         stacked, *itc = self._run("image", pixel_values=pixel_values.float().contiguous())
         return [ImageStates(stacked[i], itc[0][i] if itc else None) for i in range(stacked.shape[0])]
 
     @torch.inference_mode()
     def fuse(self, texts: list[TextStates], images: list[ImageStates]) -> Fused:
-        lengths = [t.length for t in texts]
-        longest = max(lengths)
-        text_layers = torch.stack([nn.functional.pad(t.layers, (0, 0, 0, longest - t.length)) for t in texts])
-        attention_mask = torch.zeros(len(texts), longest, dtype=torch.long)
-        for row, n in enumerate(lengths):
-            attention_mask[row, :n] = 1
+        text_layers, attention_mask, lengths = self.padded(texts)
         image_layers = torch.stack([i.layers for i in images])
         text_out, image_out = self._run(
             "fusion", text_layers=text_layers, image_layers=image_layers, attention_mask=attention_mask

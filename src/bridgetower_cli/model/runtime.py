@@ -187,16 +187,22 @@ class Runtime:
         """The cross-modal stack over pairs (texts[k], images[k])."""
         return self.fuse_states(texts, images)
 
-    def fuse_states(self, texts: list[TextStates], images: list[ImageStates]) -> Fused:
-        """``fuse`` in the caller's autograd mode (``bt explain`` differentiates it)."""
-        tower = self.tower
+    def padded(self, texts: list[TextStates]) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+        """Texts' cross-stack inputs padded to the longest ([texts, layers, longest, hidden]), their attention mask
+        ([texts, longest] of 1/0) and lengths."""
         lengths = [t.length for t in texts]
         longest = max(lengths)
         text_layers = torch.stack([nn.functional.pad(t.layers, (0, 0, 0, longest - t.length)) for t in texts])
-        image_layers = torch.stack([i.layers for i in images])
-        attention_mask = torch.zeros(len(texts), longest, dtype=torch.long, device=self.device)
+        attention_mask = torch.zeros(len(texts), longest, dtype=torch.long, device=text_layers.device)
         for row, n in enumerate(lengths):
             attention_mask[row, :n] = 1
+        return text_layers, attention_mask, lengths
+
+    def fuse_states(self, texts: list[TextStates], images: list[ImageStates]) -> Fused:
+        """``fuse`` in the caller's autograd mode (``bt explain`` differentiates it)."""
+        tower = self.tower
+        text_layers, attention_mask, lengths = self.padded(texts)
+        image_layers = torch.stack([i.layers for i in images])
         mask = self._mask(attention_mask, text_layers[:, 0])
 
         text_in, image_in = text_layers[:, 0], image_layers[:, 0]

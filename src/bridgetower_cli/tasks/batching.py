@@ -3,7 +3,6 @@ and reported), and (image, text) pairs fused in batches."""
 
 from __future__ import annotations
 
-import os
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -11,8 +10,8 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 
 from .. import cancel
-from ..errors import BtError, InputError, UsageError
-from ..images import decoding
+from ..errors import BtError, InputError
+from ..images import decode_workers, decoding
 from ..model.runtime import Fused, ImageStates, Runtime, TextStates
 from ..reading import current_policy, read_bytes, restricted
 from ..records import Outcome, Reporter
@@ -38,16 +37,6 @@ def warn_padded(reporter: Reporter, name: str, padded: str) -> None:
     """``padded``: "taller" (a wide image) or "wider" (a tall one)."""
     message = f"{name} is too elongated for the image processor: padded to a {padded} frame"
     reporter.warn(message, kind="elongated images padded")
-
-
-def decode_workers() -> int:
-    """Threads decoding images ahead of the model: ``BT_DECODE_WORKERS``, else one per core up to four."""
-    value = os.environ.get("BT_DECODE_WORKERS", "")
-    if value:
-        if not value.isdigit() or int(value) < 1:
-            raise UsageError(f"BT_DECODE_WORKERS={value} is not a positive whole number", "e.g. BT_DECODE_WORKERS=2")
-        return int(value)
-    return min(4, os.cpu_count() or 1)
 
 
 def read_images(

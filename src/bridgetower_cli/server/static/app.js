@@ -121,6 +121,7 @@ async function run() {
   if (state.busy) return;
   state.busy = true;
   const f = state.folder;
+  $("results").setAttribute("aria-busy", "true");
   say("searching…");
   try {
     const body = { model: state.library.model, sources: [f.root], index: f.index, refresh: false, top_k: state.topK, rerank_k: 5 };
@@ -133,6 +134,7 @@ async function run() {
     say(error.message);
   } finally {
     state.busy = false;
+    $("results").setAttribute("aria-busy", "false");
   }
 }
 
@@ -257,6 +259,7 @@ async function fillMask(event) {
 
 function likeFile(file) {
   if (!file) return;
+  say(`reading ${file.name}…`); // (at once: until the new results come, the old ones are not this query's)
   const reader = new FileReader();
   reader.onload = () => search({ like: { name: file.name, data: reader.result } });
   reader.readAsDataURL(file);
