@@ -318,34 +318,25 @@ def _settings(given: dict):
     from ..server.settings import default_index_dir, parse_duration
 
     g = given
+    models = {  # how the models run, whichever the server
+        "models": g["models"] or [],
+        "device": g["device"],
+        "dtype": g["dtype"].value,
+        "threads": g["threads"],
+        "batch_size": g["batch_size"],
+        "fast_decode": g["fast_decode"],
+        "keep_alive_s": parse_duration(g["keep_alive"]) if g["keep_alive"] else None,
+        "max_models": g["max_models"],
+    }
     if g["uds"] is not None:  # a server of one's own: as bt in process, without a request's limits on counts
-        return Settings(
-            device=g["device"],
-            dtype=g["dtype"].value,
-            threads=g["threads"],
-            batch_size=g["batch_size"],
-            fast_decode=g["fast_decode"],
-            keep_alive_s=parse_duration(g["keep_alive"]) if g["keep_alive"] else None,
-            models=g["models"] or [],
-            own=True,
-            idle_exit=g["idle_exit"],
-            max_models=g["max_models"],
-            **OWN_LIMITS,
-        )
+        return Settings(**models, own=True, idle_exit=g["idle_exit"], **OWN_LIMITS)
     return Settings(
-        models=g["models"] or [],
-        device=g["device"],
-        dtype=g["dtype"].value,
-        threads=g["threads"],
-        batch_size=g["batch_size"],
-        fast_decode=g["fast_decode"],
-        keep_alive_s=parse_duration(g["keep_alive"]) if g["keep_alive"] else None,
+        **models,
         api_key=g["api_key"],
         host=g["host"],
         allow_paths=[p.expanduser().resolve() for p in g["allow_path"] or []],
         index_dir=g["index_dir"].expanduser() if g["index_dir"] else default_index_dir(),
         no_pull=g["no_pull"],
-        max_models=g["max_models"],
         max_body_bytes=int(g["max_body"] * 2**20),
         max_image_bytes=int(g["max_image"] * 2**20),
         max_texts=g["max_texts"],

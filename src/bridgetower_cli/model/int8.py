@@ -65,51 +65,26 @@ def _padding_mask(attention_mask: torch.Tensor) -> torch.Tensor:
 
 
 class _ImagePass(nn.Module):
-    """``Runtime.encode_images`` as one graph: pixel values -> (cross-stack inputs, unimodal ITC embedding)."""
+    """``Runtime.image_pass`` as one graph: pixel values -> (cross-stack inputs, unimodal ITC embedding)."""
+
+    def __init__(self, runtime: Runtime):
+        super().__init__()
+        self.runtime, self.network = runtime, runtime.network  # (the network registered: its weights exported)
+
+    def forward(self, pixel_values):
+        layers, itc = self.runtime.image_pass(pixel_values)
+        return (layers,) if itc is None else (layers, itc)
+
+
+class _FusionPass(nn.Module):
+    """``Runtime.cross_stack`` as one graph: padded text states, image states and the text mask -> the outputs."""
 
     def __init__(self, runtime: Runtime):
         super().__init__()
         self.runtime, self.network = runtime, runtime.network
 
-    def forward(self, pixel_values):
-        runtime, tower = self.runtime, self.runtime.tower
-        visual = tower.vision_model.visual
-        hidden = visual.forward_pre(pixel_values)
-        blocks = visual.transformer.resblocks
-        for block in blocks[: runtime.split]:
-            hidden = block(hidden)
-        type_embedding = tower.token_type_embeddings(torch.ones(1, dtype=torch.long))
-        first = tower._apply_image_transform(visual.forward_post(hidden), layer_idx=0)
-        states = [tower.cross_modal_image_layernorm(first + type_embedding.expand_as(first))]
-        for link in range(1, len(tower.text_model.encoder.layer) - runtime.split + 1):
-            hidden = blocks[runtime.split + link - 1](hidden)
-            transformed = tower._apply_image_transform(visual.forward_post(hidden), link)
-            states.append(transformed + type_embedding.expand_as(transformed))
-        layers = torch.stack(states, dim=1)
-        if "itc" not in runtime.loaded.heads:
-            return (layers,)
-        return layers, runtime._normalize(self.network.itc_image_head(states[-1][:, 0, :]))
-
-
-class _FusionPass(nn.Module):
-    """``Runtime.fuse_states`` as one graph: padded text states, image states and the text mask -> the outputs."""
-
-    def __init__(self, runtime: Runtime):
-        super().__init__()
-        self.tower = runtime.tower
-
     def forward(self, text_layers, image_layers, attention_mask):
-        tower = self.tower
-        mask = _padding_mask(attention_mask)
-        text_in, image_in = text_layers[:, 0], image_layers[:, 0]
-        text_out = tower.cross_modal_text_layers[0](text_in, image_in, attention_mask=mask)[0]
-        image_out = tower.cross_modal_image_layers[0](image_in, text_in, encoder_attention_mask=mask)[0]
-        for link in range(1, text_layers.shape[1]):
-            text_in = tower.cross_modal_text_link_tower[link - 1](text_layers[:, link], text_out, mask)
-            image_in = tower.cross_modal_image_link_tower[link - 1](image_layers[:, link], image_out, None)
-            text_out = tower.cross_modal_text_layers[link](text_in, image_in, attention_mask=mask)[0]
-            image_out = tower.cross_modal_image_layers[link](image_in, text_in, encoder_attention_mask=mask)[0]
-        return text_out, image_out
+        return self.runtime.cross_stack(text_layers, image_layers, _padding_mask(attention_mask))
 
 
 def _sha256(path: Path) -> str:

@@ -156,6 +156,12 @@ class Runtime:
     @torch.inference_mode()
     def encode_images(self, pixel_values: torch.Tensor) -> list[ImageStates]:
         """The vision tower once per image ([batch, 3, S, S]): cross-stack inputs and the unimodal embedding."""
+        stacked, itc = self.image_pass(pixel_values)
+        return [ImageStates(stacked[i], None if itc is None else itc[i]) for i in range(stacked.shape[0])]
+
+    def image_pass(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``encode_images`` as tensors (what int8 exports): [batch, cross_layers, tokens, hidden] and, with ITC
+        heads, the embeddings [batch, contrastive]."""
         tower = self.tower
         visual = tower.vision_model.visual
         dtype = tower.vision_model.dtype
@@ -170,11 +176,10 @@ class Runtime:
             hidden = blocks[self.split + link - 1](hidden).type(dtype)
             transformed = tower._apply_image_transform(visual.forward_post(hidden), link)
             states.append(transformed + type_embedding.expand_as(transformed))
-        stacked = torch.stack(states, dim=1)
         itc = None
         if "itc" in self.loaded.heads:
             itc = self._normalize(self.network.itc_image_head(states[-1][:, 0, :]))
-        return [ImageStates(stacked[i], None if itc is None else itc[i]) for i in range(stacked.shape[0])]
+        return torch.stack(states, dim=1), itc
 
     @staticmethod
     def _normalize(x: torch.Tensor) -> torch.Tensor:
@@ -200,11 +205,15 @@ class Runtime:
 
     def fuse_states(self, texts: list[TextStates], images: list[ImageStates]) -> Fused:
         """``fuse`` in the caller's autograd mode (``bt explain`` differentiates it)."""
-        tower = self.tower
         text_layers, attention_mask, lengths = self.padded(texts)
         image_layers = torch.stack([i.layers for i in images])
-        mask = self._mask(attention_mask, text_layers[:, 0])
+        text_out, image_out = self.cross_stack(text_layers, image_layers, self._mask(attention_mask, text_layers[:, 0]))
+        return Fused(text_out, image_out, lengths)
 
+    def cross_stack(self, text_layers: torch.Tensor, image_layers: torch.Tensor, mask) -> tuple:
+        """The cross-modal layers and link towers over padded text states, image states and the text mask as the
+        attention takes it (what int8 exports): the text and image outputs."""
+        tower = self.tower
         text_in, image_in = text_layers[:, 0], image_layers[:, 0]
         text_out = tower.cross_modal_text_layers[0](text_in, image_in, attention_mask=mask)[0]
         image_out = tower.cross_modal_image_layers[0](image_in, text_in, encoder_attention_mask=mask)[0]
@@ -213,7 +222,7 @@ class Runtime:
             image_in = tower.cross_modal_image_link_tower[link - 1](image_layers[:, link], image_out, None)
             text_out = tower.cross_modal_text_layers[link](text_in, image_in, attention_mask=mask)[0]
             image_out = tower.cross_modal_image_layers[link](image_in, text_in, encoder_attention_mask=mask)[0]
-        return Fused(text_out, image_out, lengths)
+        return text_out, image_out
 
     @torch.inference_mode()
     def itm_logits(self, fused: Fused) -> torch.Tensor:

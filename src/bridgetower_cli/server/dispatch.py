@@ -85,6 +85,14 @@ class Dispatcher:
                 sources.append(ImageSource(image.name, url=image.url))
         return sources
 
+    def image_paths(self, images: Sequence) -> list[ImageSource]:
+        """The images of an evaluation as sources: each by path (evaluations read files), under the roots."""
+        for image in images:
+            if image.path is None:
+                raise InputError(f"eval reads its images by path ({image.name})", 'send "path"')
+            self.policy.check(image.path, "image")
+        return [ImageSource(image.name, path=image.path) for image in images]
+
     def folders(self, folders: Sequence[str]) -> list[Path]:
         """A server of one's own: the folders the client walked (a search's scope)."""
         if folders and not self.settings.own:

@@ -12,7 +12,6 @@ from fastapi import APIRouter, Request, Response
 from ..errors import InputError, TooLarge
 from ..model.catalog import classify_heads, retrieval_heads
 from ..records import Outcome
-from ..sources import ImageSource
 from .dispatch import Dispatcher
 from .schemas import (
     ClassifyIn,
@@ -154,11 +153,8 @@ def _evaluation(routes: APIRouter, dispatch: Dispatcher) -> None:
             raise TooLarge(f"{len(body.images)} images, over the limit of {settings.max_images}", "send fewer")
         if len(body.text_image) != len(body.texts) or not all(0 <= i < len(body.images) for i in body.text_image):
             raise InputError("text_image must give, for each text, the index of one of the images")
-        for image in body.images:
-            if image.path is None:
-                raise InputError(f"eval reads its images by path ({image.name})", 'send "path"')
-            dispatch.policy.check(image.path, "image")
-        names, files = [image.name for image in body.images], [image.path for image in body.images]
+        sources = dispatch.image_paths(body.images)
+        names, files = [s.name for s in sources], [s.path for s in sources]
         captions = CaptionSet(names, list(body.texts), list(body.text_image), files)
         needs = ("itc",) if body.itc_only else ("itm",)
 
@@ -209,11 +205,7 @@ def _classification(routes: APIRouter, dispatch: Dispatcher) -> None:
         templates = checked(body, body.classes)
         if len(body.targets) != len(body.images) or not all(0 <= t < len(body.classes) for t in body.targets):
             raise InputError("targets must give, for each image, the index of its class")
-        for image in body.images:
-            if image.path is None:
-                raise InputError(f"eval reads its images by path ({image.name})", 'send "path"')
-            dispatch.policy.check(image.path, "image")
-        sources = [ImageSource(image.name, path=image.path) for image in body.images]
+        sources = dispatch.image_paths(body.images)
         folder = LabelledFolder(list(body.classes), sources, list(body.targets))
 
         def work(runtime, reporter):
