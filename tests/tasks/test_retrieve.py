@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -18,6 +19,7 @@ from helpers import many_photos
 from reference import contrastive, itm_logits, rgb
 
 from bridgetower_cli import sources as inputs
+from bridgetower_cli.index.vectors import VectorFile
 from bridgetower_cli.model.loading import load_model
 from bridgetower_cli.model.runtime import Runtime
 from bridgetower_cli.records import Outcome
@@ -271,10 +273,34 @@ def test_similarities_are_cosines(full_checkpoint, photos, tmp_path):
     assert np.allclose(np.linalg.norm(matrix, axis=1), 1, atol=1e-5)
 
 
+def inside_the_third_batch(index: Path) -> bool:
+    """Whether bt is inside the transaction of its third batch of 4, that batch's vectors written (so at its rows,
+    where the slow trigger holds it): the catalog commits 9 rows (the first run's and two batches), the vector
+    file holds those 4 more, bt holds the writer's lock, and the catalog still commits 9 rows after that. (A
+    transaction of bt's before or after that batch, or a test slow to look, never passes for it.)"""
+
+    def committed(db) -> dict:
+        return dict(db.execute("SELECT key, value FROM meta WHERE key IN ('dim', 'generation', 'rows')"))
+
+    with contextlib.closing(sqlite3.connect(index, timeout=0)) as db:
+        meta = committed(db)
+        if int(meta["rows"]) != 9:
+            return False
+        if VectorFile(index, int(meta["generation"]), int(meta["dim"])).rows_on_disk() != 13:
+            return False
+        try:
+            db.execute("BEGIN IMMEDIATE")  # refused while bt's write transaction is open
+        except sqlite3.OperationalError:
+            return int(committed(db)["rows"]) == 9
+        db.rollback()
+        return False
+
+
 def test_ctrl_c_mid_build_rolls_back_cleanly(full_checkpoint, samples, tmp_path):
     """SIGINT while a batch is being written (inside its transaction): that batch is rolled back, the ones before
-    are kept, exit status 130 without a traceback. A trigger makes inserting img0010 take seconds, so the signal
-    lands inside the third batch's transaction whatever the machine's load."""
+    are kept, exit status 130 without a traceback. A trigger makes inserting img0010 take seconds of SQLite's own
+    work (which no signal interrupts), and the signal is sent only once bt is seen inside that third batch's
+    transaction, its vectors written: it lands there whatever the machine's load."""
     folder = many_photos(samples, tmp_path / "many", 40)
     index = tmp_path / "ix.sqlite"
     env = dict(os.environ, BT_DEVICE=DEVICE, BT_DTYPE="float32")
@@ -289,18 +315,11 @@ def test_ctrl_c_mid_build_rolls_back_cleanly(full_checkpoint, samples, tmp_path)
             "BEGIN SELECT count(*) FROM slow a, slow b, slow c; END"
         )
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    in_transaction = False
     deadline = time.monotonic() + 120
+    in_transaction = False
     while not in_transaction and time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.05)
-        with sqlite3.connect(index, timeout=0) as db:
-            if db.execute("SELECT COUNT(*) FROM images WHERE path LIKE '%many/%'").fetchone()[0] < 8:
-                continue
-            try:
-                db.execute("BEGIN IMMEDIATE")  # refused while bt's write transaction is open
-                db.rollback()
-            except sqlite3.OperationalError:
-                in_transaction = True
+        in_transaction = inside_the_third_batch(index)
     assert in_transaction, "never caught bt inside the slow batch's transaction"
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=300)
