@@ -1,102 +1,32 @@
-"""How a bt server runs: its models, roots, index folder, key, and every limit, each with a sane default."""
+"""How a bt server runs: its models, roots, index folder, key, and every limit, each with a sane default.
+
+One table, ``SETTINGS``: for each setting its field, ``bt serve``'s flag, its environment variable, its default (as
+one writes it), its parser and its help. ``bt serve`` builds its options from it, ``Settings.from_env`` reads it (the
+app for any ASGI runner), the fields' defaults are its, and the automatic server's identity covers its variables.
+Light: the standard library only (``bt --help`` imports it)."""
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import ipaddress
+import math
 import os
+import re
 import sys
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from ..errors import UsageError
-from ..images import DEFAULT_MAX_IMAGE_PIXELS
+from ..errors import BtError, UsageError
+from ..model.catalog import DTYPES, check_device, check_dtype
 
 
 def default_index_dir() -> Path:
     """``$XDG_CACHE_HOME/bt/server-indexes``: the server's own folder of indexes, named by clients."""
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     return cache / "bt" / "server-indexes"
-
-
-@dataclass
-class Settings:
-    """``bt serve`` fills it from its options, an ASGI runner from ``BT_SERVE_*`` variables (``from_env``)."""
-
-    models: list[str] = field(default_factory=list)  # loaded at start; with the catalog's, all a request may name
-    device: str = "auto"
-    dtype: str = "auto"
-    threads: int | None = None
-    batch_size: int | None = None
-    fast_decode: bool = False  # JPEGs read at a reduced scale (images.decode_image)
-    keep_alive_s: float | None = None  # unload a model idle this long (None: never)
-    api_key: str | None = None
-    host: str = "127.0.0.1"  # where it listens: beyond loopback the app refuses to start without a key
-    allow_paths: list[Path] = field(default_factory=list)
-    index_dir: Path = field(default_factory=default_index_dir)
-    no_pull: bool = False  # only the models given, not the public checkpoints of the catalog
-    max_models: int = 2  # loaded at once; the least recently used idle one is unloaded for another
-    max_body_bytes: int = 64 * 2**20
-    body_timeout_s: float = 60.0  # for a request's whole body to arrive (408 past it): slow uploads hold no memory
-    max_image_bytes: int = 32 * 2**20
-    max_texts: int = 1024  # per request
-    max_images: int = 256  # per request (and sources per retrieve)
-    max_pairs: int = 100_000  # image x text pairs per request
-    max_candidates: int = 1_000_000  # fill-mask candidates per request (images x masks x top_k)
-    decode_pixels: int = DEFAULT_MAX_IMAGE_PIXELS  # decoding at once, all requests together (~14 bytes each)
-    request_timeout_s: float | None = 600.0  # a request's deadline: past it, 504 and its work stops at the next batch
-    graceful_timeout_s: float = 30.0  # on SIGTERM, how long requests in flight may still run
-    max_waiting: int = 64  # requests admitted per model (running or queued); past it, 503 with Retry-After
-    batch_window_s: float = 0.005
-    own: bool = False  # a server of one user's own (bt serve --uds): requests act with that user's rights, as bt does
-    idle_exit: bool = False  # exit once idle for keep_alive_s (the automatic server)
-
-    @classmethod
-    def from_env(cls) -> Settings:
-        """The settings of ``bridgetower_cli.server:app`` under any ASGI server, from the environment."""
-        env = os.environ
-        number = _env_number
-        keep_alive = env.get("BT_SERVE_KEEP_ALIVE")
-        return cls(
-            models=[m for m in env.get("BT_SERVE_MODELS", "").split(",") if m],
-            device=env.get("BT_DEVICE", "auto"),
-            dtype=env.get("BT_DTYPE", "auto"),
-            threads=int(number("BT_THREADS", 0)) or None,
-            fast_decode=env.get("BT_FAST_DECODE", "").lower() in ("1", "true", "yes"),
-            keep_alive_s=parse_duration(keep_alive) if keep_alive else None,
-            api_key=env.get("BT_API_KEY") or None,
-            host=env.get("BT_SERVE_HOST") or _host_from_argv() or "127.0.0.1",
-            allow_paths=[Path(p).resolve() for p in env.get("BT_SERVE_ALLOW_PATHS", "").split(os.pathsep) if p],
-            index_dir=Path(env["BT_SERVE_INDEX_DIR"]) if env.get("BT_SERVE_INDEX_DIR") else default_index_dir(),
-            no_pull=env.get("BT_SERVE_NO_PULL") == "1",
-            max_models=int(number("BT_SERVE_MAX_MODELS", 2)),
-            max_body_bytes=int(number("BT_SERVE_MAX_BODY_MB", 64) * 2**20),
-            max_image_bytes=int(number("BT_SERVE_MAX_IMAGE_MB", 32) * 2**20),
-            max_texts=int(number("BT_SERVE_MAX_TEXTS", 1024)),
-            max_images=int(number("BT_SERVE_MAX_IMAGES", 256)),
-            request_timeout_s=number("BT_SERVE_REQUEST_TIMEOUT", 600),
-            graceful_timeout_s=number("BT_SERVE_GRACEFUL_TIMEOUT", 30),
-        )
-
-
-def _env_number(name: str, default: float) -> float:
-    value = os.environ.get(name)
-    if not value:
-        return default
-    try:
-        return float(value)
-    except ValueError:
-        raise UsageError(f"{name}={value} is not a number", f"e.g. {name}={default:g}") from None
-
-
-def _host_from_argv() -> str | None:
-    """The ``--host`` a plain ``uvicorn bridgetower_cli.server:app`` was started with (uvicorn's own option)."""
-    args = sys.argv[1:]
-    for k, arg in enumerate(args):
-        if arg == "--host" and k + 1 < len(args):
-            return args[k + 1]
-        if arg.startswith("--host="):
-            return arg.split("=", 1)[1]
-    return None
 
 
 def parse_duration(text: str) -> float:
@@ -106,7 +36,7 @@ def parse_duration(text: str) -> float:
         value = float(text[:-1]) * units[text[-1]] if text[-1:] in units else float(text)
     except ValueError:
         raise UsageError(f"not a duration: {text!r}", "e.g. 30s, 5m, 1h") from None
-    if value < 0:
+    if not value >= 0 or math.isinf(value):
         raise UsageError(f"not a duration: {text!r}", "e.g. 30s, 5m, 1h")
     return value
 
@@ -118,3 +48,252 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+# -- parsers: text -> a field's value, or ValueError saying what the text is not --------------------------------------
+
+
+def _count(text: str) -> int:
+    if not re.fullmatch(r"\s*\+?\d+\s*", text) or int(text) < 1:
+        raise ValueError("not a whole number of at least 1")
+    return int(text)
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError("not a number") from None
+    if not 0 < value < math.inf:
+        raise ValueError("not a positive number")
+    return value
+
+
+def _scaled(unit: float) -> Callable[[str], int]:
+    return lambda text: max(1, int(_positive(text) * unit))
+
+
+def _duration(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except UsageError:
+        raise ValueError("not a duration (30s, 5m, 1h or seconds)") from None
+
+
+def _switch(text: str) -> bool:
+    if text.strip().lower() in ("1", "true", "t", "yes", "y", "on"):
+        return True
+    if text.strip().lower() in ("0", "false", "f", "no", "n", "off"):
+        return False
+    raise ValueError("not a yes or no (1, true, yes, on; 0, false, no, off)")
+
+
+def _dtype(text: str) -> str:
+    return check_dtype(text.lower())
+
+
+def _text(text: str) -> str:
+    if not text.strip():
+        raise ValueError("empty")
+    return text
+
+
+# -- the table ------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One setting: its field of ``Settings``, flags, variable, default (as written; a callable: computed when
+    needed; None: unset), parser and help. A switch (default False) is a flag without a value; a list (``many``, the
+    variable's separator) a flag that repeats."""
+
+    field: str
+    flags: tuple[str, ...]
+    env: str
+    default: str | bool | Callable[[], Any] | None
+    parse: Callable[[str], Any]
+    help: str
+    metavar: str = "N"
+    many: str | None = None
+
+    @property
+    def switch(self) -> bool:
+        return self.default is False
+
+    def initial(self) -> Any:
+        """The field's value when nothing sets it."""
+        if callable(self.default):
+            return self.default()
+        if isinstance(self.default, str):
+            return self.parse(self.default)
+        return [] if self.many else self.default
+
+    def read(self, raw: Any, source: str) -> Any:
+        """The field's value from ``raw`` (a text; from a command line also a bool or a list of texts), ``source``
+        (the flag or the variable) named in the one-line error if it does not parse."""
+        if raw is None or isinstance(raw, bool):
+            return self.initial() if raw is None else raw
+        try:
+            if isinstance(raw, (list, tuple)):
+                return [self.parse(str(item)) for item in raw]
+            if self.many:
+                return [self.parse(item) for item in str(raw).split(self.many) if item]
+            return self.parse(str(raw))
+        except UsageError as error:  # (a check of another room's: it names the value itself)
+            raise UsageError(f"{source}: {error.message}", error.hint) from None
+        except ValueError as error:
+            joint = "=" if source.startswith("BT_") else " "
+            example = self.default if isinstance(self.default, str) else self.metavar
+            raise UsageError(f"{source}{joint}{str(raw)!r}: {error}", f"e.g. {source}{joint}{example}") from None
+
+
+# fmt: off
+SETTINGS: tuple[Setting, ...] = (
+    Setting("models", ("--model", "-m"), "BT_SERVE_MODELS", None, _text,
+            "Load at start (repeat for several); other models load on first use.", "ID|DIR", many=","),
+    Setting("device", ("--device", "-d"), "BT_DEVICE", "auto", check_device,
+            "auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps.", "DEVICE"),
+    Setting("dtype", ("--dtype",), "BT_DTYPE", "auto", _dtype,
+            "Weights and compute dtype; auto = float32 (exact). bfloat16 is faster on GPUs; int8 (CPUs) about twice "
+            "as fast on CPUs. bfloat16, float16 and int8 are approximate.", "|".join(DTYPES)),
+    Setting("threads", ("--threads",), "BT_THREADS", None, _count,
+            "CPU threads for the model. Default: PyTorch's (one per core)."),
+    Setting("batch_size", ("--batch-size", "-b"), "BT_SERVE_BATCH_SIZE", None, _count,
+            "Texts, images or pairs per forward pass. Default: 8 on a CPU, 16 on a GPU."),
+    Setting("fast_decode", ("--fast-decode",), "BT_FAST_DECODE", False, _switch,
+            "Read JPEGs much larger than the model's input at a reduced scale (2-8x less decoding; the pixels differ "
+            "slightly from a full decode, and so do the numbers). Off by default."),
+    Setting("keep_alive_s", ("--keep-alive",), "BT_SERVE_KEEP_ALIVE", None, _duration,
+            "Unload a model idle this long (30s, 5m, 1h). Default: keep it.", "DURATION"),
+    Setting("idle_exit", ("--idle-exit",), "BT_SERVE_IDLE_EXIT", False, _switch,
+            "Exit once idle for --keep-alive (the automatic server does)."),
+    Setting("api_key", ("--api-key",), "BT_API_KEY", None, _text,
+            "The key every request but /health must send (Authorization: Bearer KEY). Without one the server "
+            "answers on loopback only.", "KEY"),
+    Setting("host", ("--host",), "BT_SERVE_HOST", "127.0.0.1", _text,
+            "Address to serve on; anything but loopback needs --api-key.", "HOST"),
+    Setting("allow_paths", ("--allow-path",), "BT_SERVE_ALLOW_PATHS", None, lambda p: Path(p).expanduser().resolve(),
+            "A folder under which clients may name images and indexes for retrieve (repeat; the variable: "
+            f"folders separated by {os.pathsep!r}). Default: none.", "DIR", many=os.pathsep),
+    Setting("index_dir", ("--index-dir",), "BT_SERVE_INDEX_DIR", default_index_dir, lambda p: Path(p).expanduser(),
+            "The server's own folder of indexes, which requests name (default $XDG_CACHE_HOME/bt/server-indexes).",
+            "DIR"),
+    Setting("no_pull", ("--no-pull",), "BT_SERVE_NO_PULL", False, _switch,
+            "Serve only the models given with -m, not the public checkpoints."),
+    Setting("max_models", ("--max-models",), "BT_SERVE_MAX_MODELS", "2", _count,
+            "Models loaded at once (the least recently used idle one unloads)."),
+    Setting("max_body_bytes", ("--max-body",), "BT_SERVE_MAX_BODY_MB", "64", _scaled(2**20),
+            "Largest request body, in MiB (413 beyond).", "MB"),
+    Setting("body_timeout_s", ("--body-timeout",), "BT_SERVE_BODY_TIMEOUT", "60s", _duration,
+            "For a request's whole body to arrive (408 past it): slow uploads hold no memory.", "DURATION"),
+    Setting("max_image_bytes", ("--max-image",), "BT_SERVE_MAX_IMAGE_MB", "32", _scaled(2**20),
+            "Largest image in a request, in MiB (413 beyond).", "MB"),
+    Setting("max_texts", ("--max-texts",), "BT_SERVE_MAX_TEXTS", "1024", _count, "Texts per request (413 beyond)."),
+    Setting("max_images", ("--max-images",), "BT_SERVE_MAX_IMAGES", "256", _count,
+            "Images per request, and sources per retrieve (413 beyond)."),
+    Setting("max_pairs", ("--max-pairs",), "BT_SERVE_MAX_PAIRS", "100000", _count,
+            "Image x text pairs per request (413 beyond, before any work)."),
+    Setting("max_candidates", ("--max-candidates",), "BT_SERVE_MAX_CANDIDATES", "1000000", _count,
+            "Fill-mask candidates per request: images x masks x top-k (413 beyond, before any work)."),
+    Setting("decode_pixels", ("--decode-budget",), "BT_SERVE_DECODE_BUDGET_MP", "89.5", _scaled(1e6),
+            "Megapixels decoding at once, all requests together; a larger image is refused, others wait.", "MP"),
+    Setting("request_timeout_s", ("--request-timeout",), "BT_SERVE_REQUEST_TIMEOUT", "10m", _duration,
+            "A request's deadline (504 past it; its work stops at the next batch).", "DURATION"),
+    Setting("graceful_timeout_s", ("--graceful-timeout",), "BT_SERVE_GRACEFUL_TIMEOUT", "30s", _duration,
+            "On SIGTERM: how long requests in flight may finish before they are cancelled.", "DURATION"),
+    Setting("max_waiting", ("--max-waiting",), "BT_SERVE_MAX_WAITING", "64", _count,
+            "Requests in per model (running or queued); past it 503 + Retry-After."),
+    Setting("batch_window_s", ("--batch-window",), "BT_SERVE_BATCH_WINDOW", "0.005", _duration,
+            "How long a model's worker waits to fuse concurrent requests' pairs into one batch, in seconds.",
+            "SECONDS"),
+)
+# fmt: on
+SETTING = {setting.field: setting for setting in SETTINGS}
+
+
+def _default(name: str):
+    return field(default_factory=SETTING[name].initial)
+
+
+@dataclass
+class Settings:
+    """``bt serve`` fills it from its options and the environment, an ASGI runner from the environment
+    (``from_env``); every field but ``own`` is a row of ``SETTINGS``, its default the table's."""
+
+    models: list[str] = _default("models")  # loaded at start; with the catalog's, all a request may name
+    device: str = _default("device")
+    dtype: str = _default("dtype")
+    threads: int | None = _default("threads")
+    batch_size: int | None = _default("batch_size")
+    fast_decode: bool = _default("fast_decode")  # JPEGs read at a reduced scale (images.decode_image)
+    keep_alive_s: float | None = _default("keep_alive_s")  # unload a model idle this long (None: never)
+    api_key: str | None = _default("api_key")
+    host: str = _default("host")  # where it listens: beyond loopback the app refuses to start without a key
+    allow_paths: list[Path] = _default("allow_paths")
+    index_dir: Path = _default("index_dir")
+    no_pull: bool = _default("no_pull")  # only the models given, not the public checkpoints of the catalog
+    max_models: int = _default("max_models")  # loaded at once; the least recently used idle one unloads for another
+    max_body_bytes: int = _default("max_body_bytes")
+    body_timeout_s: float = _default("body_timeout_s")  # for a request's whole body (408 past it)
+    max_image_bytes: int = _default("max_image_bytes")
+    max_texts: int = _default("max_texts")  # per request
+    max_images: int = _default("max_images")  # per request (and sources per retrieve)
+    max_pairs: int = _default("max_pairs")  # image x text pairs per request
+    max_candidates: int = _default("max_candidates")  # fill-mask candidates per request (images x masks x top_k)
+    decode_pixels: int = _default("decode_pixels")  # decoding at once, all requests together (~14 bytes each)
+    request_timeout_s: float | None = _default("request_timeout_s")  # 504 past it; the work stops at the next batch
+    graceful_timeout_s: float = _default("graceful_timeout_s")  # on SIGTERM, how long requests in flight may run
+    max_waiting: int = _default("max_waiting")  # requests admitted per model (running or queued); past it, 503
+    batch_window_s: float = _default("batch_window_s")
+    idle_exit: bool = _default("idle_exit")  # exit once idle for keep_alive_s (the automatic server)
+    own: bool = False  # a server of one user's own (bt serve --uds): requests act with that user's rights, as bt does
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, given: Mapping[str, Any] | None = None) -> Settings:
+        """The settings from the environment (``os.environ`` unless given), under ``given`` (by field: what a
+        command line set), over the table's defaults. A value that does not parse is a one-line ``UsageError``
+        naming its variable (or flag)."""
+        env = os.environ if environ is None else environ
+        given = given or {}
+        values = {}
+        for setting in SETTINGS:
+            if setting.field in given:
+                values[setting.field] = setting.read(given[setting.field], setting.flags[0])
+            elif env.get(setting.env):
+                values[setting.field] = setting.read(env[setting.env], setting.env)
+        settings = cls(**values)
+        if settings.idle_exit and settings.keep_alive_s is None:
+            raise BtError("exiting when idle needs a keep-alive", "e.g. --idle-exit --keep-alive 10m")
+        return settings
+
+    def refuse_exposure(self, *hosts: str) -> None:
+        """No key, loopback only: serving on ``host`` or any of ``hosts`` beyond this machine without a key is an
+        error (a server of one's own listens on a Unix socket of its own)."""
+        if self.api_key is None and not self.own:
+            for host in (self.host, *hosts):
+                if not is_loopback(host):
+                    raise BtError(
+                        f"serving on {host} (beyond this machine) needs an API key",
+                        "pass --api-key KEY or set BT_API_KEY, or serve on 127.0.0.1",
+                    )
+
+    def of_own(self) -> Settings:
+        """These settings for a server of one's own (``bt serve --uds``): as bt in process, with the user's rights (no
+        key, no roots), without a request's limits on counts or a deadline (Ctrl-C on the client cancels)."""
+        return dataclasses.replace(self, own=True, **{name: copy.copy(value) for name, value in OWN.items()})
+
+
+# What a server of one's own sets whatever it is given.
+OWN = {
+    "api_key": None,
+    "host": "127.0.0.1",
+    "allow_paths": [],
+    "max_body_bytes": 2**40,
+    "max_image_bytes": 2**40,
+    "max_texts": sys.maxsize,
+    "max_images": sys.maxsize,
+    "max_pairs": sys.maxsize,
+    "max_candidates": sys.maxsize,
+    "request_timeout_s": None,
+    "body_timeout_s": 600.0,
+}

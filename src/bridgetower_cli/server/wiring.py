@@ -154,8 +154,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
-        if settings.api_key is None and not is_loopback(settings.host):
-            raise BtError(f"serving on {settings.host} (beyond this machine) needs an API key", "set BT_API_KEY")
+        settings.refuse_exposure()
         images.set_decode_budget(images.DecodeBudget(settings.decode_pixels))
         for name in settings.models:
             with pool.use(policy.model(name), None):
