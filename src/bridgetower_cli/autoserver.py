@@ -77,13 +77,21 @@ class ServerOptions:
         started with any other is not this one."""
         from . import __version__
 
-        environment = {name: value for name, value in os.environ.items() if name in SERVER_ENVIRONMENT}
+        environment = {name: value for name, value in os.environ.items() if reads(name)}
         facts = [__version__, sys.executable, sys.prefix, self.arguments(Path("socket")), sorted(environment.items())]
         return hashlib.sha256(json.dumps(facts).encode()).hexdigest()[:16]
 
 
-# What the server process reads from its environment (the rest of it is the caller's and changes nothing there).
+# What the server process reads from its environment (the rest of it is the caller's and changes nothing there):
+# the variables of the server's settings table that a server of one's own heeds (``server.settings.SETTINGS``: every
+# ``BT_SERVE_*`` and the model settings the commands share; a test holds the table to this), and those of the layers
+# below it.
+SERVER_PREFIX = "BT_SERVE_"
 SERVER_ENVIRONMENT = (
+    "BT_DEVICE",
+    "BT_DTYPE",
+    "BT_THREADS",
+    "BT_FAST_DECODE",
     "BT_MAX_IMAGE_PIXELS",
     "BT_DECODE_WORKERS",
     "BT_INT8_CACHE",
@@ -92,6 +100,11 @@ SERVER_ENVIRONMENT = (
     "HF_ENDPOINT",
     "XDG_CACHE_HOME",
 )
+
+
+def reads(name: str) -> bool:
+    """Whether the server reads the environment variable ``name`` (so that it is part of its identity)."""
+    return name.startswith(SERVER_PREFIX) or name in SERVER_ENVIRONMENT
 
 
 def runtime_folder() -> Path:

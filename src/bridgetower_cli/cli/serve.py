@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import signal
 import socket
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
@@ -13,95 +12,38 @@ from typing import Annotated
 import typer
 
 from ..errors import BtError
-from .options import (
-    ApiKey,
-    BatchSize,
-    Device,
-    Dtype,
-    DtypeOpt,
-    FastDecode,
-    Format,
-    FormatOpt,
-    Threads,
-)
+from ..server.settings import SETTING
+from .options import Format, FormatOpt
 
-Host = Annotated[
-    str,
-    typer.Option("--host", help="Address to serve on; anything but loopback needs --api-key.", metavar="HOST"),
-]
+
+def _option(name: str):
+    """``bt serve``'s option for a setting, from the settings table: its flags, help, metavar, and the variable it
+    falls back to (read by the table, as the app for an ASGI runner reads it)."""
+    setting = SETTING[name]
+    kind = bool if setting.switch else list[str] | None if setting.many else str | None
+    shown = isinstance(setting.default, str)
+    metavar = {} if setting.switch else {"metavar": setting.metavar}
+    info = typer.Option(*setting.flags, help=f"{setting.help} (env {setting.env})", show_default=shown, **metavar)
+    return Annotated[kind, info]
+
+
+def _default(name: str):
+    """The option's default as help shows it (a setting's default is the table's, applied when building it)."""
+    default = SETTING[name].default
+    return default if isinstance(default, (str, bool)) else None
+
+
+Host, ServeModels, Device, Dtype = _option("host"), _option("models"), _option("device"), _option("dtype")
+Threads, BatchSize, FastDecode = _option("threads"), _option("batch_size"), _option("fast_decode")
+KeepAlive, IdleExit, ApiKey = _option("keep_alive_s"), _option("idle_exit"), _option("api_key")
+AllowPaths, IndexDir, NoPull = _option("allow_paths"), _option("index_dir"), _option("no_pull")
+MaxModels, MaxBody, BodyTimeout = _option("max_models"), _option("max_body_bytes"), _option("body_timeout_s")
+MaxImage, MaxTexts, MaxImages = _option("max_image_bytes"), _option("max_texts"), _option("max_images")
+MaxPairs, MaxCandidates, DecodePixels = _option("max_pairs"), _option("max_candidates"), _option("decode_pixels")
+RequestTimeout, GracefulTimeout = _option("request_timeout_s"), _option("graceful_timeout_s")
+MaxWaiting, BatchWindow = _option("max_waiting"), _option("batch_window_s")
+
 Port = Annotated[int, typer.Option("--port", min=0, max=65535, help="Port (0: any free one).", metavar="PORT")]
-ServeModels = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--model",
-        "-m",
-        help="Load at start (repeat for several); other models load on first use.",
-        metavar="ID|DIR",
-        show_default=False,
-    ),
-]
-KeepAlive = Annotated[
-    str | None,
-    typer.Option(
-        "--keep-alive",
-        help="Unload a model idle this long (30s, 5m, 1h). Default: keep it.",
-        metavar="DURATION",
-        show_default=False,
-    ),
-]
-AllowPaths = Annotated[
-    list[Path] | None,
-    typer.Option(
-        "--allow-path",
-        help="A folder under which clients may name images and indexes for retrieve (repeat). Default: none.",
-        metavar="DIR",
-        show_default=False,
-    ),
-]
-MaxBody = Annotated[
-    float, typer.Option("--max-body", min=0.001, help="Largest request body, in MiB (413 beyond).", metavar="MB")
-]
-MaxImage = Annotated[
-    float, typer.Option("--max-image", min=0.001, help="Largest image in a request, in MiB (413 beyond).", metavar="MB")
-]
-MaxTexts = Annotated[int, typer.Option("--max-texts", min=1, help="Texts per request (413 beyond).", metavar="N")]
-MaxImages = Annotated[int, typer.Option("--max-images", min=1, help="Images per request (413 beyond).", metavar="N")]
-DecodePixels = Annotated[
-    float,
-    typer.Option(
-        "--decode-budget",
-        min=1,
-        help="Megapixels decoding at once, all requests together; a larger image is refused, others wait.",
-        metavar="MP",
-    ),
-]
-RequestTimeout = Annotated[
-    str,
-    typer.Option(
-        "--request-timeout",
-        help="A request's deadline (504 past it; its work stops at the next batch).",
-        metavar="DURATION",
-    ),
-]
-GracefulTimeout = Annotated[
-    str,
-    typer.Option(
-        "--graceful-timeout",
-        help="On SIGTERM: how long requests in flight may finish before they are cancelled.",
-        metavar="DURATION",
-    ),
-]
-MaxWaiting = Annotated[
-    int, typer.Option("--max-waiting", min=1, help="Requests in per model; past it 503 + Retry-After.", metavar="N")
-]
-MaxModels = Annotated[
-    int,
-    typer.Option("--max-models", min=1, help="Models loaded at once (the least recently used unloads).", metavar="N"),
-]
-NoPull = Annotated[
-    bool,
-    typer.Option("--no-pull", help="Serve only the models given with -m, not the public checkpoints."),
-]
 Uds = Annotated[
     Path | None,
     typer.Option(
@@ -112,24 +54,12 @@ Uds = Annotated[
         show_default=False,
     ),
 ]
-IdleExit = Annotated[
-    bool, typer.Option("--idle-exit", help="Exit once idle for --keep-alive (the automatic server does).")
-]
 Status = Annotated[
     bool, typer.Option("--status", help="Show the automatic server (socket, pid, uptime, models, memory) and exit.")
 ]
 Stop = Annotated[bool, typer.Option("--stop", help="Stop the automatic server and exit.")]
 OpenPage = Annotated[
     bool, typer.Option("--open", help="Open the search page (/) in the default browser once the server answers.")
-]
-IndexDir = Annotated[
-    Path | None,
-    typer.Option(
-        "--index-dir",
-        help="The server's own folder of indexes, which requests name (default $XDG_CACHE_HOME/bt/server-indexes).",
-        metavar="DIR",
-        show_default=False,
-    ),
 ]
 
 
@@ -147,32 +77,37 @@ EPILOG = (
     "/v1/rerank (Cohere), /health; the schema at /docs (with a key: /openapi.json, keyed). Requests may use the "
     "models given with -m and, unless --no-pull, the public checkpoints; paths only under --allow-path (every file "
     "found checked after resolving links); indexes by plain name in --index-dir. The app is "
-    "bridgetower_cli.server:app for any ASGI server (settings from BT_SERVE_* variables)."
+    "bridgetower_cli.server:app for any ASGI server (settings from the variables named above)."
 )
 
 
 def serve(
-    host: Host = "127.0.0.1",
+    ctx: typer.Context,
+    host: Host = _default("host"),
     port: Port = 8765,
     uds: Uds = None,
     models: ServeModels = None,
-    keep_alive: KeepAlive = None,
+    keep_alive_s: KeepAlive = None,
     idle_exit: IdleExit = False,
-    allow_path: AllowPaths = None,
+    allow_paths: AllowPaths = None,
     index_dir: IndexDir = None,
     api_key: ApiKey = None,
     no_pull: NoPull = False,
-    max_models: MaxModels = 2,
-    max_body: MaxBody = 64,
-    max_image: MaxImage = 32,
-    max_texts: MaxTexts = 1024,
-    max_images: MaxImages = 256,
-    decode_budget: DecodePixels = 89.5,
-    max_waiting: MaxWaiting = 64,
-    request_timeout: RequestTimeout = "10m",
-    graceful_timeout: GracefulTimeout = "30s",
-    device: Device = "auto",
-    dtype: DtypeOpt = Dtype.auto,
+    max_models: MaxModels = _default("max_models"),
+    max_body_bytes: MaxBody = _default("max_body_bytes"),
+    max_image_bytes: MaxImage = _default("max_image_bytes"),
+    max_texts: MaxTexts = _default("max_texts"),
+    max_images: MaxImages = _default("max_images"),
+    max_pairs: MaxPairs = _default("max_pairs"),
+    max_candidates: MaxCandidates = _default("max_candidates"),
+    decode_pixels: DecodePixels = _default("decode_pixels"),
+    max_waiting: MaxWaiting = _default("max_waiting"),
+    body_timeout_s: BodyTimeout = _default("body_timeout_s"),
+    request_timeout_s: RequestTimeout = _default("request_timeout_s"),
+    graceful_timeout_s: GracefulTimeout = _default("graceful_timeout_s"),
+    batch_window_s: BatchWindow = _default("batch_window_s"),
+    device: Device = _default("device"),
+    dtype: Dtype = _default("dtype"),
     threads: Threads = None,
     batch_size: BatchSize = None,
     fast_decode: FastDecode = False,
@@ -184,28 +119,20 @@ def serve(
     """Keep models loaded and answer every command (--server URL, env BT_SERVER; or --server auto) over HTTP."""
     if status or stop:
         return _automatic(status, fmt)
+    settings = _settings(ctx, uds)
+    if open_page and uds is not None:
+        raise BtError("--open needs an HTTP address: a browser cannot open a Unix socket", "drop --uds")
     try:
         import uvicorn
 
         from ..server import create_app
-        from ..server.settings import is_loopback
     except ImportError:
         raise BtError("bt serve needs the server packages", 'pip install "bridgetower-cli[serve]"') from None
-    if uds is None and not is_loopback(host) and not api_key:
-        raise BtError(
-            f"serving on {host} (beyond this machine) needs an API key",
-            "pass --api-key KEY (env BT_API_KEY), or serve on 127.0.0.1",
-        )
-    if open_page and uds is not None:
-        raise BtError("--open needs an HTTP address: a browser cannot open a Unix socket", "drop --uds")
-    if idle_exit and not keep_alive:
-        raise BtError("--idle-exit needs --keep-alive", "e.g. --idle-exit --keep-alive 10m")
     from ..model.hub import resolve_checkpoint
 
-    for model in models or []:  # a missing model is one line now, not a failed start-up later
+    for model in settings.models:  # a missing model is one line now, not a failed start-up later
         resolve_checkpoint(model)
-    settings = _settings(locals())
-    listener, address, cleanup = _unix_listener(uds) if uds is not None else _tcp_listener(host, port)
+    listener, address, cleanup = _unix_listener(uds) if uds is not None else _tcp_listener(settings.host, port)
     # uvicorn waits for the requests in flight a little longer than the app lets them run, so that a request cut
     # at the graceful timeout still answers (503) before its connection closes.
     config = uvicorn.Config(
@@ -227,6 +154,20 @@ def serve(
         server.run(sockets=[listener])
     finally:
         cleanup()
+
+
+def _settings(ctx: typer.Context, uds: Path | None):
+    """The server's settings: the options given on the command line, over the environment, over the defaults, all
+    read by the settings table; for --uds, those of a server of one's own."""
+    from ..server.settings import Settings
+
+    # (by its name: Typer may run on a copy of click of its own)
+    given = {name: ctx.params[name] for name in SETTING if ctx.get_parameter_source(name).name == "COMMANDLINE"}
+    settings = Settings.from_env(given=given)
+    if uds is not None:
+        return settings.of_own()
+    settings.refuse_exposure()
+    return settings
 
 
 def _open_when_started(server, address: str) -> None:
@@ -310,54 +251,3 @@ def _automatic(show: bool, fmt: Format) -> None:
         return render_object(found, fmt.value)
     pid = autoserver.stop()
     StderrReporter().info("no automatic bt server was running" if pid is None else f"stopped the server (pid {pid})")
-
-
-def _settings(given: dict):
-    """The server's settings from ``bt serve``'s options."""
-    from ..server import Settings
-    from ..server.settings import default_index_dir, parse_duration
-
-    g = given
-    models = {  # how the models run, whichever the server
-        "models": g["models"] or [],
-        "device": g["device"],
-        "dtype": g["dtype"].value,
-        "threads": g["threads"],
-        "batch_size": g["batch_size"],
-        "fast_decode": g["fast_decode"],
-        "keep_alive_s": parse_duration(g["keep_alive"]) if g["keep_alive"] else None,
-        "max_models": g["max_models"],
-    }
-    if g["uds"] is not None:  # a server of one's own: as bt in process, without a request's limits on counts
-        return Settings(**models, own=True, idle_exit=g["idle_exit"], **OWN_LIMITS)
-    return Settings(
-        **models,
-        api_key=g["api_key"],
-        host=g["host"],
-        allow_paths=[p.expanduser().resolve() for p in g["allow_path"] or []],
-        index_dir=g["index_dir"].expanduser() if g["index_dir"] else default_index_dir(),
-        no_pull=g["no_pull"],
-        max_body_bytes=int(g["max_body"] * 2**20),
-        max_image_bytes=int(g["max_image"] * 2**20),
-        max_texts=g["max_texts"],
-        max_images=g["max_images"],
-        decode_pixels=int(g["decode_budget"] * 1e6),
-        max_waiting=g["max_waiting"],
-        request_timeout_s=parse_duration(g["request_timeout"]),
-        graceful_timeout_s=parse_duration(g["graceful_timeout"]),
-        idle_exit=g["idle_exit"],
-    )
-
-
-# A server of one's own answers its user as bt in process does: no count or size limit (bt in process has none),
-# no deadline (Ctrl-C on the client cancels).
-OWN_LIMITS = {
-    "max_body_bytes": 2**40,
-    "max_image_bytes": 2**40,
-    "max_texts": sys.maxsize,
-    "max_images": sys.maxsize,
-    "max_pairs": sys.maxsize,
-    "max_candidates": sys.maxsize,
-    "request_timeout_s": None,
-    "body_timeout_s": 600.0,
-}
