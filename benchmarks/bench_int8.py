@@ -64,8 +64,6 @@ def itc(states) -> torch.Tensor:
 
 def runtimes(size: str, batch_size: int, repeats: int) -> list[dict]:
     """Section 1: each candidate's image pass on the same batch."""
-    from bridgetower_cli.model import int8
-
     path = checkpoint(size, HEADS)
     exact = Runtime(load_model(path, size, "cpu", "float32"))
     photos = sorted(photo_folder(64).glob("*.jpg"))[:batch_size]
@@ -75,12 +73,13 @@ def runtimes(size: str, batch_size: int, repeats: int) -> list[dict]:
     reference = itc(exact.encode_images(batch))
     rows = []
 
-    def row(name, encode, embeddings, startup, install):
+    def row(name, encode, embeddings, startup, install) -> dict:
         speed = images_per_s(encode, batch, repeats)
         cosine = torch.cosine_similarity(embeddings, reference, dim=1).min().item()
         rows.append({"runtime": name, "images_per_s": round(speed, 2), "cosine_min": round(cosine, 5),
                      "startup_s": startup, "install_mb": install})  # fmt: skip
         print(f"  {name}: {speed:.2f} img/s, cosine {cosine:.5f}", flush=True)
+        return rows[-1]
 
     row("torch float32 (default)", exact.encode_images, reference, 0.0, installed_mb("torch"))
 
@@ -91,65 +90,78 @@ def runtimes(size: str, batch_size: int, repeats: int) -> list[dict]:
     row("torch dynamic int8", torch_int8.encode_images, itc(torch_int8.encode_images(batch)), startup, 0.0)
 
     with tempfile.TemporaryDirectory() as scratch:
-        import onnxruntime as ort
-
-        onnx_mb = installed_mb("onnxruntime", "onnx")
-        graph = Path(scratch) / "image.onnx"
-        module = int8._ImagePass(exact)
-        start = time.perf_counter()
-        torch.onnx.export(module, (batch,), str(graph), input_names=["pixel_values"], output_names=["layers", "itc"],
-                          dynamic_axes={"pixel_values": {0: "batch"}}, opset_version=17, dynamo=False)  # fmt: skip
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = torch.get_num_threads()
-        session = ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
-        startup = round(time.perf_counter() - start, 2)
-
-        def ort_fp32(pixels):
-            return session.run(None, {"pixel_values": pixels.numpy()})
-
-        row("ONNX Runtime float32", ort_fp32, torch.from_numpy(ort_fp32(batch)[1]), startup, onnx_mb)
-
-        os.environ["BT_INT8_CACHE"] = str(Path(scratch) / "cache")
-        start = time.perf_counter()
-        quantized = runtime_for(load_model(path, size, "cpu", "int8"))
-        built = time.perf_counter() - start
-        start = time.perf_counter()
-        runtime_for(load_model(path, size, "cpu", "int8"))
-        cached = time.perf_counter() - start
-        print(f"  int8 graphs: built in {built:.1f} s (once), loaded from the cache in {cached:.1f} s", flush=True)
-        row("ONNX Runtime dynamic int8 (--dtype int8)", quantized.encode_images, itc(quantized.encode_images(batch)),
-            round(cached, 2), onnx_mb)  # fmt: skip
-        rows[-1]["build_s"] = round(built, 2)
-
-        try:
-            import openvino as ov
-        except ImportError:
-            print("  OpenVINO not installed: skipped (pip install openvino nncf)")
-            return rows
-        core = ov.Core()
-        core.set_property("CPU", {"INFERENCE_NUM_THREADS": torch.get_num_threads()})
-        ov_mb = installed_mb("openvino", "nncf")
-        start = time.perf_counter()
-        model = core.read_model(str(graph))
-        compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-        startup = round(time.perf_counter() - start, 2)
-
-        def ov_run(target):
-            return lambda pixels: target(pixels.numpy())
-
-        row("OpenVINO float32", ov_run(compiled), torch.from_numpy(compiled(batch.numpy())[1]), startup, ov_mb)
-        try:
-            import nncf
-        except ImportError:
-            return rows
-        nncf.set_log_level(logging.ERROR)
-        start = time.perf_counter()
-        compressed = nncf.compress_weights(core.read_model(str(graph)), mode=nncf.CompressWeightsMode.INT8_ASYM)
-        compiled_int8 = core.compile_model(compressed, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-        startup = round(time.perf_counter() - start, 2)
-        embeddings = torch.from_numpy(compiled_int8(batch.numpy())[1])
-        row("OpenVINO int8 weights (NNCF)", ov_run(compiled_int8), embeddings, startup, ov_mb)
+        graph = onnx_runtimes(row, exact, batch, path, size, Path(scratch))
+        openvino_runtimes(row, graph, batch)
     return rows
+
+
+def onnx_runtimes(row, exact: Runtime, batch: torch.Tensor, path: Path, size: str, scratch: Path) -> Path:
+    """ONNX Runtime float32 on the image pass exported to ``scratch``, then bt's own --dtype int8 (its graphs
+    built once, then loaded from the cache): the exported graph."""
+    import onnxruntime as ort
+
+    from bridgetower_cli.model import int8
+
+    onnx_mb = installed_mb("onnxruntime", "onnx")
+    graph = scratch / "image.onnx"
+    module = int8._ImagePass(exact)
+    start = time.perf_counter()
+    torch.onnx.export(module, (batch,), str(graph), input_names=["pixel_values"], output_names=["layers", "itc"],
+                      dynamic_axes={"pixel_values": {0: "batch"}}, opset_version=17, dynamo=False)  # fmt: skip
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    session = ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
+    startup = round(time.perf_counter() - start, 2)
+
+    def ort_fp32(pixels):
+        return session.run(None, {"pixel_values": pixels.numpy()})
+
+    row("ONNX Runtime float32", ort_fp32, torch.from_numpy(ort_fp32(batch)[1]), startup, onnx_mb)
+
+    os.environ["BT_INT8_CACHE"] = str(scratch / "cache")
+    start = time.perf_counter()
+    quantized = runtime_for(load_model(path, size, "cpu", "int8"))
+    built = time.perf_counter() - start
+    start = time.perf_counter()
+    runtime_for(load_model(path, size, "cpu", "int8"))
+    cached = time.perf_counter() - start
+    print(f"  int8 graphs: built in {built:.1f} s (once), loaded from the cache in {cached:.1f} s", flush=True)
+    added = row("ONNX Runtime dynamic int8 (--dtype int8)", quantized.encode_images,
+                itc(quantized.encode_images(batch)), round(cached, 2), onnx_mb)  # fmt: skip
+    added["build_s"] = round(built, 2)
+    return graph
+
+
+def openvino_runtimes(row, graph: Path, batch: torch.Tensor) -> None:
+    """OpenVINO float32 and int8 weights (NNCF) on the exported ``graph``, when installed."""
+    try:
+        import openvino as ov
+    except ImportError:
+        print("  OpenVINO not installed: skipped (pip install openvino nncf)")
+        return
+    core = ov.Core()
+    core.set_property("CPU", {"INFERENCE_NUM_THREADS": torch.get_num_threads()})
+    ov_mb = installed_mb("openvino", "nncf")
+    start = time.perf_counter()
+    model = core.read_model(str(graph))
+    compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    startup = round(time.perf_counter() - start, 2)
+
+    def ov_run(target):
+        return lambda pixels: target(pixels.numpy())
+
+    row("OpenVINO float32", ov_run(compiled), torch.from_numpy(compiled(batch.numpy())[1]), startup, ov_mb)
+    try:
+        import nncf
+    except ImportError:
+        return
+    nncf.set_log_level(logging.ERROR)
+    start = time.perf_counter()
+    compressed = nncf.compress_weights(core.read_model(str(graph)), mode=nncf.CompressWeightsMode.INT8_ASYM)
+    compiled_int8 = core.compile_model(compressed, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    startup = round(time.perf_counter() - start, 2)
+    embeddings = torch.from_numpy(compiled_int8(batch.numpy())[1])
+    row("OpenVINO int8 weights (NNCF)", ov_run(compiled_int8), embeddings, startup, ov_mb)
 
 
 def fidelity(size: str, count: int, batch_size: int) -> dict:
