@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import http.server
 import os
 import shutil
 import socket
+import threading
 from pathlib import Path
 
 # Runs bt's CLI with the arguments given, then says on stderr which heavy modules it imported ("HEAVY=...").
@@ -47,3 +50,35 @@ def many_photos(samples, folder, count):
     for k in range(count):
         (folder / f"img{k:04d}.jpg").write_bytes(images[k % len(images)] + f"{folder.name}-{k}".encode())
     return folder
+
+
+@contextlib.contextmanager
+def held_answer(body: bytes):
+    """A local URL whose answer the test holds: its headers at once, then a byte every half second (no reader's
+    timeout ends the wait) until ``release`` is set, then the rest of ``body``: (url, asked, release), ``asked``
+    set once a reader asks. Released at the end, whatever happened."""
+    asked, release = threading.Event(), threading.Event()
+
+    class Held(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            asked.set()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            sent = 0
+            with contextlib.suppress(OSError):  # (a reader that went away)
+                while not release.wait(0.5) and sent < len(body) - 1:
+                    sent += self.wfile.write(body[sent : sent + 1])
+                self.wfile.write(body[sent:])
+
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Held)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}/held", asked, release
+    finally:
+        release.set()
+        httpd.shutdown()
+        httpd.server_close()

@@ -5,8 +5,6 @@ cannot start falls back to in process, and Ctrl-C on the client stops the work o
 
 from __future__ import annotations
 
-import contextlib
-import http.server
 import json
 import os
 import shutil
@@ -14,14 +12,12 @@ import signal
 import stat
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 from conftest import BT_ENV, DEVICE
-from helpers import CHECK_IMPORTS
+from helpers import CHECK_IMPORTS, held_answer
 
 pytest.importorskip("fastapi")
 
@@ -262,65 +258,31 @@ def test_progress_reaches_the_client_as_in_process(shared, full_checkpoint, monk
     assert reports["auto"] == reports["local"] == [["indexing images", 5, 5]]
 
 
-@pytest.fixture
-def held_image(samples):
-    """A URL of the cat photo whose answer the test holds: its headers at once, then a byte every half second (no
-    reader's timeout ends the wait) until ``release`` is set, then the rest; ``asked`` is set once a reader asks."""
-    jpeg = (samples / "cat.jpg").read_bytes()
-    asked, release = threading.Event(), threading.Event()
-
-    class Held(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            asked.set()
-            self.send_response(200)
-            self.send_header("Content-Type", "image/jpeg")
-            self.send_header("Content-Length", str(len(jpeg)))
-            self.end_headers()
-            sent = 0
-            with contextlib.suppress(OSError):  # (a reader that went away)
-                while not release.wait(0.5) and sent < len(jpeg) - 1:
-                    self.wfile.write(jpeg[sent : sent + 1])
-                    sent += 1
-                self.wfile.write(jpeg[sent:])
-
-        def log_message(self, *args):
-            pass
-
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Held)
-    httpd.daemon_threads = True
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield SimpleNamespace(url=f"http://127.0.0.1:{httpd.server_address[1]}/cat.jpg", asked=asked, release=release)
-    release.set()
-    httpd.shutdown()
-    httpd.server_close()
-
-
-def test_ctrl_c_on_the_client_stops_the_work_on_the_server(bt, shared, full_checkpoint, held_image, tmp_path):
+def test_ctrl_c_on_the_client_stops_the_work_on_the_server(bt, shared, full_checkpoint, samples, tmp_path):
     """A score (one image x 2,000 texts) interrupted while the server runs it: the client ends with 130 and the
-    server cancels the request (it stops at its next step, and keeps serving). The image is a URL the server reads
-    (one's own server reads URLs as bt in process does) and whose answer the test holds: the signal comes while the
-    server's work waits on it, past its texts, so that work cannot end first whatever the machine's load; the image
-    is released once the client is gone, with 2,000 pairs still to score batch by batch. The server is started and
-    its model loaded before (a cold start is no part of it)."""
+    server cancels the request (it stops at its next step, and keeps serving). The image is a URL (one's own server
+    reads URLs as bt in process does) whose answer the test holds until the client is gone: the signal comes while
+    the server's work waits on it, past its texts, so that work cannot end first whatever the machine's load. The
+    server is started and its model loaded before (a cold start is no part of it)."""
     root, runtime = shared
     warm = bt("score", root / "photos" / "cat.jpg", "a cat", "-m", full_checkpoint, env=auto_env(runtime))
     assert warm.code == 0 and str(full_checkpoint) in autoserver.status(place(runtime)).models, warm.stderr
     texts = tmp_path / "texts.txt"
     texts.write_text("".join(f"caption number {k} of a cat\n" for k in range(2_000)))
     env = {**os.environ, **{k: v for k, v in BT_ENV.items() if v}, **auto_env(runtime)}
-    args = ["score", held_image.url, "--texts-file", texts, "-m", full_checkpoint, "-f", "json"]
     cancelled = autoserver.status(place(runtime)).cancelled
-    client = subprocess.Popen([sys.executable, "-m", "bridgetower_cli", *map(str, args)], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
-    try:
-        assert held_image.asked.wait(120), "nobody asked for the image"
-        status = autoserver.status(place(runtime))
-        assert status is not None and status.requests == 1, "the server is not the one reading it"
-        client.send_signal(signal.SIGINT)
-        _, stderr = client.communicate(timeout=30)
-    finally:
-        client.kill()
-        held_image.release.set()
+    with held_answer((samples / "cat.jpg").read_bytes()) as (url, asked, _):
+        args = ["score", url, "--texts-file", texts, "-m", full_checkpoint, "-f", "json"]
+        client = subprocess.Popen([sys.executable, "-m", "bridgetower_cli", *map(str, args)], env=env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+        try:
+            assert asked.wait(120), "nobody asked for the image"
+            status = autoserver.status(place(runtime))
+            assert status is not None and status.requests == 1, "the server is not the one reading it"
+            client.send_signal(signal.SIGINT)
+            _, stderr = client.communicate(timeout=30)
+        finally:
+            client.kill()
     assert client.returncode == 130, stderr
     assert wait_until(lambda: autoserver.status(place(runtime)).requests == 0, 30)
     assert autoserver.status(place(runtime)).cancelled == cancelled + 1
