@@ -206,10 +206,17 @@ def test_uvicorn_refuses_a_public_address_without_a_key(run_uvicorn, environment
 
 
 @pytest.mark.slow
-def test_uvicorn_says_a_bad_setting_in_one_line(run_uvicorn, environment):
-    code, log = run_uvicorn("--port", "0", env=environment | {"BT_SERVE_MAX_TEXTS": "many"}).failed()
+@pytest.mark.parametrize(
+    "more, said",
+    [
+        ({"BT_SERVE_MAX_TEXTS": "many"}, "BT_SERVE_MAX_TEXTS='many'"),
+        ({"BT_SERVE_MODELS": "/no/such/model"}, "/no/such/model"),
+    ],
+)
+def test_uvicorn_says_a_bad_setting_in_one_line(run_uvicorn, environment, more, said):
+    code, log = run_uvicorn("--port", "0", env=environment | more).failed()
     errors = [line for line in log.splitlines() if "bt: error:" in line]
-    assert code != 0 and len(errors) == 1 and "BT_SERVE_MAX_TEXTS='many'" in errors[0], log
+    assert code != 0 and len(errors) == 1 and said in errors[0], log
     assert "Traceback" not in log
 
 

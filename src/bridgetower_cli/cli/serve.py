@@ -128,10 +128,7 @@ def serve(
         from ..server import create_app
     except ImportError:
         raise BtError("bt serve needs the server packages", 'pip install "bridgetower-cli[serve]"') from None
-    from ..model.hub import resolve_checkpoint
-
-    for model in settings.models:  # a missing model is one line now, not a failed start-up later
-        resolve_checkpoint(model)
+    settings.check_models()
     listener, address, cleanup = _unix_listener(uds) if uds is not None else _tcp_listener(settings.host, port)
     # uvicorn waits for the requests in flight a little longer than the app lets them run, so that a request cut
     # at the graceful timeout still answers (503) before its connection closes.

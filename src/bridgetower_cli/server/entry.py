@@ -30,6 +30,7 @@ class AsgiApp:
 
             settings = Settings.from_env()
             settings.refuse_exposure(*runner.hosts())
+            settings.check_models()
             if settings.api_key is None:
                 runner.secure_unix_sockets()
             self._app = create_app(settings)

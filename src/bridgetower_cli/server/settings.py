@@ -277,6 +277,13 @@ class Settings:
                         "pass --api-key KEY or set BT_API_KEY, or serve on 127.0.0.1",
                     )
 
+    def check_models(self) -> None:
+        """Each model to load at start is there: a missing one is one line now, not a failed start-up later."""
+        from ..model.hub import resolve_checkpoint
+
+        for model in self.models:
+            resolve_checkpoint(model)
+
     def of_own(self) -> Settings:
         """These settings for a server of one's own (``bt serve --uds``): as bt in process, with the user's rights (no
         key, no roots), without a request's limits on counts or a deadline (Ctrl-C on the client cancels)."""
