@@ -13,7 +13,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from bridgetower_cli import records as r
+from bridgetower_cli.backend import Backend, Local, located
 from bridgetower_cli.cli import main
+from bridgetower_cli.operations import operation_of
 from bridgetower_cli.testing import build_checkpoint
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
@@ -173,23 +176,31 @@ def server(samples):
 # and streaming tested in milliseconds, no weights -------------------------------------------------------------------
 
 
-class FakeBackend:
-    """Deterministic records from names and texts; an image whose name holds "broken" is skipped, as an unreadable
-    one is. ``calls`` records what each method was asked."""
+def _value(*parts: str) -> float:
+    import hashlib
 
-    image_size = 64
+    return int(hashlib.sha256("|".join(parts).encode()).hexdigest()[:8], 16) / 2**32
+
+
+class FakeBackend(Backend):
+    """Deterministic records from names and texts; an image whose name holds "broken" is skipped, as an
+    unreadable one is. ``calls`` records what each operation was asked."""
 
     def __init__(self, options):
-        from bridgetower_cli.backend import Local
+        super().__init__(options)
+        self.calls, self.produced = [], 0
+        self.runtime = Local(options).runtime  # (index --check/--repair)
 
-        self.options, self.calls, self.produced = options, [], 0
-        self.runtime = Local(options).runtime  # (index --check/--repair and explain's pictures)
+    def run(self, request, outcome, reporter):
+        request = located(request)
+        operation = operation_of(request)
+        self.calls.append((operation.name, request))
+        if operation.name == "explain":
+            reporter.meta(image_size=64)
+        return getattr(self, operation.name)(request, outcome, reporter)
 
-    @staticmethod
-    def _value(*parts: str) -> float:
-        import hashlib
-
-        return int(hashlib.sha256("|".join(parts).encode()).hexdigest()[:8], 16) / 2**32
+    def in_process(self):
+        return self
 
     def _readable(self, sources, outcome, reporter):
         for source in sources:
@@ -198,84 +209,73 @@ class FakeBackend:
             else:
                 yield source
 
-    def score(self, sources, texts, outcome, reporter, top_k=None):
-        from bridgetower_cli.records import ScoreRecord
-
-        self.calls.append(("score", [s.name for s in sources], texts))
-        for source in self._readable(sources, outcome, reporter):
-            records = [ScoreRecord(source.name, t, 4 * self._value(source.name, t) - 2, self._value(t, source.name))
-                       for t in texts]  # fmt: skip
-            for record in sorted(records, key=lambda r: -r.probability)[:top_k]:
+    def score(self, q, outcome, reporter):
+        for source in self._readable(q.images, outcome, reporter):
+            records = [r.ScoreRecord(source.name, t, 4 * _value(source.name, t) - 2, _value(t, source.name))
+                       for t in q.texts]  # fmt: skip
+            for record in sorted(records, key=lambda x: -x.probability)[: q.top_k]:
                 self.produced += 1
                 yield record
 
-    def fill_mask(self, sources, texts, outcome, reporter, top_k=5, targets=None):
-        from bridgetower_cli.records import Candidate, FillMaskRecord
+    def fill_mask(self, q, outcome, reporter):
+        for source in self._readable(q.images, outcome, reporter):
+            for text in q.texts:
+                masks = [[r.Candidate(k, f"word{k}", 1 / (k + 2)) for k in range(q.top_k)]
+                         for _ in range(text.count("<mask>"))]  # fmt: skip
+                yield r.FillMaskRecord(source.name, text, text.replace("<mask>", "word0"), masks)
 
-        for source in self._readable(sources, outcome, reporter):
-            for text in texts:
-                masks = [
-                    [Candidate(k, f"word{k}", 1 / (k + 2)) for k in range(top_k)] for _ in range(text.count("<mask>"))
-                ]
-                yield FillMaskRecord(source.name, text, text.replace("<mask>", "word0"), masks)
+    def embed(self, q, outcome, reporter):
+        model = self.options.model
+        if q.kind == "text":
+            for text in q.texts:
+                yield r.EmbeddingRecord(None, text, "text", model, 4, [_value(text, str(k)) for k in range(4)])
+            return
+        for source in self._readable(q.images, outcome, reporter):
+            for text in q.texts if q.kind == "cross" else [None]:
+                vector = [_value(source.name, str(text), str(k)) for k in range(4)]
+                yield r.EmbeddingRecord(source.name, text, q.kind, model, 4, vector)
 
-    def embed(self, kinds, sources, texts, outcome, reporter):
-        from bridgetower_cli.records import EmbeddingRecord
+    def rank_texts(self, q, outcome, reporter):
+        ranked = sorted(q.texts, key=lambda t: -_value(q.image.name, t))[: q.top_k]
+        return [r.RetrievalRecord(k + 1, None, t, _value(q.image.name, t)) for k, t in enumerate(ranked)]
 
-        for kind in kinds:
-            if kind == "text":
-                for text in texts:
-                    yield EmbeddingRecord(
-                        None, text, kind, self.options.model, 4, [self._value(text, str(k)) for k in range(4)]
-                    )
-            for source in self._readable(sources, outcome, reporter) if kind != "text" else ():
-                for text in texts if kind == "cross" else [None]:
-                    vector = [self._value(source.name, str(text), str(k)) for k in range(4)]
-                    yield EmbeddingRecord(source.name, text, kind, self.options.model, 4, vector)
+    def search(self, q, outcome, reporter):
+        names = [s.name for s in q.files] if q.specs else ["indexed/a.jpg", "indexed/b.jpg"]
+        key = q.query if isinstance(q.query, str) else q.query.name
+        ranked = sorted(names, key=lambda n: -_value(key, n))[: q.top_k]
+        return [r.RetrievalRecord(k + 1, n, None, _value(key, n)) for k, n in enumerate(ranked)]
 
-    def retrieve_texts(self, image, texts, outcome, reporter, top_k=10, rerank_k=5):
-        from bridgetower_cli.records import RetrievalRecord
+    def index(self, q, outcome, reporter):
+        readable = list(self._readable(q.files, outcome, reporter))
+        return r.RefreshStats(new=len(readable), failed=len(q.files) - len(readable))
 
-        ranked = sorted(texts, key=lambda t: -self._value(image.name, t))[:top_k]
-        return [RetrievalRecord(k + 1, None, t, self._value(image.name, t)) for k, t in enumerate(ranked)]
-
-    def retrieve_images(self, query, outcome, reporter):
-        from bridgetower_cli.backend import indexable
-        from bridgetower_cli.records import RetrievalRecord
-
-        self.calls.append(("retrieve_images", query))
-        names = [s.name for s in indexable(query.specs)] if query.specs else ["indexed/a.jpg", "indexed/b.jpg"]
-        key = query.query if isinstance(query.query, str) else query.query.name
-        ranked = sorted(names, key=lambda n: -self._value(key, n))[: query.top_k]
-        return [RetrievalRecord(k + 1, n, None, self._value(key, n)) for k, n in enumerate(ranked)]
-
-    def index(self, request, outcome, reporter):
-        from bridgetower_cli.records import RefreshStats
-
-        readable = list(self._readable(request.sources, outcome, reporter))
-        return RefreshStats(new=len(readable), failed=len(request.sources) - len(readable))
-
-    def evaluate(self, caption_set, k_test, itc_only, outcome, reporter):
-        from bridgetower_cli.records import EvalRecord
-
-        n = len(caption_set.images)
+    def evaluate(self, q, outcome, reporter):
+        n = len(q.images)
         recalls = [100 * k / n for k in (1, 2, 3)]
         means = [sum(recalls) / 3] * 3
-        return EvalRecord(*recalls, means[0], *recalls, *means[1:], n, len(caption_set.texts), k_test, "fake", 0,
-                          self.options.model, 0.0)  # fmt: skip
+        return r.EvalRecord(*recalls, means[0], *recalls, *means[1:], n, len(q.texts), q.k_test, "fake", 0,
+                            self.options.model, 0.0)  # fmt: skip
 
-    def explain(self, sources, texts, outcome, reporter, layer=None):
-        from PIL import Image
+    def classify(self, q, outcome, reporter):
+        for source in self._readable(q.images, outcome, reporter):
+            scores = sorted(((_value(source.name, label), label) for label in q.labels), reverse=True)
+            total = sum(score for score, _ in scores)
+            for score, label in scores[: q.top_k]:
+                yield r.LabelRecord(source.name, label, score / total, score)
 
-        from bridgetower_cli.records import ExplainRecord, TokenMap
+    def evaluate_classification(self, q, outcome, reporter):
+        n = len(q.classes)
+        reporter.meta(confusion=[[int(i == j) for j in range(n)] for i in range(n)])
+        recall = {label: 100.0 for label in q.classes}
+        return r.ClassificationEvalRecord(100.0, 100.0, 100.0, len(q.images), n, q.method, len(q.templates),
+                                          recall, 0.0)  # fmt: skip
 
-        for source in self._readable(sources, outcome, reporter):
-            for text in texts:
-                grid = [[self._value(source.name, text, str(r), str(c)) for c in range(4)] for r in range(4)]
-                yield (
-                    ExplainRecord(source.name, text, layer or 0, self._value(text), grid, [TokenMap("w", grid)]),
-                    Image.new("RGB", (80, 60), "gray"),
-                )
+    def explain(self, q, outcome, reporter):
+        for source in self._readable(q.images, outcome, reporter):
+            for text in q.texts:
+                grid = [[_value(source.name, text, str(i), str(j)) for j in range(4)] for i in range(4)]
+                tokens = [r.TokenMap("w", grid)]
+                yield r.ExplainRecord(source.name, text, q.layer or 0, _value(text), grid, tokens)
 
 
 @pytest.fixture
@@ -283,10 +283,10 @@ def fake(monkeypatch):
     """Every model command runs on a FakeBackend (the last one made is ``fake.last``)."""
     from bridgetower_cli import backend
 
-    made = []
+    made, fake_backend = [], FakeBackend
 
     def open_fake(options, server=None, api_key=None, timeout=None, warn=None):
-        made.append(FakeBackend(options))
+        made.append(fake_backend(options))
         return made[-1]
 
     monkeypatch.setattr(backend, "open_backend", open_fake)

@@ -20,6 +20,12 @@ CHECK_IMPORTS = (
     "sys.exit(code)\n"
 )
 
+# One small image as a server takes it: what a request needs to reach the model when its images are not the point.
+DOT = {
+    "name": "dot.png",
+    "data": "iVBORw0KGgoAAAANSUhEUgAAAAgAAAAICAIAAABLbSncAAAAFElEQVR4nGM8UaHBgA0wYRUdtBIAHicBeAYWg8oAAAAASUVORK5CYII=",
+}
+
 
 def closed_port() -> int:
     with socket.socket() as s:

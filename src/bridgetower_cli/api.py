@@ -8,9 +8,10 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from .backend import Backend, ImageQuery, ModelOptions, open_backend
-from .errors import BtError
+from .backend import Backend, ModelOptions, open_backend
+from .errors import BtError, UsageError
 from .model.catalog import DEFAULT_CONTRASTIVE_MODEL
+from .operations import Classify, Embed, Explain, FillMask, RankTexts, Score, Search, operation_of
 from .records import (
     EmbeddingRecord,
     ExplainRecord,
@@ -48,26 +49,30 @@ class Model:
         self.skipped = outcome.skipped
         return outcome
 
+    def run(self, request):
+        """Any request of ``bridgetower_cli.operations`` (checked when made): its records, or its one record."""
+        result = self._backend.run(request, self._outcome(), Reporter())
+        return result if operation_of(request).single else list(result)
+
     def score(self, images: Images, texts: Iterable[str], top_k: int | None = None) -> list[ScoreRecord]:
         """ITM match (logit, probability) of every image x text pair; per image, the best first."""
-        sources, texts = _sources(images), _texts(texts)
-        return list(self._backend.score(sources, texts, self._outcome(), Reporter(), top_k))
+        return self.run(Score(_sources(images), _texts(texts), top_k))
 
     def fill_mask(
         self, images: Images, texts: Iterable[str], top_k: int = 5, targets: Iterable[str] | None = None
     ) -> list[FillMaskRecord]:
         """The ``<mask>`` words of each text given each image: candidates per mask, and the filled text."""
-        sources, texts = _sources(images), _texts(texts)
-        words = list(targets) if targets is not None else None
-        return list(self._backend.fill_mask(sources, texts, self._outcome(), Reporter(), top_k, words))
+        words = [str(word) for word in targets] if targets is not None else None
+        return self.run(FillMask(_sources(images), _texts(texts), top_k, words))
 
     def embed(self, images: Images = (), texts: Iterable[str] = (), kind: str | None = None) -> list[EmbeddingRecord]:
         """L2-normalised ITC embeddings: of the images, of the texts, or (``kind="cross"``) of each pair."""
         sources, texts = _sources(images) if images else [], _texts(texts) if texts else []
-        kinds = [kind] if kind else [k for k, given in (("image", sources), ("text", texts)) if given]
+        kinds = [kind] if kind is not None else [k for k, given in (("image", sources), ("text", texts)) if given]
         if not kinds:
-            raise BtError("nothing to embed", "pass images, texts, or both with kind='cross'")
-        return list(self._backend.embed(kinds, sources, texts, self._outcome(), Reporter()))
+            raise UsageError("nothing to embed", "pass images, texts, or both with kind='cross'")
+        requests = [Embed(k, sources if k != "text" else [], texts if k != "image" else []) for k in kinds]
+        return [record for request in requests for record in self.run(request)]
 
     def retrieve(
         self,
@@ -84,13 +89,14 @@ class Model:
         specs = [str(spec) for spec in images]
         if not isinstance(query, str) or Path(query).is_file():
             (query,) = _sources([query])
-        request = ImageQuery(query, specs, Path(index) if index else None, False, refresh, top_k, rerank_k)
-        return self._backend.retrieve_images(request, self._outcome(), Reporter())
+        return self.run(Search(query, specs, Path(index) if index else None, False, refresh, top_k, rerank_k))
 
     def rank_texts(self, image, texts: Iterable[str], top_k: int = 10, rerank_k: int = 5) -> list[RetrievalRecord]:
         """Texts for an image, as ``bt retrieve --image``."""
-        (source,) = _sources([image])
-        return self._backend.retrieve_texts(source, _texts(texts), self._outcome(), Reporter(), top_k, rerank_k)
+        sources = _sources([image])
+        if len(sources) != 1:
+            raise UsageError(f"rank_texts takes one image, not {len(sources)}", "name a single image file")
+        return self.run(RankTexts(sources[0], _texts(texts), top_k, rerank_k))
 
     def classify(
         self,
@@ -104,19 +110,13 @@ class Model:
         """Each image's ``top_k`` most probable ``labels``, as ``bt classify``: ``method`` ``"itc"`` (prompt-ensembled
         ITC), ``"itm"``, ``"rerank"`` (ITC shortlist of ``rerank_k``, then ITM) or ``"auto"`` (ITC with ITC heads,
         else ITM); ``templates`` with ``{}`` for the label (default: CLIP's seven)."""
-        from .tasks.labels import METHODS, check_labels, read_templates
-
-        if method not in METHODS:
-            raise BtError(f"no method {method!r}", f"one of: {', '.join(METHODS)}")
-        names = check_labels([str(label) for label in labels])
-        chosen = read_templates(list(templates) if templates is not None else None, None)
-        sources, outcome = _sources(images), self._outcome()
-        return list(self._backend.classify(sources, names, chosen, outcome, Reporter(), method, top_k, rerank_k))
+        names = [str(label) for label in labels]
+        chosen = list(templates) if templates is not None else []
+        return self.run(Classify(_sources(images), names, chosen, method, top_k, rerank_k))
 
     def explain(self, images: Images, texts: Iterable[str], layer: int | None = None) -> list[ExplainRecord]:
         """Grad-CAM maps of where each image matches each text (the ITM match), as ``bt explain -f json``."""
-        sources, texts = _sources(images), _texts(texts)
-        return [record for record, _ in self._backend.explain(sources, texts, self._outcome(), Reporter(), layer)]
+        return self.run(Explain(_sources(images), _texts(texts), layer))
 
 
 def load(
@@ -140,13 +140,18 @@ def load(
         warnings.warn(message, RuntimeWarning, stacklevel=4)
 
     options = ModelOptions(str(model), revision, device, dtype, threads, batch_size, fast_decode)
+    if not server:  # (a missing checkpoint said now, fast and without torch; a server resolves its own names)
+        from .model.hub import resolve_checkpoint
+
+        resolve_checkpoint(options.model, options.revision)
     return Model(open_backend(options, server, api_key, timeout, warn))
 
 
 def _texts(texts: Iterable[str]) -> list[str]:
+    """The texts, each once (a lone string: one text; anything else is refused by the request, in its words)."""
     if isinstance(texts, str):
         texts = [texts]
-    return list(dict.fromkeys(texts))
+    return list(dict.fromkeys(texts)) if isinstance(texts, Iterable) else texts
 
 
 def _sources(images: Images) -> list[ImageSource]:

@@ -208,7 +208,9 @@ class _Shown:
                 bar[0].__exit__(None, None, None)
                 del self.progress[event["id"]]
         elif kind == "meta":
-            self.meta.update({key: value for key, value in event.items() if key != "event"})
+            facts = {key: value for key, value in event.items() if key != "event"}
+            self.meta.update(facts)
+            self.reporter.meta(**facts)
         elif kind == "end":
             self.ended = True
 

@@ -90,3 +90,11 @@ def explained_picture(image: Image.Image, record, side: int, words: bool = False
     if words:
         picture = panels([picture, *(overlay(image, token.grid, side, token.token) for token in record.tokens)])
     return picture
+
+
+def model_view(source, side: int) -> Image.Image:
+    """The image of ``source`` as the model saw it (decoded, and padded where too thin), for drawing its map over."""
+    from .images import decode_image, fit_aspect
+    from .reading import read_bytes
+
+    return fit_aspect(decode_image(read_bytes(source)), side)[0]

@@ -15,6 +15,11 @@ class Record:
     def to_dict(self) -> dict:
         return {key: value for key, value in asdict(self).items() if value is not None}
 
+    @classmethod
+    def from_dict(cls, data: dict):
+        """The record ``to_dict`` gave (as a server sends it)."""
+        return cls(**data)
+
 
 @dataclass
 class ScoreRecord(Record):
@@ -67,6 +72,14 @@ class Reporter:
     def status(self, message: str) -> Iterator[None]:
         """Work of unknown length (loading a model)."""
         yield
+
+    def meta(self, **values) -> None:
+        """Facts beside the records (the short side explain's images are resized to, a confusion matrix)."""
+        self.facts.update(values)
+
+    @property
+    def facts(self) -> dict:
+        return self.__dict__.setdefault("_facts", {})
 
 
 @dataclass

@@ -165,14 +165,14 @@ def test_no_refresh_and_no_folder_searches_the_whole_index(bt, full_checkpoint, 
 def test_ctrl_c_shows_the_records_finished_and_says_so(bt, full_checkpoint, samples, monkeypatch):
     from bridgetower_cli.backend import Local
 
-    real = Local.score
+    real = Local.run
 
     def interrupted(self, *args, **kwargs):
         records = real(self, *args, **kwargs)
         yield next(records)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(Local, "score", interrupted)
+    monkeypatch.setattr(Local, "run", interrupted)
     result = bt("score", samples, "a cat", "-m", full_checkpoint, "-f", "table", env={"COLUMNS": "120"})
     assert result.code == 130 and "interrupted: 1 record(s) above were finished" in result.stderr
     assert result.stdout.count("a cat") == 1
@@ -243,7 +243,7 @@ def test_every_help_renders_whole(bt):
         shown = bt(name, "--help", env={"COLUMNS": "250"}).stdout
         assert 'pip install "bridgetower-cli[ray]"' in shown, name  # (rich markup would eat [ray])
     score = bt("score", "samples/cat.jpg", "a cat", "-f", "paths")
-    assert score.code == 2 and "not a format of this command" in score.stderr
+    assert score.code == 2 and "not a format of bt score" in score.stderr
 
 
 def test_an_unknown_target_word_is_an_error_naming_it(bt, full_checkpoint, samples):

@@ -37,7 +37,7 @@ def test_score_page_has_every_pair(bt, full_checkpoint, samples):
 
 def test_html_is_refused_where_it_shows_nothing(bt, full_checkpoint):
     result = bt("embed", "-t", "a cat", "-m", full_checkpoint, "-f", "html")
-    assert result.code == 1 and "-f html shows retrieve, score and classify results" in result.stderr
+    assert result.code == 2 and "-f html is not a format of bt embed" in result.stderr
     assert result.stdout == ""
 
 

@@ -20,6 +20,7 @@ from conftest import DEVICE
 
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
+from helpers import DOT
 
 from bridgetower_cli.errors import BtError, InputError  # noqa: E402
 from bridgetower_cli.server import Settings, create_app  # noqa: E402
@@ -234,7 +235,7 @@ def test_a_hub_id_never_loads_a_folder_of_the_same_name(full_checkpoint, tmp_pat
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
     app = create_app(Settings(device=DEVICE))
     with TestClient(app, base_url=LOCAL) as client:
-        body = {"model": "BridgeTower/bridgetower-base-itm-mlm", "images": [], "texts": ["a"]}
+        body = {"model": "BridgeTower/bridgetower-base-itm-mlm", "images": [DOT], "texts": ["a"]}
         answer = client.post("/v1/score", json=body)
         assert answer.status_code != 200 and "cache" in answer.json()["error"]
 
@@ -246,7 +247,7 @@ def test_a_full_pool_refuses_a_new_model_and_a_failed_load_unloads_nothing(check
     app = create_app(Settings(models=[first, second], device=DEVICE, max_models=1))
     with TestClient(app, base_url=LOCAL) as client:
         pool, policy = app.state.pool, app.state.policy
-        body = {"images": [], "texts": ["a"]}
+        body = {"images": [DOT], "texts": ["a"]}
         assert client.post("/v1/score", json={"model": first, **body}).status_code == 200
         with pool.use(policy.model(first), None):  # a request holds the only slot
             busy = client.post("/v1/score", json={"model": second, **body})
@@ -262,13 +263,13 @@ def test_a_model_given_with_a_tilde_is_served(full_checkpoint, tmp_path, monkeyp
     app = create_app(Settings(models=["~/ck"], device=DEVICE))
     with TestClient(app, base_url=LOCAL) as client:
         for name in ("~/ck", str(home / "ck")):
-            answer = client.post("/v1/score", json={"model": name, "images": [], "texts": ["a"]})
+            answer = client.post("/v1/score", json={"model": name, "images": [DOT], "texts": ["a"]})
             assert answer.status_code == 200, answer.text
         assert len(app.state.pool.models) == 1
 
 
 def test_an_empty_text_is_refused(client, full_checkpoint):
-    answer = client.post("/v1/score", json={"model": str(full_checkpoint), "images": [], "texts": [" "]})
+    answer = client.post("/v1/score", json={"model": str(full_checkpoint), "images": [DOT], "texts": [" "]})
     assert answer.status_code == 422 and "empty" in answer.json()["error"]
 
 

@@ -225,7 +225,8 @@ def test_the_client_imports_neither_torch_nor_transformers(shared, full_checkpoi
 
 def test_progress_reaches_the_client_as_in_process(shared, full_checkpoint, monkeypatch):
     """The same bars, totals and counts from a server's work as from the same work in process."""
-    from bridgetower_cli.backend import IndexRequest, Local, ModelOptions, Remote, indexable
+    from bridgetower_cli.backend import Local, ModelOptions, Remote
+    from bridgetower_cli.operations import Refresh
     from bridgetower_cli.records import Outcome, Reporter
 
     class Recording(Reporter):
@@ -251,9 +252,9 @@ def test_progress_reaches_the_client_as_in_process(shared, full_checkpoint, monk
     reports = {}
     for mode, backend in (("local", Local(options)), ("auto", Remote(options, client))):
         photos = [str(root / "photos")]
-        request = IndexRequest(indexable(photos), [root / "photos"], root / f"progress-{mode}.sqlite", specs=photos)
+        request = Refresh(photos, root / f"progress-{mode}.sqlite")
         reporter = Recording()
-        backend.index(request, Outcome(), reporter)
+        backend.run(request, Outcome(), reporter)
         reports[mode] = reporter.bars
     assert reports["auto"] == reports["local"] == [["indexing images", 5, 5]]
 

@@ -17,6 +17,7 @@ from conftest import DEVICE
 pytest.importorskip("fastapi")
 import uvicorn  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
+from helpers import DOT
 
 from bridgetower_cli.server import Settings, create_app  # noqa: E402
 
@@ -29,7 +30,7 @@ LOCAL = "http://127.0.0.1"  # a TestClient's requests arrive on loopback
 def test_without_a_key_the_app_serves_loopback_only(full_checkpoint):
     app = create_app(Settings(device=DEVICE))
     with TestClient(app, base_url="http://10.1.2.3") as client:  # a connection that arrived on a public address
-        answer = client.post("/v1/score", json={"model": str(full_checkpoint), "images": [], "texts": ["a"]})
+        answer = client.post("/v1/score", json={"model": str(full_checkpoint), "images": [DOT], "texts": ["a"]})
         assert answer.status_code == 403 and "API key" in answer.json()["error"]
 
 
@@ -56,7 +57,7 @@ def test_with_a_key_only_a_minimal_health_is_open(full_checkpoint):
     "path, body, status, message",
     [
         ("/v1/retrieve", {"query": "a", "sources": ["/tmp/a\u0000b"], "index": "x"}, 422, "NUL"),
-        ("/v1/score", {"images": [], "texts": ["a \ud800 b"]}, 422, "not valid Unicode"),
+        ("/v1/score", {"images": [DOT], "texts": ["a \ud800 b"]}, 422, "not valid Unicode"),
         ("/v1/retrieve", {"image": {"name": "c", "data": "AAAA"}, "texts": []}, 422, "texts"),
         (
             "/v1/score",

@@ -21,6 +21,7 @@ from conftest import DEVICE
 pytest.importorskip("fastapi")
 import uvicorn  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
+from helpers import DOT
 
 from bridgetower_cli.server import Settings, create_app  # noqa: E402
 
@@ -38,7 +39,7 @@ def test_texts_and_images_per_request_are_capped(full_checkpoint, samples):
     app = create_app(Settings(models=[str(full_checkpoint)], device=DEVICE, max_texts=3, max_images=2))
     image = {"name": "cat", "data": b64(samples / "cat.jpg")}
     with TestClient(app, base_url=LOCAL) as client:
-        body = {"model": str(full_checkpoint), "images": [], "texts": ["a", "b", "c", "d"]}
+        body = {"model": str(full_checkpoint), "images": [DOT], "texts": ["a", "b", "c", "d"]}
         answer = client.post("/v1/score", json=body)
         assert answer.status_code == 413 and "texts" in answer.json()["error"]
         body = {"model": str(full_checkpoint), "images": [image | {"name": str(k)} for k in range(3)], "texts": ["a"]}
@@ -60,7 +61,7 @@ def test_a_huge_text_is_cut_before_the_tokenizer_and_tokenized_off_the_model_thr
     app = create_app(Settings(models=[str(full_checkpoint)], device=DEVICE))
     with TestClient(app, base_url=LOCAL) as client:
         monkeypatch.setattr(PreTrainedTokenizerBase, "__call__", spy)
-        body = {"model": str(full_checkpoint), "images": [], "texts": ["a cat " * 2_000_000]}
+        body = {"model": str(full_checkpoint), "images": [DOT], "texts": ["a cat " * 2_000_000]}
         answer = client.post("/v1/score", json=body)
         monkeypatch.undo()
         assert answer.status_code == 200
@@ -109,7 +110,7 @@ def held(app, model: str):
 def test_a_full_queue_answers_503_and_health_still_answers_at_once(full_checkpoint):
     model = str(full_checkpoint)
     app = create_app(Settings(models=[model], device=DEVICE, max_waiting=2))
-    body = {"model": model, "images": [], "texts": ["a"]}
+    body = {"model": model, "images": [DOT], "texts": ["a"]}
     with TestClient(app, base_url=LOCAL) as client:
         hold = held(app, model)
         answers = []
@@ -246,7 +247,7 @@ def test_a_request_past_its_deadline_answers_504_and_stops(full_checkpoint):
     app = create_app(Settings(models=[model], device=DEVICE, request_timeout_s=0.3))
     with TestClient(app, base_url=LOCAL) as client:
         hold = held(app, model)
-        answer = client.post("/v1/score", json={"model": model, "images": [], "texts": ["a", "b"]})
+        answer = client.post("/v1/score", json={"model": model, "images": [DOT], "texts": ["a", "b"]})
         assert answer.status_code == 504 and "deadline" in answer.json()["error"]
         calls = app.state.pool.models[model].worker.calls
         hold.set()

@@ -17,6 +17,7 @@ from conftest import DEVICE
 pytest.importorskip("fastapi")
 import uvicorn  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
+from helpers import DOT
 
 from bridgetower_cli.server import Settings, create_app  # noqa: E402
 
@@ -161,7 +162,7 @@ def test_only_allowed_models_load(served, full_checkpoint, checkpoints, tmp_path
     foreign.mkdir()
     (foreign / "config.json").write_text('{"model_type": "clip", "secret_value": "xyzzy"}')
     answers = {
-        name: requests.post(f"{url}/v1/score", json={"model": name, "images": [], "texts": ["a"]}, timeout=60)
+        name: requests.post(f"{url}/v1/score", json={"model": name, "images": [DOT], "texts": ["a"]}, timeout=60)
         for name in (str(checkpoints["itm_mlm"]), str(foreign), "/no/such/dir", "someone/else")
     }
     assert {a.status_code for a in answers.values()} == {403}
@@ -173,7 +174,7 @@ def test_only_allowed_models_load(served, full_checkpoint, checkpoints, tmp_path
 def test_spellings_of_one_model_share_one_copy(served, full_checkpoint):
     url, app = served
     for spelling in (str(full_checkpoint), f"{full_checkpoint}/", f"{full_checkpoint}/../{full_checkpoint.name}"):
-        answer = requests.post(f"{url}/v1/score", json={"model": spelling, "images": [], "texts": ["a"]}, timeout=60)
+        answer = requests.post(f"{url}/v1/score", json={"model": spelling, "images": [DOT], "texts": ["a"]}, timeout=60)
         assert answer.status_code == 200, answer.text
     assert len(app.state.pool.models) == 1
 
@@ -187,7 +188,7 @@ def test_least_recently_used_models_are_unloaded_past_max_models(checkpoints):
             route, body = (
                 ("/v1/embed", {"kind": "text", "texts": ["a"]})
                 if head == "itc"
-                else ("/v1/score", {"images": [], "texts": ["a"]})
+                else ("/v1/score", {"images": [DOT], "texts": ["a"]})
             )
             assert client.post(route, json={"model": path, **body}).status_code == 200
         assert sorted(app.state.pool.models) == sorted([paths[0], paths[2]])

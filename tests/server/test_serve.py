@@ -25,6 +25,7 @@ from reference import contrastive, itm_logits, rgb
 pytest.importorskip("fastapi")
 import uvicorn  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
+from helpers import DOT
 
 from bridgetower_cli.server import Settings, create_app  # noqa: E402
 from bridgetower_cli.server.workers import Job, ModelWorker  # noqa: E402
@@ -207,7 +208,7 @@ def test_the_openapi_schema_documents_the_fields(live):
         ("/v1/score", {"images": "cat.jpg", "texts": ["a"]}, 422, "invalid request: images"),
         ("/v1/score", {"images": [{"name": "x", "data": "%%%"}], "texts": ["a"]}, 422, "not valid base64"),
         ("/v1/embeddings", {"input": ["data:image/png;base64,AAAA"], "modality": "image"}, 422, "input[0]"),
-        ("/v1/score", {"model": "/no/such/model", "images": [], "texts": ["a"]}, 403, "is not served here"),
+        ("/v1/score", {"model": "/no/such/model", "images": [DOT], "texts": ["a"]}, 403, "is not served here"),
         ("/v1/retrieve", {"query": "a cat", "sources": ["/etc"]}, 403, "not under the server's --allow-path roots"),
     ],
 )
@@ -229,7 +230,7 @@ def test_body_cap_and_api_key(full_checkpoint):
     app = create_app(Settings(api_key="s3cret", max_body_bytes=10_000, device=DEVICE))
     with TestClient(app, base_url=LOCAL) as client:
         assert client.get("/health").status_code == 200  # health needs no key
-        assert client.post("/v1/score", json={"images": [], "texts": ["a"]}).status_code == 401
+        assert client.post("/v1/score", json={"images": [DOT], "texts": ["a"]}).status_code == 401
         wrong = client.post("/v1/score", json={}, headers={"Authorization": "Bearer nope"})
         assert wrong.status_code == 401 and wrong.json()["error"] == "missing or wrong API key"
         big = {"model": str(full_checkpoint), "images": [{"name": "x", "data": "A" * 20_000}], "texts": ["a"]}
@@ -275,7 +276,7 @@ def test_a_client_that_disconnects_mid_request_does_no_harm(live, full_checkpoin
             )
     time.sleep(0.5)
     assert requests.get(f"{url}/health").json()["status"] == "ok"
-    again = requests.post(f"{url}/v1/score", json={"model": str(full_checkpoint), "images": [], "texts": ["a"]})
+    again = requests.post(f"{url}/v1/score", json={"model": str(full_checkpoint), "images": [DOT], "texts": ["a"]})
     assert again.status_code == 200
 
 
@@ -310,7 +311,7 @@ def test_concurrent_pairs_are_fused_together(full_checkpoint):
 def test_keep_alive_unloads_an_idle_model(full_checkpoint):
     app = create_app(Settings(models=[str(full_checkpoint)], device=DEVICE, keep_alive_s=0.0))
     with TestClient(app, base_url=LOCAL) as client:
-        body = {"model": str(full_checkpoint), "images": [], "texts": ["a"]}
+        body = {"model": str(full_checkpoint), "images": [DOT], "texts": ["a"]}
         assert client.post("/v1/score", json=body).status_code == 200
         assert [m["id"] for m in client.get("/v1/models").json()["data"]] == [str(full_checkpoint)]
         time.sleep(0.01)

@@ -113,7 +113,7 @@ def test_checkpoint_without_itc_is_refused(bt, checkpoints, samples):
 )
 def test_usage_problems(bt, full_checkpoint, args, message):
     result = bt("embed", *args, "-m", full_checkpoint)
-    assert result.code == 1 and message in result.stderr
+    assert result.code == 2 and message in result.stderr
 
 
 def test_csv_of_mixed_kinds(bt, full_checkpoint, samples):

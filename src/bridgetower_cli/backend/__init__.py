@@ -4,19 +4,18 @@ order, the skips and the messages are the same, so what the user sees does not d
 
 from __future__ import annotations
 
-from .base import Backend, ImageQuery, IndexRequest, ModelOptions, indexable
+from .base import Backend, ModelOptions, indexable, located
 from .local import Local
 from .remote import Auto, Remote
 
 __all__ = [
     "Auto",
     "Backend",
-    "ImageQuery",
-    "IndexRequest",
     "Local",
     "ModelOptions",
     "Remote",
     "indexable",
+    "located",
     "open_backend",
 ]
 

@@ -3,24 +3,14 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 
 from ..errors import BtError
-from ..records import (
-    ClassificationEvalRecord,
-    EmbeddingRecord,
-    EvalRecord,
-    ExplainRecord,
-    FillMaskRecord,
-    LabelRecord,
-    RefreshStats,
-    RetrievalRecord,
-    ScoreRecord,
-)
+from ..operations import RankTexts, Refresh, Search, operation_of
+from ..records import EmbeddingRecord, RetrievalRecord
 from ..sources import ImageSource
-from .base import Backend, ImageQuery, IndexRequest, ModelOptions, searched
+from .base import Backend, ModelOptions, located
 from .local import Local
 
 
@@ -43,114 +33,81 @@ class Remote(Backend):
         folder = os.path.abspath(resolve_checkpoint(self.options.model, self.options.revision))
         return {"model": folder, "model_name": self.options.model}
 
-    def _records(self, path: str, payload: dict, outcome, reporter, make) -> Iterator:
-        for record in self.client.stream(path, {**self._model(), **payload}, outcome, reporter):
-            yield make(record)
-
     def _images(self, sources, outcome, reporter) -> list[dict]:
         from ..client import sent_images
 
         return sent_images(self.client, sources, outcome, reporter)
 
-    def score(self, sources, texts, outcome, reporter, top_k=None) -> Iterator[ScoreRecord]:
-        payload = {"images": self._images(sources, outcome, reporter), "texts": texts, "top_k": top_k}
-        return self._records("/v1/score", payload, outcome, reporter, lambda r: ScoreRecord(**r))
-
-    def fill_mask(self, sources, texts, outcome, reporter, top_k=5, targets=None) -> Iterator[FillMaskRecord]:
-        images = self._images(sources, outcome, reporter)
-        payload = {"images": images, "texts": texts, "top_k": top_k, "targets": targets}
-        return self._records("/v1/fill-mask", payload, outcome, reporter, FillMaskRecord.from_dict)
-
-    def embed(self, kinds, sources, texts, outcome, reporter) -> Iterator[EmbeddingRecord]:
-        for kind in kinds:
-            images = self._images(sources, outcome, reporter) if kind != "text" else []
-            payload = {"kind": kind, "images": images, "texts": texts if kind != "image" else []}
-            named = lambda r: EmbeddingRecord(**{**r, "model": self.options.model})  # noqa: E731
-            yield from self._records("/v1/embed", payload, outcome, reporter, named)
-
-    def retrieve_texts(self, image, texts, outcome, reporter, top_k=10, rerank_k=5) -> list[RetrievalRecord]:
-        (sent,) = self._images([image], outcome, reporter) or [None]
-        if sent is None:
-            raise BtError(f"cannot use {image.name}: {outcome.skipped[-1].reason}", "check the image")
-        payload = {"image": sent, "texts": texts, "top_k": top_k, "rerank_k": rerank_k}
-        return list(self._records("/v1/retrieve", payload, outcome, reporter, lambda r: RetrievalRecord(**r)))
-
-    def retrieve_images(self, query: ImageQuery, outcome, reporter) -> list[RetrievalRecord]:
-        """One's own server: the files and folders found here, the index file; another: the specs (found there,
-        under its --allow-path roots) and one of its indexes by name."""
-        q, shown = query, {}
-        payload = {"rebuild": q.rebuild, "refresh": q.refresh, "top_k": q.top_k, "rerank_k": q.rerank_k}
-        if isinstance(q.query, ImageSource):
-            (payload["like"],) = self._images([q.query], outcome, reporter) or [None]
-            if payload["like"] is None:
-                raise BtError(f"cannot use {q.query.name}: {outcome.skipped[-1].reason}", "check the image")
+    def run(self, request, outcome, reporter):
+        """The request sent to its operation's route: its fields as they are, images as the server takes them."""
+        operation = operation_of(request)
+        if isinstance(request, Refresh) and request.engine == "ray":
+            raise BtError("--engine ray runs in this process", "drop --server (or BT_SERVER) for it")
+        if isinstance(request, (Search, Refresh)):
+            payload, shown = self._located(request, outcome, reporter)
         else:
-            payload["query"] = q.query
+            payload, shown = self._payload(request, outcome, reporter), {}
+        if payload is None:  # (every image was left out here, each named)
+            if operation.single:
+                raise BtError("none of the images could be read", "see the warnings above")
+            return iter(())
+        streamed = self.client.stream(operation.route, {**self._model(), **payload}, outcome, reporter)
+        records = (self._record(operation.record, record, shown) for record in streamed)
+        if operation.single:
+            (record,) = records
+            return record
+        return records if not isinstance(request, (Search, RankTexts)) else list(records)
+
+    def _payload(self, request, outcome, reporter) -> dict | None:
+        """A request's fields by name: images as bytes (or, to one's own server and for evaluations, paths)."""
+        payload = {}
+        for f in fields(request):
+            value = getattr(request, f.name)
+            images = [value] if isinstance(value, ImageSource) else value
+            if isinstance(images, list) and images and isinstance(images[0], ImageSource):
+                if getattr(request, "by_path", False):
+                    sent = [{"name": source.name, "path": source.path} for source in images]
+                else:
+                    sent = self._images(images, outcome, reporter)
+                if not sent:
+                    if isinstance(value, ImageSource):
+                        raise BtError(f"cannot use {value.name}: {outcome.skipped[-1].reason}", "check the image")
+                    return None
+                value = sent[0] if isinstance(value, ImageSource) else sent
+            payload[f.name] = str(value) if isinstance(value, Path) else value
+        return payload
+
+    def _located(self, q, outcome, reporter) -> tuple[dict, dict]:
+        """A search or a refresh: one's own server gets the files and folders found here and the index file;
+        another, the specs (found there, under its --allow-path roots) and one of its indexes by name."""
+        payload = {"rebuild": q.rebuild, "wait_s": q.wait_s}
+        if isinstance(q, Search):
+            payload |= {"refresh": q.refresh, "top_k": q.top_k, "rerank_k": q.rerank_k}
+            if q.by_image:
+                (payload["like"],) = self._images([q.query], outcome, reporter) or [None]
+                if payload["like"] is None:
+                    raise BtError(f"cannot use {q.query.name}: {outcome.skipped[-1].reason}", "check the image")
+            else:
+                payload["query"] = q.query
         if self.client.own:  # (folders absolute there, and named as typed here)
-            sources, folders = searched(q)
-            shown = {os.path.abspath(folder): str(folder) for folder in folders}
-            payload |= {"files": self._images(sources, outcome, reporter), "folders": list(shown)}
-            payload |= {"index": os.path.abspath(q.index or _default_index()), "wait_s": q.wait_s}
+            q = located(q)
+            shown = {os.path.abspath(folder): str(folder) for folder in q.folders}
+            payload |= {"files": self._images(q.files, outcome, reporter), "folders": list(shown)}
+            payload["index"] = os.path.abspath(q.index if isinstance(q, Search) and q.index else _default_index(q))
         else:
             shown = {os.path.abspath(os.path.expanduser(spec)): spec for spec in q.specs}
-            payload |= {"sources": list(shown), "index": server_index_name(q.index), "wait_s": q.wait_s}
-        records = self._records("/v1/retrieve", payload, outcome, reporter, lambda r: RetrievalRecord(**r))
-        return [replace(r, image=as_typed(r.image, shown)) for r in records]
+            index = q.index if isinstance(q, Search) else (q.path if q.named else None)
+            payload |= {"sources": list(shown), "index": server_index_name(index)}
+        return payload, shown
 
-    def index(self, request: IndexRequest, outcome, reporter) -> RefreshStats:
-        r = request
-        if r.engine == "ray":
-            raise BtError("--engine ray runs in this process", "drop --server (or BT_SERVER) for it")
-        payload = {"rebuild": r.rebuild, "wait_s": r.wait_s}
-        if self.client.own:
-            folders = [os.path.abspath(folder) for folder in r.folders]
-            payload |= {"files": self._images(r.sources, outcome, reporter), "folders": folders}
-            payload["index"] = os.path.abspath(r.path)
-        else:
-            payload |= {"sources": [os.path.abspath(os.path.expanduser(s)) for s in r.specs]}
-            payload["index"] = server_index_name(r.path if r.named else None)
-        (stats,) = self._records("/v1/index", payload, outcome, reporter, lambda r: RefreshStats(**r))
-        return stats
-
-    def evaluate(self, caption_set, k_test: int, itc_only: bool, outcome, reporter) -> EvalRecord:
-        images = [{"name": source.name, "path": source.path} for source in caption_set.sources()]
-        payload = {"images": images, "texts": caption_set.texts, "text_image": caption_set.text_image}
-        payload |= {"k_test": k_test, "itc_only": itc_only}
-        (record,) = self._records("/v1/eval", payload, outcome, reporter, lambda r: EvalRecord(**r))
+    def _record(self, kind: type, data: dict, shown: dict):
+        """A record as this side names it: its model as the client named it, its image path as typed."""
+        record = kind.from_dict(data)
+        if isinstance(record, EmbeddingRecord):
+            return replace(record, model=self.options.model)
+        if isinstance(record, RetrievalRecord) and shown:
+            return replace(record, image=as_typed(record.image, shown))
         return record
-
-    def classify(self, sources, labels, templates, outcome, reporter, method="auto", top_k=5, rerank_k=10):
-        payload = {"images": self._images(sources, outcome, reporter), "labels": labels, "templates": templates}
-        payload |= {"method": method, "top_k": top_k, "rerank_k": rerank_k}
-        return self._records("/v1/classify", payload, outcome, reporter, lambda r: LabelRecord(**r))
-
-    def evaluate_classification(self, folder, templates, outcome, reporter, method="auto", rerank_k=10):
-        """The folder's images by path (one's own server; another's, under its --allow-path roots)."""
-        images = [{"name": source.name, "path": source.path} for source in folder.sources]
-        payload = {"images": images, "targets": folder.targets, "classes": folder.classes, "templates": templates}
-        payload |= {"method": method, "rerank_k": rerank_k}
-        path = "/v1/eval/classification"
-        (record,) = self._records(path, payload, outcome, reporter, lambda r: ClassificationEvalRecord(**r))
-        return record, self.client.meta["confusion"]
-
-    def explain(self, sources, texts, outcome, reporter, layer=None) -> Iterator[tuple[ExplainRecord, object]]:
-        """The maps from the server; the image each was drawn on decoded here, as the model saw it."""
-        from ..images import decode_image, fit_aspect
-        from ..reading import read_bytes
-
-        by_name = {source.name: source for source in sources}
-        payload = {"images": self._images(sources, outcome, reporter), "texts": texts, "layer": layer}
-        seen: dict = {}
-        for record in self._records("/v1/explain", payload, outcome, reporter, ExplainRecord.from_dict):
-            if record.image not in seen:
-                seen.clear()
-                data = read_bytes(by_name[record.image])
-                seen[record.image] = fit_aspect(decode_image(data), self.image_size)[0]
-            yield record, seen[record.image]
-
-    @property
-    def image_size(self) -> int:
-        return self.client.meta["image_size"]
 
     def in_process(self) -> Local:
         return Local(self.options)
@@ -181,7 +138,10 @@ def server_index_name(index: Path | None) -> str | None:
     return str(index)
 
 
-def _default_index() -> Path:
+def _default_index(q) -> Path:
+    """An index refresh's path (the default one unless named), a search's default index."""
+    if isinstance(q, Refresh):
+        return q.path
     from ..index.files import default_index_path
 
     return default_index_path()

@@ -10,7 +10,7 @@ import typer
 
 from ..model.catalog import DEFAULT_CONTRASTIVE_MODEL
 from .common import emit, image_sources, model_command, only_images
-from .options import Format, FormatOpt, ImageArgs, Null, Quiet
+from .options import Format, ImageArgs, Null, Quiet, format_option
 
 
 class Method(str, Enum):
@@ -50,6 +50,7 @@ TemplateOpt = Annotated[
 TemplatesFile = Annotated[
     Path | None, typer.Option("--templates", help="Templates, one per line.", metavar="FILE", show_default=False)
 ]
+ClassifyFormat = format_option("classify")
 LabelsK = Annotated[int, typer.Option("--top-k", "-k", min=1, help="Labels shown per image.", metavar="K")]
 ShortlistK = Annotated[
     int,
@@ -68,7 +69,7 @@ EPILOG = (
 )
 
 
-@model_command(DEFAULT_CONTRASTIVE_MODEL)
+@model_command("classify")
 def classify(
     images: ImageArgs = None,
     labels: Labels = None,
@@ -78,22 +79,20 @@ def classify(
     templates_file: TemplatesFile = None,
     top_k: LabelsK = 5,
     rerank_k: ShortlistK = 10,
-    fmt: FormatOpt = Format.auto,
+    fmt: ClassifyFormat = Format.auto,
     null: Null = False,
     quiet: Quiet = False,
     backend=None,
 ) -> None:
     """Zero-shot labels for images: the most probable of --labels for each, by ITC, ITM or both."""
-    from ..errors import BtError
+    from ..operations import Classify
     from ..records import Outcome
     from ..tasks.labels import read_labels, read_templates
     from .render import StderrReporter
 
     specs = only_images(images or [], "(labels go in --labels)")
-    if not specs:
-        raise BtError("classify needs images", "e.g. bt classify photos/ --labels cat,dog")
     names, templates = read_labels(labels, labels_file), read_templates(template, templates_file)
     reporter, outcome = StderrReporter(quiet), Outcome()
-    sources = image_sources(specs, null, reporter)
-    records = backend.classify(sources, names, templates, outcome, reporter, method.value, top_k, rerank_k)
-    emit(records, fmt, outcome, reporter)
+    sources = image_sources(specs, null, reporter) if specs else []
+    request = Classify(sources, names, templates, method.value, top_k, rerank_k)
+    emit(backend.run(request, outcome, reporter), fmt, outcome, reporter)

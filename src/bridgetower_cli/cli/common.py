@@ -40,27 +40,32 @@ _MODEL_OPTIONS = [
 _SERVER_OPTIONS = [("server", Server, None), ("api_key", ApiKey, None), ("timeout", ClientTimeout, None)]
 
 
-def model_command(default_model: str) -> Callable:
-    """Give a command the options every model command takes (--model with ``default_model``, --revision,
-    --device, --dtype, --threads, --batch-size, --fast-decode, --server, --api-key, --timeout), parsed once into the
-    ``backend`` it is called with (in process, or a bt server: chosen here, once)."""
+def model_command(command: str) -> Callable:
+    """Give the model command ``command`` the options every model command takes (--model with the command's default
+    model from the operations table, --revision, --device, --dtype, --threads, --batch-size, --fast-decode,
+    --server, --api-key, --timeout), parsed once into the ``backend`` it is called with (in process, or a bt server:
+    chosen here, once), after its --format is checked against the table: nothing loads for a format it cannot
+    write."""
+    from ..operations.table import DEFAULT_MODELS
 
-    def decorate(command: Callable) -> Callable:
-        signature = inspect.signature(command, eval_str=True)  # (the Annotated options, not their names)
+    def decorate(function: Callable) -> Callable:
+        signature = inspect.signature(function, eval_str=True)  # (the Annotated options, not their names)
         own = [p for name, p in signature.parameters.items() if name != "backend"]
         shared = _MODEL_OPTIONS + _SERVER_OPTIONS
         extra = [
-            inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default_model if name == "model" else value,
-                              annotation=annotation)
+            inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY,
+                              default=DEFAULT_MODELS[command] if name == "model" else value, annotation=annotation)
             for name, annotation, value in shared
         ]  # fmt: skip
 
-        @functools.wraps(command)
+        @functools.wraps(function)
         def run(**values):
             from .. import backend
             from ..backend import ModelOptions
             from ..images import decode_workers, max_image_pixels
 
+            if "fmt" in values:
+                check_format(values["fmt"], command)
             max_image_pixels(), decode_workers()  # an environment value that does not parse is said now, not later
 
             o = {name: values.pop(name) for name, _, _ in shared}
@@ -74,7 +79,7 @@ def model_command(default_model: str) -> Callable:
                 o["fast_decode"],
             )
             values["backend"] = backend.open_backend(options, o["server"], o["api_key"], o["timeout"], _warn)
-            return command(**values)
+            return function(**values)
 
         parameters = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own] + extra
         run.__signature__ = signature.replace(parameters=parameters)
@@ -157,7 +162,10 @@ def only_images(specs: list[str], what: str) -> list[str]:
     return images
 
 
-def allowed(fmt: Format, *formats: str) -> None:
-    """Refuse an output format a command does not write (a usage error)."""
+def check_format(fmt: Format, command: str) -> None:
+    """Refuse an output format the command does not write (a usage error), as the operations table lists them."""
+    from ..operations.table import FORMATS
+
+    formats = FORMATS[command]
     if fmt.value != "auto" and fmt.value not in formats:
-        raise UsageError(f"-f {fmt.value} is not a format of this command", f"use one of: auto, {', '.join(formats)}")
+        raise UsageError(f"-f {fmt.value} is not a format of bt {command}", f"use one of: auto, {', '.join(formats)}")

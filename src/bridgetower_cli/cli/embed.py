@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from ..errors import BtError
+from ..errors import BtError, UsageError
 from ..model.catalog import DEFAULT_CONTRASTIVE_MODEL
 from .common import emit, image_sources, model_command, only_images
 from .options import (
     Engine,
     EngineOpt,
     Format,
-    FormatOpt,
     ImageArgs,
     Kind,
     Null,
@@ -18,7 +17,10 @@ from .options import (
     RayAddress,
     TextOpt,
     TextsFile,
+    format_option,
 )
+
+EmbedFormat = format_option("embed")
 
 EPILOG = (
     "Examples:\n\n"
@@ -30,14 +32,14 @@ EPILOG = (
 )
 
 
-@model_command(DEFAULT_CONTRASTIVE_MODEL)
+@model_command("embed")
 def embed(
     images: ImageArgs = None,
     kind: Kind = None,
     text: TextOpt = None,
     texts_file: TextsFile = None,
     output: OutputFile = None,
-    fmt: FormatOpt = Format.auto,
+    fmt: EmbedFormat = Format.auto,
     quiet: Quiet = False,
     engine: EngineOpt = Engine.local,
     ray_address: RayAddress = None,
@@ -47,31 +49,28 @@ def embed(
     """L2-normalised ITC embeddings of images, texts, or (image, text) pairs (--kind cross).
 
     Image and text embeddings come from the unimodal towers alone; cross embeddings need both an image and a text."""
+    from ..operations import Embed
     from ..records import Outcome
-    from ..sources import check_texts, read_texts
+    from ..sources import read_texts
     from .render import StderrReporter, render_object, write_embeddings
 
     specs = only_images(images or [], "(embed texts with -t)")
     if "-" in specs and texts_file == "-":
         raise BtError("standard input cannot hold both image paths and texts", "pass the texts with --texts-file FILE")
+    if output is not None and output.suffix not in (".npy", ".npz") and engine is Engine.local:
+        raise UsageError(f"cannot write {output}: unknown format", "use a file name ending in .npy or .npz")
     texts = read_texts(text or [], texts_file) if (text or texts_file) else []
-    check_texts(texts)
     reporter, outcome = StderrReporter(quiet), Outcome()
     sources = image_sources(specs, null, reporter) if specs else []
     kinds = [kind.value] if kind else [k for k, given in (("image", sources), ("text", texts)) if given]
     if not kinds:
-        raise BtError("nothing to embed", "pass image sources, or texts with --text / --texts-file")
-    if "cross" in kinds and not (sources and texts):
-        raise BtError("--kind cross needs images and texts", "pass image sources and --text / --texts-file")
-    if "image" in kinds and not sources or "text" in kinds and not texts:
-        raise BtError(f"--kind {kinds[0]} needs {kinds[0]}s", "pass them, or choose another --kind")
+        raise UsageError("nothing to embed", "pass image sources, or texts with --text / --texts-file")
+    requests = [Embed(k, sources if k != "text" else [], texts if k != "image" else []) for k in kinds]
     if engine is Engine.ray:
         if not hasattr(backend, "runtime"):
             raise BtError("--engine ray runs here, not on a bt server", "drop --server, or --engine ray")
         return _on_ray(backend.options, ray_address, kinds, sources, output, fmt, outcome, reporter)
-    if output is not None and output.suffix not in (".npy", ".npz"):
-        raise BtError(f"cannot write {output}: unknown format", "use a file name ending in .npy or .npz")
-    records = backend.embed(kinds, sources, texts, outcome, reporter)
+    records = (record for request in requests for record in backend.run(request, outcome, reporter))
     if output is None:
         return emit(records, fmt, outcome, reporter)
     render_object(write_embeddings(records, output, backend.options.model), fmt.value)

@@ -13,7 +13,7 @@ from ..errors import BtError, PartialSuccess
 from ..model.catalog import DEFAULT_CONTRASTIVE_MODEL
 from .classify import LabelsFile, Method, MethodOpt, ShortlistK, TemplateOpt, TemplatesFile
 from .common import model_command
-from .options import Annotations, Format, FormatOpt, ImagesRoot, ItcOnly, KTest, Quiet, Split
+from .options import Annotations, Format, ImagesRoot, ItcOnly, KTest, Quiet, Split, format_option
 
 EPILOG = (
     "Examples:\n\n"
@@ -52,7 +52,10 @@ Confusion = Annotated[
 ]
 
 
-@model_command(DEFAULT_CONTRASTIVE_MODEL)
+EvalFormat = format_option("eval")
+
+
+@model_command("eval")
 def evaluate(
     annotations: Annotations,
     task: TaskOpt = Task.retrieval,
@@ -66,7 +69,7 @@ def evaluate(
     templates_file: TemplatesFile = None,
     rerank_k: ShortlistK = 10,
     confusion: Confusion = None,
-    fmt: FormatOpt = Format.auto,
+    fmt: EvalFormat = Format.auto,
     quiet: Quiet = False,
     backend=None,
 ) -> None:
@@ -74,6 +77,7 @@ def evaluate(
 
     Retrieval: R@1/5/10 by the BridgeTower protocol; classification: CLIP_benchmark's acc1, acc5 and mean per-class
     recall."""
+    from ..operations import Evaluate
     from ..records import Outcome
     from ..tasks.captions import load_caption_set
     from .render import StderrReporter, render_object
@@ -84,7 +88,8 @@ def evaluate(
 
     caption_set = load_caption_set(annotations, images or annotations.parent, split)
     reporter, outcome = StderrReporter(quiet), Outcome()
-    record = backend.evaluate(caption_set, k_test, itc_only, outcome, reporter)
+    request = Evaluate(caption_set.sources(), caption_set.texts, caption_set.text_image, k_test, itc_only)
+    record = backend.run(request, outcome, reporter)
     render_object(record, fmt.value)
     if outcome.skipped:
         total = len(caption_set.images)
@@ -98,6 +103,7 @@ def _classification(folder, labels_file, method, template, templates_file, reran
     """``--task classification``: CLIP_benchmark's acc1, acc5 and mean per-class recall on an ImageFolder."""
     import csv
 
+    from ..operations import EvaluateClassification
     from ..records import Outcome
     from ..tasks.labels import labelled_folder, read_templates
     from .render import StderrReporter, render_object
@@ -106,7 +112,9 @@ def _classification(folder, labels_file, method, template, templates_file, reran
     if confusion is not None and confusion.suffix.lower() != ".csv":
         raise BtError(f"--confusion writes CSV; {confusion} does not end in .csv", "e.g. --confusion confusion.csv")
     reporter, outcome = StderrReporter(quiet), Outcome()
-    record, matrix = backend.evaluate_classification(data, templates, outcome, reporter, method.value, rerank_k)
+    request = EvaluateClassification(data.sources, data.targets, data.classes, templates, method.value, rerank_k)
+    record = backend.run(request, outcome, reporter)
+    matrix = reporter.facts["confusion"]
     render_object(record, fmt.value)
     if confusion is not None:
         with open(confusion, "w", newline="", encoding="utf-8") as file:

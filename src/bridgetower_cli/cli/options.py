@@ -3,7 +3,6 @@ its metavar, so help shows ``N`` or ``FILE``, never a type placeholder."""
 
 from __future__ import annotations
 
-import re
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
@@ -76,10 +75,10 @@ Revision = Annotated[
 
 
 def _device(value: str) -> str:
-    """A device name bt knows (checked now, before any model loads: a typo is a usage error)."""
-    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", value):
-        raise typer.BadParameter(f"{value!r} is not a device: use auto, cpu, cuda, cuda:N or mps")
-    return value
+    """A device name bt knows, in the words every way in uses (``model.catalog.check_device``)."""
+    from ..model.catalog import check_device
+
+    return check_device(value)
 
 
 Device = Annotated[
@@ -147,26 +146,22 @@ FormatOpt = Annotated[
     Format,
     typer.Option("--format", "-f", help=f"{FORMATS}.", case_sensitive=False, metavar="auto|table|json|jsonl|csv"),
 ]
-RetrieveFormatOpt = Annotated[
-    Format,
-    typer.Option(
-        "--format",
-        "-f",
-        help=f"{FORMATS}; paths = one image path (or text) per line; html = one page with thumbnails.",
-        case_sensitive=False,
-        metavar="auto|table|json|jsonl|csv|paths|html",
-    ),
-]
-ScoreFormatOpt = Annotated[
-    Format,
-    typer.Option(
-        "--format",
-        "-f",
-        help=f"{FORMATS}; html = one page with thumbnails.",
-        case_sensitive=False,
-        metavar="auto|table|json|jsonl|csv|html",
-    ),
-]
+FORMAT_HELP = {"paths": "paths = one image path (or text) per line", "html": "html = one page with thumbnails"}
+
+
+def format_option(command: str):
+    """A model command's --format, its choices and help from the operations table (``operations.table.FORMATS``):
+    the one place a command's output formats are decided."""
+    from ..operations.table import FORMATS as WRITTEN
+
+    formats = WRITTEN[command]
+    extra = "".join(f"; {FORMAT_HELP[name]}" for name in formats if name in FORMAT_HELP)
+    metavar = "|".join(("auto", *formats))
+    return Annotated[
+        Format, typer.Option("--format", "-f", help=f"{FORMATS}{extra}.", case_sensitive=False, metavar=metavar)
+    ]
+
+
 Print0 = Annotated[
     bool,
     typer.Option("--print0", "-0", help="With -f paths: end each path with NUL, for xargs -0."),

@@ -2,28 +2,28 @@
 
 from __future__ import annotations
 
-from ..errors import BtError
+from ..errors import BtError, UsageError
 from ..model.catalog import DEFAULT_MATCHING_MODEL
-from .common import allowed, emit, images_and_texts, model_command
+from .common import emit, images_and_texts, model_command
 from .options import (
     CandidatesK,
     Format,
-    FormatOpt,
     ImagesAndTexts,
     Layer,
     Null,
     PictureDir,
     PictureFile,
     Quiet,
-    ScoreFormatOpt,
     ScoreTopK,
     Targets,
     TextOpt,
     TextsFile,
     Words,
+    format_option,
 )
 
 MASK = "<mask>"  # the public checkpoints' (RoBERTa's) mask token
+ScoreFormat, FillMaskFormat, ExplainFormat = (format_option(c) for c in ("score", "fill-mask", "explain"))
 SCORE_EPILOG = (
     "Examples:\n\n"
     "  bt score samples/cat.jpg 'a cat lying on a couch' 'a rocket launch'\n\n"
@@ -33,26 +33,27 @@ SCORE_EPILOG = (
 )
 
 
-@model_command(DEFAULT_MATCHING_MODEL)
+@model_command("score")
 def score(
     inputs: ImagesAndTexts,
     text: TextOpt = None,
     texts_file: TextsFile = None,
     top_k: ScoreTopK = None,
-    fmt: ScoreFormatOpt = Format.auto,
+    fmt: ScoreFormat = Format.auto,
     null: Null = False,
     quiet: Quiet = False,
     backend=None,
 ) -> None:
     """Image-text matching (ITM head) for every image x text pair; per image, the best match probability first."""
+    from ..operations import Score
     from ..records import Outcome
     from .render import StderrReporter
 
-    allowed(fmt, "table", "json", "jsonl", "csv", "html")
     reporter, outcome = StderrReporter(quiet), Outcome()
     sources, texts = images_and_texts(inputs, text, texts_file, null, reporter)
+    request = Score(sources, texts, top_k)
     title = f"bt score: {len(sources)} image(s) x {len(texts)} text(s)"
-    emit(backend.score(sources, texts, outcome, reporter, top_k), fmt, outcome, reporter, title=title)
+    emit(backend.run(request, outcome, reporter), fmt, outcome, reporter, title=title)
 
 
 FILL_MASK_EPILOG = (
@@ -64,28 +65,28 @@ FILL_MASK_EPILOG = (
 )
 
 
-@model_command(DEFAULT_MATCHING_MODEL)
+@model_command("fill-mask")
 def fill_mask(
     inputs: ImagesAndTexts,
     text: TextOpt = None,
     texts_file: TextsFile = None,
     targets: Targets = None,
     top_k: CandidatesK = 5,
-    fmt: FormatOpt = Format.auto,
+    fmt: FillMaskFormat = Format.auto,
     null: Null = False,
     quiet: Quiet = False,
     backend=None,
 ) -> None:
     """Predict the <mask> words of each text, conditioned on each image (MLM head)."""
+    from ..operations import FillMask
     from ..records import Outcome
     from .render import StderrReporter
 
-    allowed(fmt, "table", "json", "jsonl", "csv")
     reporter, outcome = StderrReporter(quiet), Outcome()
     sources, texts = images_and_texts(inputs, text, texts_file, null, reporter)
     texts = with_masks(texts, outcome, reporter)
-    words = [w.strip() for w in targets.split(",") if w.strip()] if targets else None
-    emit(backend.fill_mask(sources, texts, outcome, reporter, top_k, words), fmt, outcome, reporter)
+    request = FillMask(sources, texts, top_k, targets.split(",") if targets is not None else None)
+    emit(backend.run(request, outcome, reporter), fmt, outcome, reporter)
 
 
 def with_masks(texts: list[str], outcome, reporter) -> list[str]:
@@ -98,9 +99,7 @@ def with_masks(texts: list[str], outcome, reporter) -> list[str]:
         else:
             hint = f"write {MASK} (not [MASK])" if "[MASK]" in text else f"mark the words to predict with {MASK}"
             outcome.skip(f"text {text[:40]!r}", f"no {MASK} in it ({hint})", reporter)
-    if not kept:
-        raise BtError(f"no text holds a {MASK}", f"mark the words to predict with {MASK}")
-    return kept
+    return kept or texts  # (none: the request refuses them, in the words every way in uses)
 
 
 EXPLAIN_EPILOG = (
@@ -113,7 +112,7 @@ EXPLAIN_EPILOG = (
 )
 
 
-@model_command(DEFAULT_MATCHING_MODEL)
+@model_command("explain")
 def explain(
     inputs: ImagesAndTexts,
     text: TextOpt = None,
@@ -122,43 +121,52 @@ def explain(
     words: Words = False,
     output: PictureFile = None,
     output_dir: PictureDir = None,
-    fmt: FormatOpt = Format.auto,
+    fmt: ExplainFormat = Format.auto,
     null: Null = False,
     quiet: Quiet = False,
     backend=None,
 ) -> None:
     """Where in each image the model looks for each text: Grad-CAM heat maps (ITM head), as pictures and numbers."""
+    from ..operations import Explain
     from ..records import Outcome
     from .render import StderrReporter, resolve_format
 
-    allowed(fmt, "table", "json", "jsonl", "csv")
-    sources, texts = images_and_texts(inputs, text, texts_file, null, StderrReporter(quiet))
     if output is not None and output_dir is not None:
-        raise BtError("--output and --output-dir exclude each other", "--output for one pair, --output-dir for several")
+        raise UsageError(
+            "--output and --output-dir exclude each other", "--output for one pair, --output-dir for several"
+        )
+    reporter, outcome = StderrReporter(quiet), Outcome()
+    sources, texts = images_and_texts(inputs, text, texts_file, null, reporter)
+    request = Explain(sources, texts, layer)
     if output is not None and len(sources) * len(texts) != 1:
         raise BtError(
             f"--output writes one picture; {len(sources)} image(s) x {len(texts)} text(s) make more",
             "use --output-dir DIR",
         )
-    reporter, outcome = StderrReporter(quiet), Outcome()
     names = picture_names(sources, texts, output, output_dir)
-    explained = backend.explain(sources, texts, outcome, reporter, layer)
-    from ..pictures import explained_picture
-    from .pictures import save_picture
-
+    explained = backend.run(request, outcome, reporter)
     if output is None and output_dir is None and resolve_format(fmt.value) == "table":
         reporter.info("no pictures written: pass --output FILE.png or --output-dir DIR")
+    emit(_drawn(explained, sources, names, words, reporter), fmt, outcome, reporter)
 
-    def records():
-        for record, image in explained:
-            if names:
-                picture = explained_picture(image, record, backend.image_size, words)
-                path = names[record.image, record.text]
-                save_picture(picture, path)
-                record.picture = str(path)
-            yield record
 
-    emit(records(), fmt, outcome, reporter)
+def _drawn(records, sources, names: dict, words: bool, reporter):
+    """Each record, its picture written first where one is asked for: the map over the image as the model saw it
+    (decoded again here, once per image, at the short side the work reported)."""
+    from ..pictures import explained_picture, model_view
+    from .pictures import save_picture
+
+    by_name, seen = {source.name: source for source in sources}, {}
+    for record in records:
+        if names:
+            if record.image not in seen:
+                seen.clear()
+                seen[record.image] = model_view(by_name[record.image], reporter.facts["image_size"])
+            picture = explained_picture(seen[record.image], record, reporter.facts["image_size"], words)
+            path = names[record.image, record.text]
+            save_picture(picture, path)
+            record.picture = str(path)
+        yield record
 
 
 def picture_names(sources, texts, output, output_dir) -> dict:

@@ -14,7 +14,6 @@ from .options import (
     Engine,
     EngineOpt,
     Format,
-    FormatOpt,
     HitsK,
     IndexFile,
     IndexImages,
@@ -32,13 +31,15 @@ from .options import (
     Rebuild,
     RepairFlag,
     RerankK,
-    RetrieveFormatOpt,
     RetrieveInputs,
     StatsFlag,
     TextOpt,
     TextsFile,
     Wait,
+    format_option,
 )
+
+RetrieveFormat, IndexFormat = format_option("retrieve"), format_option("index")
 
 if TYPE_CHECKING:
     from ..sources import ImageSource
@@ -54,7 +55,7 @@ RETRIEVE_EPILOG = (
 )
 
 
-@model_command(DEFAULT_CONTRASTIVE_MODEL)
+@model_command("retrieve")
 def retrieve(
     inputs: RetrieveInputs = None,
     query_text: QueryText = None,
@@ -69,7 +70,7 @@ def retrieve(
     top_k: HitsK = 10,
     rerank_k: RerankK = 5,
     no_rerank: NoRerank = False,
-    fmt: RetrieveFormatOpt = Format.auto,
+    fmt: RetrieveFormat = Format.auto,
     print0: Print0 = False,
     null: NullLong = False,
     quiet: Quiet = False,
@@ -78,7 +79,7 @@ def retrieve(
     """Rank images for a text or like an image (over a persistent index, ITM rerank), or texts for an image.
 
     A text query's best --rerank-k hits by ITC similarity are rescored by the ITM head; --image IMAGE ranks texts."""
-    from ..backend import ImageQuery
+    from ..operations import RankTexts, Search
     from ..records import Outcome
     from .render import StderrReporter
 
@@ -87,8 +88,8 @@ def retrieve(
     reporter, outcome = StderrReporter(quiet), Outcome()
     if image is not None:
         source, texts = _texts_for(image, inputs, text, texts_file)
-        records = backend.retrieve_texts(source, texts, outcome, reporter, top_k, rerank_k)
-        return emit(records, fmt, outcome, reporter, separator, f"texts for {image}")
+        request = RankTexts(source, texts, top_k, rerank_k)
+        return emit(backend.run(request, outcome, reporter), fmt, outcome, reporter, separator, f"texts for {image}")
     if text or texts_file:
         raise BtError(
             "--text and --texts-file give the texts to rank for an --image; a text query is the first argument",
@@ -97,8 +98,8 @@ def retrieve(
     query, specs, title = _query_of(inputs, query_text, like, no_refresh)
     if "-" in specs:  # (the paths on stdin, expanded here: a server gets them as paths too)
         specs = [s for s in specs if s != "-"] + [s.path for s in image_sources(["-"], null, reporter)]
-    request = ImageQuery(query, specs, index_file, rebuild, not no_refresh, top_k, rerank_k, wait)
-    emit(backend.retrieve_images(request, outcome, reporter), fmt, outcome, reporter, separator, title)
+    request = Search(query, specs, index_file, rebuild, not no_refresh, top_k, rerank_k, wait)
+    emit(backend.run(request, outcome, reporter), fmt, outcome, reporter, separator, title)
 
 
 def _texts_for(image: str, inputs: list[str], text, texts_file) -> tuple[ImageSource, list[str]]:
@@ -120,7 +121,7 @@ def _query_of(
 ) -> tuple[str | ImageSource, list[str], str]:
     """(the query: a text or an image, the specs to search, the title of a page of results). With -n and no specs,
     the whole index is searched."""
-    from ..sources import check_texts, expand_image_sources, read_texts, split_arguments
+    from ..sources import expand_image_sources, read_texts, split_arguments
 
     if text is None and like is None and inputs and split_arguments(inputs[:1])[0]:
         like, inputs = inputs[0], inputs[1:]  # an image file as the query: images like it
@@ -128,15 +129,12 @@ def _query_of(
         if not inputs:
             raise BtError("retrieve needs a query", "e.g. bt retrieve 'a cat' ~/Pictures (or --query TEXT)")
         (text,), inputs = read_texts(inputs[:1], None), inputs[1:]
-    if not inputs and not no_refresh:
-        raise BtError("retrieve needs images to search", "name folders or files, or pass -n to search the whole index")
     specs = only_images(inputs, "or folder to search")
     if like is not None:
         (query,) = expand_image_sources([like]) if Path(like).is_file() else [None]
         if query is None:
             raise BtError(f"--like takes one image file; {like} is not one", "name a single image file")
         return query, specs, f"images like {like}"
-    check_texts([text])
     return text, specs, text
 
 
@@ -147,7 +145,7 @@ INDEX_EPILOG = (
 )
 
 
-@model_command(DEFAULT_CONTRASTIVE_MODEL)
+@model_command("index")
 def index(
     images: IndexImages = None,
     index_file: IndexFile = None,
@@ -159,7 +157,7 @@ def index(
     wait: Wait = 60.0,
     engine: EngineOpt = Engine.local,
     ray_address: RayAddress = None,
-    fmt: FormatOpt = Format.auto,
+    fmt: IndexFormat = Format.auto,
     null: Null = False,
     quiet: Quiet = False,
     backend=None,
@@ -182,18 +180,15 @@ def index(
         return _check(path, repair, wait, backend, fmt, reporter)
     if not images:
         raise BtError("bt index needs images or folders to index", "e.g. bt index ~/Pictures (or --stats, --check)")
-    from ..backend import IndexRequest, indexable
+    from ..operations import Refresh
     from ..records import Outcome
 
     specs = only_images(images, "file or folder")
     if "-" in specs:
         specs = [s for s in specs if s != "-"] + [s.path for s in image_sources(["-"], null, reporter)]
-    folders = [Path(s).expanduser() for s in specs if Path(s).expanduser().is_dir()]
-    request = IndexRequest(
-        indexable(specs), folders, path, rebuild, wait, engine.value, ray_address, specs, named=index_file is not None
-    )
+    request = Refresh(specs, path, rebuild, wait, engine.value, ray_address, named=index_file is not None)
     outcome = Outcome()
-    emit([backend.index(request, outcome, reporter)], fmt, outcome, reporter)
+    emit([backend.run(request, outcome, reporter)], fmt, outcome, reporter)
 
 
 def _check(path: Path, repair: bool, wait: float, backend, fmt: Format, reporter) -> None:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+
+from ..errors import UsageError
 
 
 @dataclass(frozen=True)
@@ -45,3 +48,19 @@ def retrieval_heads(rerank_k: int) -> tuple[tuple[str, ...], tuple[str, ...]]:
     needs the ITC heads; reranking needs ITM, and uses ITC for the shortlist when the checkpoint has it (without,
     every candidate is scored by ITM)."""
     return (("itc",), ("itc",)) if rerank_k == 0 else (("itm",), ("itm", "itc"))
+
+
+DTYPES = ("auto", "float32", "bfloat16", "float16", "int8")
+
+
+def check_device(device) -> str:
+    """A device name bt knows (checked before any model loads: a typo is a usage error)."""
+    if not isinstance(device, str) or not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", device):
+        raise UsageError(f"{device!r} is not a device", "use auto, cpu, cuda, cuda:N or mps")
+    return device
+
+
+def check_dtype(dtype) -> str:
+    if dtype not in DTYPES:
+        raise UsageError(f"{dtype!r} is not a dtype", f"use one of: {', '.join(DTYPES)}")
+    return dtype

@@ -83,6 +83,16 @@ class Runtime:
         self.fast_decode = False  # JPEGs read at a reduced scale (see images.decode_image); set by its owner
 
     @property
+    def fusion_layers(self) -> int:
+        """How many cross-modal (fusion) layers the checkpoint has."""
+        return len(self.tower.cross_modal_text_layers)
+
+    @property
+    def logit_scale(self) -> float:
+        """The ITC logit scale (``logit_scale.exp()``)."""
+        return self.network.logit_scale.exp().item()
+
+    @property
     def default_batch_size(self) -> int:
         """Pairs per fused batch when the user names none: 8 on a CPU (batching gains little there), 16 on a GPU."""
         return 16 if self.device.type == "cuda" else 8
@@ -253,3 +263,30 @@ class Runtime:
         """The L2-normalised cross-modal ITC embedding [pairs, contrastive]."""
         pooled = self.tower.get_cls_features(fused.text_features, fused.image_features)
         return self._normalize(self.network.itc_cross_modal_head(pooled))
+
+    def gradcam(self, text: TextStates, image: ImageStates, layer: int) -> tuple[float, torch.Tensor]:
+        """The match probability of one pair and its Grad-CAM over fusion layer ``layer``, [text tokens, grid, grid]
+        (CLS and SEP included): the text stream's cross-attention probabilities times their positive gradient from
+        the match logit, averaged over heads. One model call: it hooks the shared module while it runs."""
+        captured = {}
+
+        def keep_attention(module, args, output):
+            captured["attention"] = output[1]  # [1, heads, text tokens, 1 + patches]
+
+        hook = self.tower.cross_modal_text_layers[layer].crossattention.register_forward_hook(keep_attention)
+        try:
+            with torch.inference_mode(False), torch.enable_grad():
+                # Cached states are inference tensors: their clones can enter a graph. The text side requires grad
+                # so that the attention probabilities do, whatever the parameters' flags.
+                text_in = TextStates(text.input_ids, text.layers.clone().requires_grad_(), None, False)
+                image_in = ImageStates(image.layers.clone(), None)
+                logits = self.itm_head(self.fuse_states([text_in], [image_in]))
+                attention = captured["attention"]
+                (gradient,) = torch.autograd.grad(logits[0, 1], attention)
+        finally:
+            hook.remove()
+        attention, gradient = attention.detach()[0].float(), gradient[0].float()
+        cam = (attention[:, :, 1:] * gradient[:, :, 1:].clamp(min=0)).mean(dim=0)  # [text tokens, patches]
+        side = int(round(cam.shape[-1] ** 0.5))
+        probability = logits.detach().float().softmax(dim=-1)[0, 1].item()
+        return probability, cam.reshape(cam.shape[0], side, side).cpu()

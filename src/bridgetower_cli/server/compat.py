@@ -3,11 +3,13 @@ own endpoints. An input that cannot be used is a 422 naming it (these APIs have 
 
 from __future__ import annotations
 
+import asyncio
+
 from fastapi import APIRouter, Request, Response
 
 from ..errors import InputError
-from ..records import Outcome
-from ..sources import ImageSource
+from ..operations import Embed, Score, operation_of
+from ..records import Outcome, Reporter
 from .dispatch import Dispatcher
 from .schemas import EmbeddingsIn, ImageIn, RerankIn
 
@@ -23,19 +25,18 @@ def router(dispatch: Dispatcher) -> APIRouter:
     @routes.post("/v1/embeddings")
     async def embeddings(body: EmbeddingsIn, request: Request) -> Response:
         """OpenAI / infinity embeddings: texts, or images as data URLs (`modality`)."""
-        from ..tasks import pairs
-
         inputs = [body.input] if isinstance(body.input, str) else list(body.input)
         if not inputs:
             raise InputError("input is empty", "send at least one text or image")
         images = [ImageIn(name=f"input[{k}]", data=x) for k, x in enumerate(inputs)] if body.modality == "image" else []
         texts = inputs if body.modality == "text" else []
         dispatch.check(body, texts, images)
-        outcome = Outcome()
+        wanted = Embed(body.modality, await asyncio.to_thread(dispatch.images, images), texts)
+        operation, outcome = operation_of(wanted), Outcome()
 
         def work(runtime):
-            sources, batch = dispatch.images(images), dispatch.batch_size(runtime)
-            records = list(pairs.embed(runtime, body.modality, outcome, sources, texts, batch))
+            batch = dispatch.batch_size(runtime)
+            records = list(operation.run(runtime, wanted, outcome, Reporter(), batch))
             _refuse_skips(outcome)
             tokens = sum(len(ids) for ids in runtime.tokenize(texts)[0]) if texts else 0
             return {
@@ -45,13 +46,12 @@ def router(dispatch: Dispatcher) -> APIRouter:
                 "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
             }
 
-        return await dispatch.run(request, body.model, ("itc",), work)
+        needs, preferred = operation.heads(wanted)
+        return await dispatch.run(request, body.model, needs, work, preferred)
 
     @routes.post("/v1/rerank")
     async def rerank(body: RerankIn, request: Request) -> Response:
         """Cohere / TEI rerank by the ITM match probability: a text and image documents, or an image and texts."""
-        from ..tasks import pairs
-
         image_query = body.query.startswith("data:image/")
         documents = list(body.documents)
         if image_query:
@@ -60,12 +60,11 @@ def router(dispatch: Dispatcher) -> APIRouter:
             images = [ImageIn(name=f"documents[{k}]", data=d) for k, d in enumerate(documents)]
             texts = [body.query]
         dispatch.check(body, texts, images)
-        outcome = Outcome()
+        wanted = Score(await asyncio.to_thread(dispatch.images, images), list(dict.fromkeys(texts)))
+        operation, outcome = operation_of(wanted), Outcome()
 
         def work(runtime):
-            sources: list[ImageSource] = dispatch.images(images)
-            unique = list(dict.fromkeys(texts))
-            records = list(pairs.score(runtime, sources, unique, outcome, dispatch.batch_size(runtime)))
+            records = list(operation.run(runtime, wanted, outcome, Reporter(), dispatch.batch_size(runtime)))
             _refuse_skips(outcome)
             if image_query:
                 probability = {r.text: r.probability for r in records}
@@ -77,6 +76,7 @@ def router(dispatch: Dispatcher) -> APIRouter:
             results.sort(key=lambda r: r["relevance_score"], reverse=True)
             return {"results": results[: body.top_n], "model": body.model}
 
-        return await dispatch.run(request, body.model, ("itm",), work)
+        needs, preferred = operation.heads(wanted)
+        return await dispatch.run(request, body.model, needs, work, preferred)
 
     return routes

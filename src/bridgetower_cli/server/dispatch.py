@@ -9,6 +9,7 @@ import base64
 import binascii
 import contextlib
 import json
+import os
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -22,6 +23,7 @@ from .. import cancel
 from ..cancel import CancelToken
 from ..errors import BtError, Cancelled, Forbidden, InputError, TooLarge
 from ..model.loading import require_heads
+from ..operations import Cost
 from ..reading import ReadPolicy, restricted
 from ..sources import ImageSource, check_texts
 from .events import Channel, Streamed, collected, emit_all, error_event, lines
@@ -53,21 +55,55 @@ class Dispatcher:
         # What request threads may open: under the roots, within the cap (a server of one's own: as bt in process).
         self.reading = ReadPolicy() if settings.own else ReadPolicy(tuple(policy.roots), settings.max_image_bytes)
 
-    def check(self, body: BaseModel, texts: Sequence[str] = (), images: Sequence = ()) -> None:
-        """Refuse, before any work, what no model may take: strings that are not Unicode (lone surrogates), more texts
-        or images than the limits, two images under one name."""
+    def check_strings(self, body: BaseModel) -> None:
+        """Refuse, before anything is built, strings that are not Unicode (lone surrogates)."""
         for string in _strings(body):
             try:
                 string.encode("utf-8")
             except UnicodeEncodeError:
                 raise InputError("a string is not valid Unicode (a lone surrogate)", "send UTF-8 text") from None
-        check_texts(texts, self.settings.max_texts)
-        if len(images) > self.settings.max_images:
-            raise TooLarge(f"{len(images)} images, over the limit of {self.settings.max_images}", "send fewer")
+
+    def admit(self, cost: Cost, images: Sequence = ()) -> None:
+        """Refuse (413), before any work, a request whose declared sizes are over the limits: texts, images, model
+        pairs, mask candidates, prompts; and (422) two images under one name."""
+        s = self.settings
+        for what, asked, limit in (
+            ("texts", cost.texts, s.max_texts),
+            ("images", cost.images, s.max_images),
+            ("image-text pairs", cost.pairs, s.max_pairs),
+            ("mask candidates", cost.candidates, s.max_candidates),
+            ("prompts (labels x templates)", cost.prompts, s.max_texts),
+        ):
+            if asked > limit:
+                raise TooLarge(f"{asked} {what}, over the limit of {limit}", "send fewer per request")
         names = [image.name for image in images]
-        if len(set(names)) < len(names) and not self.settings.own:  # (one's own server: as bt in process)
+        if len(set(names)) < len(names) and not s.own:  # (one's own server: as bt in process)
             twice = next(name for name in names if names.count(name) > 1)
             raise InputError(f"the image name {twice!r} appears twice", "give each image its own name")
+
+    def check(self, body: BaseModel, texts: Sequence[str] = (), images: Sequence = ()) -> None:
+        """The OpenAI and Cohere shapes' checks: strings, then texts and images counted as an operation's are."""
+        self.check_strings(body)
+        check_texts(texts, self.settings.max_texts)
+        self.admit(Cost(images=len(images), texts=len(texts)), images)
+
+    def located(self, request, outcome, reporter):
+        """A search's or a refresh's images found here, under the roots (skips named), unless its client found them
+        (a server of one's own); with refresh off and nothing named, the whole index. Any other request as it is."""
+        from dataclasses import replace
+
+        from ..operations import Refresh, Search
+
+        if not isinstance(request, (Search, Refresh)) or request.files is not None:
+            return request
+        walk = isinstance(request, Refresh) or request.refresh
+        found = self.policy.sources(request.specs, walk=walk)
+        for name, reason in found.left_out:
+            outcome.skip(name, reason, reporter)
+        folders = found.folders
+        if isinstance(request, Search) and not request.refresh and not request.specs:
+            folders = [Path(os.sep)]  # the whole index
+        return replace(request, files=found.sources, folders=folders)
 
     def images(self, images: Sequence) -> list[ImageSource]:
         """The request's images as sources: bytes (base64 or data URLs, each within the size cap), or a path under

@@ -72,7 +72,8 @@ class Streamed(Reporter):
         self.channel.put({"event": "skip", "name": name, "reason": reason})
 
     def meta(self, **values) -> None:
-        """Facts the client needs beside the records (an explain's image size)."""
+        """Facts the client needs beside the records (an explain's image size), kept here too."""
+        super().meta(**values)
         self.channel.put({"event": "meta", **values})
 
     @contextlib.contextmanager

@@ -137,7 +137,13 @@ class ModelWorker:
 
 class ServedRuntime:
     """A runtime as one request sees it: model calls go to the model's worker, checking the request's token first;
-    tokenizing and preprocessing run here, on the request's thread. The task functions run unchanged on top."""
+    tokenizing and preprocessing run here, on the request's thread. The task functions run unchanged on top.
+
+    Only what is named here is reachable: plain facts about the checkpoint, the CPU work that touches no module,
+    and the model calls, each a job on the worker. Nothing else of the shared module is within a request's reach."""
+
+    FACTS = ("loaded", "tokenizer", "image_size", "default_batch_size", "max_length", "longest_token",
+             "fusion_layers", "logit_scale", "fast_decode")  # fmt: skip
 
     def __init__(self, runtime, worker: ModelWorker, token: CancelToken | None = None):
         self._runtime = runtime
@@ -145,7 +151,21 @@ class ServedRuntime:
         self._token = token
 
     def __getattr__(self, name: str):
-        return getattr(self._runtime, name)
+        if name in self.FACTS:
+            return getattr(self._runtime, name)
+        raise AttributeError(f"{name} is not reachable from a request thread (run it as a worker job)")
+
+    def tokenize(self, texts):
+        return self._runtime.tokenize(texts)
+
+    def prepare_image(self, data: bytes):
+        if self._token is not None:
+            self._token.check()
+        return self._runtime.prepare_image(data)
+
+    def gradcam(self, text, image, layer: int):
+        """Grad-CAM hooks and differentiates the shared module: one worker job, never beside another model call."""
+        return self._call(self._runtime.gradcam, text, image, layer)
 
     def _call(self, function, *args):
         if self._token is not None:

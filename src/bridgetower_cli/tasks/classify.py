@@ -11,7 +11,7 @@ Probabilities are a softmax of the scores over the labels (the shortlist, for ``
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -19,9 +19,8 @@ import torch
 from ..errors import BtError
 from ..model.runtime import ImageStates, Runtime, TextStates
 from ..records import ClassificationEvalRecord, LabelRecord, Outcome, Reporter
-from ..sources import ImageSource
 from .batching import encode_image_batches, encode_text_batches
-from .labels import LabelledFolder, prompts
+from .labels import prompts
 
 
 @dataclass
@@ -47,7 +46,7 @@ def encode_labels(runtime: Runtime, labels: list[str], templates: list[str], bat
     vectors = torch.stack([state.itc_embedding for state in states]).float()
     ensembled = vectors.reshape(len(labels), len(templates), -1).mean(dim=1)
     embeddings = torch.nn.functional.normalize(ensembled, dim=-1, p=2)
-    return Labels(labels, templates, states, embeddings, runtime.network.logit_scale.exp().item())
+    return Labels(labels, templates, states, embeddings, runtime.logit_scale)
 
 
 def resolved_method(runtime: Runtime, method: str) -> str:
@@ -77,21 +76,11 @@ def label_scores(
     return scored, logits.reshape(len(scored), len(labels.templates)).mean(dim=1)
 
 
-def classify(
-    runtime: Runtime,
-    sources: Sequence[ImageSource],
-    labels: list[str],
-    templates: list[str],
-    outcome: Outcome,
-    method: str = "auto",
-    top_k: int = 5,
-    rerank_k: int = 10,
-    batch_size: int = 8,
-    reporter: Reporter | None = None,
-) -> Iterator[LabelRecord]:
-    """Per image (in order, as each is done), its ``top_k`` labels, the most probable first."""
-    reporter = reporter or Reporter()
-    method = resolved_method(runtime, method)
+def classify(runtime: Runtime, q, outcome: Outcome, reporter: Reporter, batch_size: int = 8) -> Iterator[LabelRecord]:
+    """The ``classify`` operation (``operations.Classify``): per image (in order, as each is done), its ``top_k``
+    labels, the most probable first."""
+    sources, labels, templates, top_k, rerank_k = q.images, q.labels, q.templates, q.top_k, q.rerank_k
+    method = resolved_method(runtime, q.method)
     encoded = encode_labels(runtime, labels, templates, batch_size, reporter)
     with reporter.progress(len(sources), "classifying images") as advance:
         for batch in encode_image_batches(runtime, sources, batch_size, outcome, reporter):
@@ -106,26 +95,19 @@ def classify(
 
 
 def evaluate_classification(
-    runtime: Runtime,
-    data: LabelledFolder,
-    templates: list[str],
-    outcome: Outcome,
-    method: str = "auto",
-    rerank_k: int = 10,
-    batch_size: int = 8,
-    reporter: Reporter | None = None,
+    runtime: Runtime, q, outcome: Outcome, reporter: Reporter, batch_size: int = 8
 ) -> tuple[ClassificationEvalRecord, list[list[int]]]:
     """CLIP_benchmark's zero-shot metrics (acc1, acc5, mean per-class recall), the recall of each class, and the
     confusion matrix [true][predicted]. An unreadable image is skipped (left out of every count)."""
-    reporter, start = reporter or Reporter(), time.perf_counter()
-    method = resolved_method(runtime, method)
-    encoded = encode_labels(runtime, data.classes, templates, batch_size, reporter)
-    target_of = {id(source): target for source, target in zip(data.sources, data.targets)}
-    count = len(data.classes)
+    start, rerank_k, templates = time.perf_counter(), q.rerank_k, q.templates
+    method = resolved_method(runtime, q.method)
+    encoded = encode_labels(runtime, q.classes, templates, batch_size, reporter)
+    target_of = {id(source): target for source, target in zip(q.images, q.targets)}
+    count = len(q.classes)
     confusion = [[0] * count for _ in range(count)]
     top5 = 0
-    with reporter.progress(len(data.sources), "classifying images") as advance:
-        for batch in encode_image_batches(runtime, data.sources, batch_size, outcome, reporter):
+    with reporter.progress(len(q.images), "classifying images") as advance:
+        for batch in encode_image_batches(runtime, q.images, batch_size, outcome, reporter):
             for source, image in batch:
                 scored, scores = label_scores(runtime, image, encoded, method, rerank_k, batch_size)
                 ranked = [scored[k] for k in torch.argsort(scores, descending=True, stable=True).tolist()]
@@ -136,7 +118,7 @@ def evaluate_classification(
     seen = sum(map(sum, confusion))
     if seen == 0:
         raise BtError("none of the images could be read", "see the warnings above")
-    recalls = {data.classes[c]: confusion[c][c] / sum(confusion[c]) for c in range(count) if sum(confusion[c])}
+    recalls = {q.classes[c]: confusion[c][c] / sum(confusion[c]) for c in range(count) if sum(confusion[c])}
     record = ClassificationEvalRecord(
         acc1=100 * sum(confusion[c][c] for c in range(count)) / seen,
         acc5=100 * top5 / seen,
@@ -149,3 +131,11 @@ def evaluate_classification(
         seconds=round(time.perf_counter() - start, 3),
     )
     return record, confusion
+
+
+def run_evaluation(runtime: Runtime, q, outcome: Outcome, reporter: Reporter, batch_size: int):
+    """The ``evaluate_classification`` operation: the record, and the confusion matrix [true][predicted] beside it
+    (``reporter.meta``)."""
+    record, confusion = evaluate_classification(runtime, q, outcome, reporter, batch_size)
+    reporter.meta(confusion=confusion)
+    return record

@@ -137,3 +137,9 @@ def evaluate(
         model=runtime.loaded.name,
         seconds=round(time.perf_counter() - start, 3),
     )
+
+
+def run_evaluate(runtime: Runtime, q, outcome: Outcome, reporter: Reporter, batch_size: int) -> EvalRecord:
+    """The ``evaluate`` operation (``operations.Evaluate``)."""
+    captions = CaptionSet([s.name for s in q.images], q.texts, q.text_image, [s.path for s in q.images])
+    return evaluate(runtime, captions, outcome, q.k_test, q.itc_only, batch_size, reporter)

@@ -5,17 +5,15 @@ probabilities ``A`` [heads, text tokens, 1 + patches] at layer L and their gradi
 the mean over its real tokens (CLS and SEP excluded); each token has its own.
 
 The image and text passes run once each (the runtime's cached states); only the fused part is differentiated,
-one pair's graph at a time.
+one pair's graph at a time, as one model call (``Runtime.gradcam``: on a server, a job on the model's worker).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 
-import torch
-
 from ..errors import BtError
-from ..model.runtime import ImageStates, Runtime, TextStates
+from ..model.runtime import Runtime
 from ..records import ExplainRecord, Outcome, Reporter, TokenMap
 from ..sources import ImageSource
 from .batching import encode_image_batches, encode_text_batches
@@ -24,44 +22,17 @@ from .batching import encode_image_batches, encode_text_batches
 def default_layer(runtime: Runtime) -> int:
     """The middle of the fusion stack, ``num_hidden_layers // 2 - 1`` (ALBEF's choice: index 2 of 6). At the last
     layer only the text CLS reaches the ITM head, so the word maps would be zero there."""
-    return max(0, runtime.tower.config.num_hidden_layers // 2 - 1)
+    return max(0, runtime.fusion_layers // 2 - 1)
 
 
 def check_layer(runtime: Runtime, layer: int | None) -> int:
-    layers = len(runtime.tower.cross_modal_text_layers)
+    layers = runtime.fusion_layers
     chosen = default_layer(runtime) if layer is None else layer
     if not 0 <= chosen < layers:
         raise BtError(
             f"--layer {layer} is out of range: this checkpoint has {layers} fusion layers", f"use 0..{layers - 1}"
         )
     return chosen
-
-
-def gradcam(runtime: Runtime, text: TextStates, image: ImageStates, layer: int) -> tuple[float, torch.Tensor]:
-    """The match probability of one pair and its Grad-CAM, [text tokens, grid, grid] (CLS and SEP included)."""
-    tower = runtime.tower
-    captured = {}
-
-    def keep_attention(module, args, output):
-        captured["attention"] = output[1]  # [1, heads, text tokens, 1 + patches]
-
-    hook = tower.cross_modal_text_layers[layer].crossattention.register_forward_hook(keep_attention)
-    try:
-        with torch.inference_mode(False), torch.enable_grad():
-            # Cached states are inference tensors: their clones can enter a graph. The text side requires grad so
-            # that the attention probabilities do, whatever the parameters' flags.
-            text_in = TextStates(text.input_ids, text.layers.clone().requires_grad_(), None, False)
-            image_in = ImageStates(image.layers.clone(), None)
-            logits = runtime.itm_head(runtime.fuse_states([text_in], [image_in]))
-            attention = captured["attention"]
-            (gradient,) = torch.autograd.grad(logits[0, 1], attention)
-    finally:
-        hook.remove()
-    attention, gradient = attention.detach()[0].float(), gradient[0].float()
-    cam = (attention[:, :, 1:] * gradient[:, :, 1:].clamp(min=0)).mean(dim=0)  # [text tokens, patches]
-    side = int(round(cam.shape[-1] ** 0.5))
-    probability = logits.detach().float().softmax(dim=-1)[0, 1].item()
-    return probability, cam.reshape(cam.shape[0], side, side).cpu()
 
 
 def explain(
@@ -85,7 +56,7 @@ def explain(
         for batch in encode_image_batches(runtime, sources, batch_size, outcome, reporter, keep_images=images):
             for source, image in batch:
                 for text, state in zip(texts, text_states):
-                    probability, cams = gradcam(runtime, state, image, layer)
+                    probability, cams = runtime.gradcam(state, image, layer)
                     words = [
                         TokenMap(decode([int(token)]).strip(), cam.tolist())
                         for token, cam in zip(state.input_ids[1:-1], cams[1:-1])
@@ -96,3 +67,10 @@ def explain(
                     yield record, images[id(source)]
                     advance(1)
                 images.pop(id(source))
+
+
+def run_explain(runtime: Runtime, q, outcome: Outcome, reporter: Reporter, batch_size: int) -> Iterator[ExplainRecord]:
+    """The ``explain`` operation (``operations.Explain``): the records (the short side images are resized to, for
+    drawing them, in ``reporter.meta``)."""
+    reporter.meta(image_size=runtime.image_size)
+    return (record for record, _ in explain(runtime, q.images, q.texts, outcome, q.layer, batch_size, reporter))

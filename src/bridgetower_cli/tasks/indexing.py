@@ -137,3 +137,9 @@ def refresh_index(
     if warning:
         reporter.warn(warning)
     return stats
+
+
+def run_refresh(runtime: Runtime, q, outcome: Outcome, reporter: Reporter, batch_size: int) -> RefreshStats:
+    """The ``index`` operation (``operations.Refresh``, its files and folders found): open, refresh, close."""
+    opened = open_index(runtime, q.path, q.rebuild, wait_s=q.wait_s)
+    return index_images(runtime, opened, q.files, outcome, q.folders, batch_size, reporter)

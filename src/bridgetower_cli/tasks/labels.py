@@ -55,10 +55,15 @@ def read_templates(given: list[str] | None, templates_file: Path | None) -> list
     templates = list(given or [])
     if templates_file is not None:
         templates += read_lines(templates_file)
+    return check_templates(templates) or list(DEFAULT_TEMPLATES)
+
+
+def check_templates(templates: list[str]) -> list[str]:
+    """Each template holds ``{}`` once, where the label goes."""
     for template in templates:
-        if template.count("{}") != 1:
+        if not isinstance(template, str) or template.count("{}") != 1:
             raise BtError(f"the template {template!r} must hold {{}} once", 'e.g. --template "a photo of a {}."')
-    return templates or list(DEFAULT_TEMPLATES)
+    return templates
 
 
 def read_lines(path: Path) -> list[str]:

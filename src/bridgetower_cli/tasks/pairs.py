@@ -152,3 +152,19 @@ def embed(
                 for (source, j), vector in zip(pairs, runtime.cross_embeddings(fused)):
                     yield record(source.name, texts[j], vector)
                 advance(len(pairs))
+
+
+def run_score(runtime: Runtime, q, outcome: Outcome, reporter: Reporter, batch_size: int) -> Iterator[ScoreRecord]:
+    """The ``score`` operation (``operations.Score``)."""
+    return score(runtime, q.images, q.texts, outcome, batch_size, q.top_k, reporter)
+
+
+def run_fill_mask(runtime: Runtime, q, outcome: Outcome, reporter: Reporter, batch_size: int):
+    """The ``fill_mask`` operation (``operations.FillMask``): blank target words left out."""
+    words = [word.strip() for word in q.targets if word.strip()] if q.targets is not None else None
+    return fill_mask(runtime, q.images, q.texts, outcome, batch_size, q.top_k, words, reporter)
+
+
+def run_embed(runtime: Runtime, q, outcome: Outcome, reporter: Reporter, batch_size: int):
+    """The ``embed`` operation (``operations.Embed``)."""
+    return embed(runtime, q.kind, outcome, q.images, q.texts, batch_size, reporter)

@@ -63,26 +63,14 @@ def display_name(path: str, folders: Sequence[Path]) -> str:
     return path
 
 
-def retrieve_images(
-    runtime: Runtime,
-    query: str | ImageSource,
-    sources: Sequence[ImageSource],
-    outcome: Outcome,
-    folders: Sequence[Path] = (),
-    index_file: Path | None = None,
-    rebuild: bool = False,
-    top_k: int = 10,
-    rerank_k: int = 5,
-    batch_size: int = 8,
-    reporter: Reporter | None = None,
-    refresh: bool = True,
-    wait_s: float = 60.0,
-) -> list[RetrievalRecord]:
-    """Rank images for a text, or for an image (ITC image-image similarity, no rerank). With ITC heads: similarity
-    over the index, refreshed for ``sources`` first unless ``refresh`` is off (then every indexed file under
-    ``folders``, and the ``sources`` named, as the index holds them), then the ITM head reranks a text query's best
-    ``rerank_k``. Without ITC heads: every image is scored by ITM. The query is encoded once either way."""
-    reporter = reporter or Reporter()
+def retrieve_images(runtime: Runtime, q, outcome: Outcome, reporter: Reporter, batch_size: int = 8):
+    """The ``search`` operation (``operations.Search``, its files and folders found): rank images for a text, or for
+    an image (ITC image-image similarity, no rerank). With ITC heads: similarity over the index, refreshed for the
+    files first unless ``refresh`` is off (then every indexed file under the folders, and the files named, as the
+    index holds them), then the ITM head reranks a text query's best ``rerank_k``. Without ITC heads: every image is
+    scored by ITM. The query is encoded once either way."""
+    query, sources, folders, top_k, rerank_k = q.query, q.files, q.folders, q.top_k, q.rerank_k
+    index_file, rebuild, refresh, wait_s = q.index, q.rebuild, q.refresh, q.wait_s
     if isinstance(query, ImageSource):
         batches = list(encode_image_batches(runtime, [query], 1, outcome, reporter))
         if not batches:
@@ -158,3 +146,8 @@ def retrieve_texts(
 
     hits = two_stage(similarities, len(texts), top_k, rerank_k, rescore)
     return _records(hits, lambda item: None, lambda item: texts[item])
+
+
+def rank_texts(runtime: Runtime, q, outcome: Outcome, reporter: Reporter, batch_size: int) -> list[RetrievalRecord]:
+    """The ``rank_texts`` operation (``operations.RankTexts``)."""
+    return retrieve_texts(runtime, q.image, q.texts, q.top_k, q.rerank_k, batch_size, reporter)
