@@ -327,7 +327,8 @@ def _expand_path(spec: str, expansion: Expansion) -> None:
 
 
 def read_texts(arguments: Iterable[str], texts_file: str | None, stdin: TextIO | None = None) -> list[str]:
-    """Texts from arguments and/or a file with one text per line (``-`` = stdin; blank lines skipped), each once."""
+    """Texts from arguments and/or a file with one text per line (``-`` = stdin; blank lines skipped), each once
+    (each then checked, as every way in checks it, by the request it goes into: ``check_texts``)."""
     texts = list(arguments)
     if texts_file is not None:
         if texts_file == "-":
@@ -342,9 +343,6 @@ def read_texts(arguments: Iterable[str], texts_file: str | None, stdin: TextIO |
             except UnicodeDecodeError:
                 raise BtError(f"texts file {texts_file} is not UTF-8 text", "save it as UTF-8") from None
         texts += [line.strip() for line in lines if line.strip()]
-    for text in texts:
-        if not text.strip():
-            raise BtError("a text is empty", "give every text some words")
     if not texts:
         raise BtError("no texts given", "pass texts as arguments, with -t TEXT or with --texts-file FILE")
     return list(dict.fromkeys(texts))  # a repeated text counts once, as a repeated image does

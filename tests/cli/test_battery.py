@@ -213,7 +213,7 @@ def test_empty_texts_are_refused(bt, full_checkpoint, samples, tmp_path, command
     if command == "fill-mask":
         args[-1] = text
     result = bt(*args, "-m", full_checkpoint)
-    assert result.code == 1 and "a text is empty" in result.stderr
+    assert result.code == 1 and "text 1 is empty" in result.stderr
 
 
 @pytest.mark.parametrize("command", list(TEXT_COMMANDS))

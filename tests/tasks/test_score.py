@@ -122,7 +122,7 @@ def test_only_unreadable_image_is_an_error(bt, full_checkpoint, tmp_path):
 
 def test_empty_text_is_an_error(bt, full_checkpoint, samples):
     result = bt("score", samples / "cat.jpg", "   ", "-m", full_checkpoint)
-    assert result.code == 1 and "a text is empty" in result.stderr
+    assert result.code == 1 and "text 1 is empty" in result.stderr
 
 
 def test_usage_errors_exit_2(bt, samples):

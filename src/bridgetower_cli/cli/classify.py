@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
@@ -11,14 +10,6 @@ import typer
 from ..model.catalog import DEFAULT_CONTRASTIVE_MODEL
 from .common import emit, image_sources, model_command, only_images
 from .options import Format, ImageArgs, Null, Quiet, format_option
-
-
-class Method(str, Enum):
-    auto = "auto"
-    itc = "itc"
-    itm = "itm"
-    rerank = "rerank"
-
 
 Labels = Annotated[
     list[str] | None,
@@ -30,12 +21,13 @@ LabelsFile = Annotated[
     Path | None, typer.Option("--labels-file", "-L", help="Labels, one per line.", metavar="FILE", show_default=False)
 ]
 MethodOpt = Annotated[
-    Method,
+    str,
     typer.Option(
         "--method",
         help="itc: prompt-ensembled ITC (CLIP's); itm: the ITM head on every (image, prompt); rerank: ITC shortlist, "
         "ITM on it. auto: itc with ITC heads, else itm.",
-        case_sensitive=False,
+        metavar="auto|itc|itm|rerank",
+        autocompletion=lambda: ["auto", "itc", "itm", "rerank"],
     ),
 ]
 TemplateOpt = Annotated[
@@ -51,10 +43,10 @@ TemplatesFile = Annotated[
     Path | None, typer.Option("--templates", help="Templates, one per line.", metavar="FILE", show_default=False)
 ]
 ClassifyFormat = format_option("classify")
-LabelsK = Annotated[int, typer.Option("--top-k", "-k", min=1, help="Labels shown per image.", metavar="K")]
+LabelsK = Annotated[int, typer.Option("--top-k", "-k", help="Labels shown per image.", metavar="K")]
 ShortlistK = Annotated[
     int,
-    typer.Option("--rerank-k", "-r", min=1, help="rerank: how many ITC-best labels the ITM head scores.", metavar="K"),
+    typer.Option("--rerank-k", "-r", help="rerank: how many ITC-best labels the ITM head scores.", metavar="K"),
 ]
 
 EPILOG = (
@@ -74,7 +66,7 @@ def classify(
     images: ImageArgs = None,
     labels: Labels = None,
     labels_file: LabelsFile = None,
-    method: MethodOpt = Method.auto,
+    method: MethodOpt = "auto",
     template: TemplateOpt = None,
     templates_file: TemplatesFile = None,
     top_k: LabelsK = 5,
@@ -94,5 +86,5 @@ def classify(
     names, templates = read_labels(labels, labels_file), read_templates(template, templates_file)
     reporter, outcome = StderrReporter(quiet), Outcome()
     sources = image_sources(specs, null, reporter) if specs else []
-    request = Classify(sources, names, templates, method.value, top_k, rerank_k)
+    request = Classify(sources, names, templates, method, top_k, rerank_k)
     emit(backend.run(request, outcome, reporter), fmt, outcome, reporter)

@@ -145,6 +145,8 @@ def image_sources(specs: list[str], null: bool = False, reporter=None) -> list[I
     """``expand_image_sources``, saying once what was left aside (photos that need an extra)."""
     from ..sources import expand_image_sources
 
+    if not specs:
+        return []  # (the request refuses it, in the words every way in uses)
     notes: list[str] = []
     sources = expand_image_sources(specs, null=null, notes=notes)
     for note in notes if reporter is not None else ():

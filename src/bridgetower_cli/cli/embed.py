@@ -62,7 +62,7 @@ def embed(
     texts = read_texts(text or [], texts_file) if (text or texts_file) else []
     reporter, outcome = StderrReporter(quiet), Outcome()
     sources = image_sources(specs, null, reporter) if specs else []
-    kinds = [kind.value] if kind else [k for k, given in (("image", sources), ("text", texts)) if given]
+    kinds = [kind] if kind is not None else [k for k, given in (("image", sources), ("text", texts)) if given]
     if not kinds:
         raise UsageError("nothing to embed", "pass image sources, or texts with --text / --texts-file")
     requests = [Embed(k, sources if k != "text" else [], texts if k != "image" else []) for k in kinds]

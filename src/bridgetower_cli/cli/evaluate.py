@@ -11,7 +11,7 @@ import typer
 
 from ..errors import BtError, PartialSuccess
 from ..model.catalog import DEFAULT_CONTRASTIVE_MODEL
-from .classify import LabelsFile, Method, MethodOpt, ShortlistK, TemplateOpt, TemplatesFile
+from .classify import LabelsFile, MethodOpt, ShortlistK, TemplateOpt, TemplatesFile
 from .common import model_command
 from .options import Annotations, Format, ImagesRoot, ItcOnly, KTest, Quiet, Split, format_option
 
@@ -64,7 +64,7 @@ def evaluate(
     k_test: KTest = 128,
     itc_only: ItcOnly = False,
     labels_file: LabelsFile = None,
-    method: MethodOpt = Method.auto,
+    method: MethodOpt = "auto",
     template: TemplateOpt = None,
     templates_file: TemplatesFile = None,
     rerank_k: ShortlistK = 10,
@@ -112,7 +112,7 @@ def _classification(folder, labels_file, method, template, templates_file, reran
     if confusion is not None and confusion.suffix.lower() != ".csv":
         raise BtError(f"--confusion writes CSV; {confusion} does not end in .csv", "e.g. --confusion confusion.csv")
     reporter, outcome = StderrReporter(quiet), Outcome()
-    request = EvaluateClassification(data.sources, data.targets, data.classes, templates, method.value, rerank_k)
+    request = EvaluateClassification(data.sources, data.targets, data.classes, templates, method, rerank_k)
     record = backend.run(request, outcome, reporter)
     matrix = reporter.facts["confusion"]
     render_object(record, fmt.value)

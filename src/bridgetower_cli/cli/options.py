@@ -22,12 +22,6 @@ class Format(str, Enum):
     html = "html"
 
 
-class EmbeddingKind(str, Enum):
-    image = "image"
-    text = "text"
-    cross = "cross"
-
-
 class Engine(str, Enum):
     local = "local"
     ray = "ray"
@@ -110,7 +104,6 @@ Threads = Annotated[
     typer.Option(
         "--threads",
         envvar="BT_THREADS",
-        min=1,
         help="CPU threads for the model. Default: PyTorch's (one per core).",
         metavar="N",
         show_default=False,
@@ -132,7 +125,6 @@ BatchSize = Annotated[
     typer.Option(
         "--batch-size",
         "-b",
-        min=1,
         help="Texts, images or pairs per forward pass. Default: 8 on a CPU, 16 on a GPU.",
         metavar="N",
     ),
@@ -179,11 +171,13 @@ ImageArgs = Annotated[
 ]
 TextOpt = Annotated[list[str] | None, typer.Option("--text", "-t", help="A text (repeat for several).", metavar="TEXT")]
 Kind = Annotated[
-    EmbeddingKind | None,
+    str | None,
     typer.Option(
         "--kind",
         help="Default: whatever was given (images and/or texts); cross = (image, text) pairs.",
         metavar="image|text|cross",
+        autocompletion=lambda: ["image", "text", "cross"],
+        show_default=False,
     ),
 ]
 OutputFile = Annotated[
@@ -201,10 +195,10 @@ Targets = Annotated[
 ]
 ScoreTopK = Annotated[
     int | None,
-    typer.Option("--top-k", "-k", min=1, help="Keep the best k texts per image. Default: all.", metavar="K"),
+    typer.Option("--top-k", "-k", help="Keep the best k texts per image. Default: all.", metavar="K"),
 ]
-CandidatesK = Annotated[int, typer.Option("--top-k", "-k", min=1, help="Candidates per mask.", metavar="K")]
-HitsK = Annotated[int, typer.Option("--top-k", "-k", min=1, help="How many hits.", metavar="K")]
+CandidatesK = Annotated[int, typer.Option("--top-k", "-k", help="Candidates per mask.", metavar="K")]
+HitsK = Annotated[int, typer.Option("--top-k", "-k", help="How many hits.", metavar="K")]
 RetrieveInputs = Annotated[
     list[str] | None,
     typer.Argument(
@@ -239,7 +233,7 @@ IndexFile = Annotated[
 Rebuild = Annotated[bool, typer.Option("--rebuild", help="Start the index afresh (after another model, or damage).")]
 RerankK = Annotated[
     int,
-    typer.Option("--rerank-k", "-r", min=0, help="How many of the best ITC hits the ITM head rescores.", metavar="K"),
+    typer.Option("--rerank-k", "-r", help="How many of the best ITC hits the ITM head rescores.", metavar="K"),
 ]
 NoRerank = Annotated[bool, typer.Option("--no-rerank", help="Rank by ITC similarity alone (fastest).")]
 Annotations = Annotated[
@@ -265,7 +259,6 @@ KTest = Annotated[
     int,
     typer.Option(
         "--k-test",
-        min=1,
         help="ITM rescores each image's and each caption's k most similar (paper: 128 for Flickr30K, 256 for COCO).",
         metavar="K",
     ),
@@ -275,7 +268,6 @@ Layer = Annotated[
     int | None,
     typer.Option(
         "--layer",
-        min=0,
         help="Fusion layer whose cross-attention is explained. Default: the middle one (num_hidden_layers // 2 - 1).",
         metavar="L",
         show_default=False,
@@ -333,7 +325,6 @@ Wait = Annotated[
     float,
     typer.Option(
         "--wait",
-        min=0,
         help="Seconds to wait for another bt process writing the index before reporting it busy.",
         metavar="SECONDS",
     ),

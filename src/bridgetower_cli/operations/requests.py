@@ -48,6 +48,12 @@ def count(name: str, value, least: int = 1, most: int | None = None, optional: b
         raise UsageError(f"{name} must be a whole number {bound}, not {value!r}", f"e.g. {name} {max(least, 5)}")
 
 
+def seconds(name: str, value) -> None:
+    """A duration of 0 seconds or more."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+        raise UsageError(f"{name} must be 0 seconds or more, not {value!r}", f"e.g. {name} 60")
+
+
 def one_of(name: str, value, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise UsageError(f"{name} {value!r} is not one of {', '.join(choices)}", f"use one of: {', '.join(choices)}")
@@ -55,7 +61,7 @@ def one_of(name: str, value, choices: tuple[str, ...]) -> None:
 
 def images_given(images, what: str) -> None:
     if not images:
-        raise UsageError(f"{what} needs images", "pass image files, folders, globs or URLs")
+        raise UsageError(f"no images given to {what}", "pass image files, directories, globs or URLs")
     for image in images:
         if not isinstance(image, ImageSource):
             raise UsageError(f"an image is a {type(image).__name__}", "pass paths, PIL images or bytes")
@@ -196,8 +202,7 @@ class Search:
             )
         if self.rebuild and not self.refresh:
             raise UsageError("rebuilding an index needs images to index", "drop --no-refresh or --rebuild")
-        if isinstance(self.wait_s, bool) or not isinstance(self.wait_s, (int, float)) or self.wait_s < 0:
-            raise UsageError(f"wait must be 0 seconds or more, not {self.wait_s!r}", "e.g. --wait 60")
+        seconds("wait", self.wait_s)
 
     @property
     def by_image(self) -> bool:
@@ -231,6 +236,7 @@ class Refresh:
         if not (self.specs or self.files or self.folders):
             raise UsageError("bt index needs images or folders to index", "e.g. bt index ~/Pictures")
         one_of("engine", self.engine, ("local", "ray"))
+        seconds("wait", self.wait_s)
 
     def cost(self) -> Cost:
         return Cost(images=len(self.specs) + len(self.files or ()))

@@ -1,7 +1,7 @@
 """The one table of operations. Each request type in ``requests`` declares its entry with ``@operation``: its name,
-the heads it needs and prefers, the task it calls (``"module:function"`` under ``tasks``, imported when it runs, so
-the table stays free of torch), its record type, the command that shows it (whose output formats are listed here) and
-its server route.
+the heads it needs and prefers, the task it calls (``"module:function"`` under ``tasks``, imported when it runs so
+that the table stays free of torch, or a function), its record type, the command that shows it (whose output
+formats are listed here) and its server route.
 
 ``Local`` runs an operation in process, the server's routes are made from this table and run it through the same
 ``run``, ``Remote`` sends the request type; the command line takes its formats and default models from here."""
@@ -51,27 +51,29 @@ class Operation:
     command: str
     route: str
     heads: Callable[[Any], Heads]
-    task: str
+    task: str | Callable
     single: bool = False
 
     @property
     def formats(self) -> tuple[str, ...]:
-        return FORMATS[self.command]
+        return FORMATS.get(self.command, ("table", "json", "jsonl", "csv"))
 
     @property
     def default_model(self) -> str:
-        return DEFAULT_MODELS[self.command]
+        return DEFAULT_MODELS.get(self.command, DEFAULT_CONTRASTIVE_MODEL)
 
     def run(self, runtime, request, outcome, reporter, batch_size: int):
-        module, _, function = self.task.partition(":")
-        task = getattr(importlib.import_module(f"bridgetower_cli.tasks.{module}"), function)
+        task = self.task
+        if isinstance(task, str):
+            module, _, function = task.partition(":")
+            task = getattr(importlib.import_module(f"bridgetower_cli.tasks.{module}"), function)
         return task(runtime, request, outcome, reporter, batch_size)
 
 
 OPERATIONS: dict[type, Operation] = {}
 
 
-def operation(name: str, record: type, command: str, route: str, heads: Callable[[Any], Heads], task: str,
+def operation(name: str, record: type, command: str, route: str, heads: Callable[[Any], Heads], task: str | Callable,
               single: bool = False) -> Callable[[type], type]:  # fmt: skip
     """Declare a request type's operation (a class decorator)."""
 

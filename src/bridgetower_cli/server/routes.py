@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from dataclasses import fields
+from dataclasses import MISSING, fields
 
 from fastapi import APIRouter, Request, Response
 
@@ -43,9 +43,28 @@ def router(dispatch: Dispatcher) -> APIRouter:
     return routes
 
 
+def body_of(operation: Operation) -> type:
+    """The wire shape of an operation without a documented one: its request's fields by name (images as ``ImageIn``,
+    paths as strings), with its defaults, and the model."""
+    from typing import get_type_hints
+
+    from pydantic import create_model
+
+    from ..sources import ImageSource
+
+    wire = {ImageSource: schemas.ImageIn, list[ImageSource]: list[schemas.ImageIn]}
+    shape = {"model": (str, operation.default_model)}
+    hints = get_type_hints(operation.request)
+    for f in fields(operation.request):
+        kind = wire.get(hints[f.name], hints[f.name])
+        default = f.default if f.default is not MISSING else (... if f.default_factory is MISSING else None)
+        shape[f.name] = (kind if default is not None else kind | None, default)
+    return create_model(f"{operation.request.__name__}In", __base__=schemas.ModelRequest, **shape)
+
+
 def _operation_route(routes: APIRouter, dispatch: Dispatcher, route: str, operations: list[Operation]) -> None:
     """One route: the body to its request (``decoded``), the cost admitted, then the work as every other route."""
-    body_type = BODIES[route]
+    body_type = BODIES.get(route) or body_of(operations[0])
 
     async def handler(body, request: Request) -> Response:
         dispatch.check_strings(body)
@@ -88,7 +107,8 @@ def decoded(dispatch: Dispatcher, operations: list[Operation], body):
             (value,) = dispatch.images([value])
         elif isinstance(value, list) and value and isinstance(value[0], schemas.ImageIn):
             value = dispatch.image_paths(value) if getattr(request_type, "by_path", False) else dispatch.images(value)
-        values[f.name] = list(value) if isinstance(value, list) else value
+        if value is not None or f.default is not MISSING:  # (a field left out: the request's own default)
+            values[f.name] = list(value) if isinstance(value, list) else value
     return request_type(**values)
 
 
