@@ -120,3 +120,41 @@ def test_models_and_usage_errors(bt, fake):
     for args in (["score"], ["score", "x.jpg", "a", "-f", "xml"], ["retrieve", "a cat", "-k", "0"]):
         result = bt(*args)
         assert result.code == 2 and result.stderr.count("\n") == 1 and result.stderr.startswith("bt: error:"), args
+
+
+def _command_lines(photos, tmp_path) -> dict[str, list[str]]:
+    """A working command line of each model command (the fake model answers them)."""
+    (tmp_path / "eval.json").write_text(json.dumps([{"image": str(photos / "cat.jpg"), "caption": ["a cat"]}]))
+    return {
+        "score": ["score", str(photos / "cat.jpg"), "a cat"],
+        "fill-mask": ["fill-mask", str(photos / "cat.jpg"), "a <mask>"],
+        "embed": ["embed", "-t", "a cat"],
+        "retrieve": ["retrieve", "a cat", str(photos)],
+        "index": ["index", str(photos), "--index", str(tmp_path / "ix.sqlite")],
+        "explain": ["explain", str(photos / "cat.jpg"), "a cat"],
+        "classify": ["classify", str(photos / "cat.jpg"), "-l", "cat,dog"],
+        "eval": ["eval", str(tmp_path / "eval.json")],
+    }
+
+
+def test_every_format_is_checked_against_the_table_before_anything_runs(bt, fake, photos, tmp_path):
+    """Each model command writes exactly the formats its entry lists: the others are a usage error before a backend
+    is even made (``bt index -f paths`` indexed everything, then died); the listed ones work."""
+    from bridgetower_cli.operations import FORMATS
+
+    every = ("table", "json", "jsonl", "csv", "paths", "html")
+    for command, line in _command_lines(photos, tmp_path).items():
+        assert set(FORMATS[command]) <= set(every)
+        for fmt in every:
+            made = len(fake)
+            result = bt(*line, "-f", fmt, env={"COLUMNS": "160"})
+            if fmt in FORMATS[command]:
+                assert result.code == 0, (command, fmt, result.stderr)
+                continue
+            assert result.code == 2 and result.stdout == "", (command, fmt)
+            assert result.stderr == (
+                f"bt: error: -f {fmt} is not a format of bt {command} "
+                f"(hint: use one of: auto, {', '.join(FORMATS[command])})\n"
+            )
+            assert len(fake) == made, (command, fmt)  # (refused before a backend was made)
+    assert "paths" not in FORMATS["index"] and "html" not in FORMATS["embed"] and "paths" not in FORMATS["classify"]
