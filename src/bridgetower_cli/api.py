@@ -11,11 +11,12 @@ from pathlib import Path
 from .backend import Backend, ModelOptions, open_backend
 from .errors import BtError, UsageError
 from .model.catalog import DEFAULT_CONTRASTIVE_MODEL
-from .operations import Classify, Embed, Explain, FillMask, RankTexts, Score, Search, operation_of
+from .operations import CheckIndex, Classify, Embed, Explain, FillMask, RankTexts, Score, Search, operation_of
 from .records import (
     EmbeddingRecord,
     ExplainRecord,
     FillMaskRecord,
+    IndexCheck,
     LabelRecord,
     Outcome,
     Reporter,
@@ -113,6 +114,12 @@ class Model:
         names = [str(label) for label in labels]
         chosen = list(templates) if templates is not None else []
         return self.run(Classify(_sources(images), names, chosen, method, top_k, rerank_k))
+
+    def check_index(self, index: str | os.PathLike | None = None, repair: bool = False) -> IndexCheck:
+        """Verify every row of an index (default: bt's own) against its checksum, as ``bt index --check``; with
+        ``repair``, embed again exactly the damaged rows, as ``--repair``. The record says what it found
+        (``sound``, ``damaged_paths``, and ``repair``: what mends it)."""
+        return self.run(CheckIndex(Path(index) if index is not None else None, repair, named=index is not None))
 
     def explain(self, images: Images, texts: Iterable[str], layer: int | None = None) -> list[ExplainRecord]:
         """Grad-CAM maps of where each image matches each text (the ITM match), as ``bt explain -f json``."""

@@ -279,6 +279,7 @@ class IndexCheck(Record):
     vector_file: str
     catalog: str
     damaged_paths: list[str]
+    repair: str = "none"  # what mends it: none, re-embed (the damaged rows), new vector file, float16 copy, rebuild
 
     @property
     def sound(self) -> bool:

@@ -95,3 +95,33 @@ def test_stats_of_an_empty_index_show_last_refresh_as_null_and_it_moves(bt, full
     assert "last_refresh" in stats and stats["last_refresh"] is None
     assert bt("index", photos, "-m", full_checkpoint, "--index", index).code == 0
     assert bt("index", "--stats", "--index", index, "-f", "json").json()["last_refresh"] is not None
+
+
+def test_check_and_repair_are_library_operations_through_the_api_and_a_server(bt, full_checkpoint, photos, tmp_path):
+    """The same check from the Python API and a server's /v1/index/check (a keyless loopback server: one of its
+    indexes by name; no model loads for a check), and the API's repair mends it exactly."""
+    pytest.importorskip("fastapi")
+    from conftest import DEVICE
+    from fastapi.testclient import TestClient
+
+    import bridgetower_cli as bt_api
+    from bridgetower_cli.server import Settings, create_app
+
+    served = tmp_path / "indexes"
+    index = served / "photos.sqlite"
+    assert bt("index", photos, "-m", full_checkpoint, "--index", index).code == 0
+    with open(vector_file(index), "r+b") as file:  # rows 1 and 2 overwritten
+        file.seek(64 + 1 * 32 * 4)
+        file.write(np.random.default_rng(3).bytes(2 * 32 * 4))
+    model = bt_api.load(str(full_checkpoint), device=DEVICE)
+    found = model.check_index(index)
+    assert (found.damaged, found.repair, found.sound) == (2, "re-embed", False)
+    settings = Settings(models=[], device=DEVICE, allow_paths=[photos.resolve()], index_dir=served)
+    app = create_app(settings)
+    with TestClient(app, base_url="http://127.0.0.1") as client:
+        answer = client.post("/v1/index/check", json={"index": "photos"})  # (the default model: never loaded)
+        assert answer.status_code == 200, answer.text
+        (record,) = answer.json()["records"]
+        assert record == found.to_dict() and app.state.pool.loaded() == []  # (checked without loading a model)
+    mended = model.check_index(index, repair=True)
+    assert mended.sound and mended.repair == "none" and model.check_index(index).sound

@@ -45,6 +45,8 @@ class Local(Backend):
         if isinstance(request, Refresh) and request.engine == "ray":
             return self._refresh_on_ray(request, outcome, reporter)
         operation = operation_of(request)
+        if not operation.uses_model(request):
+            return operation.run(None, request, outcome, reporter, 0)
         runtime, batch = self.runtime(reporter, *operation.heads(request))
         return operation.run(runtime, request, outcome, reporter, batch)
 

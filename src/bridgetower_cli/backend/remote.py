@@ -7,7 +7,7 @@ from dataclasses import fields, replace
 from pathlib import Path
 
 from ..errors import BtError
-from ..operations import RankTexts, Refresh, Search, operation_of
+from ..operations import CheckIndex, RankTexts, Refresh, Search, operation_of
 from ..records import EmbeddingRecord, RetrievalRecord
 from ..sources import ImageSource
 from .base import Backend, ModelOptions, located
@@ -47,6 +47,13 @@ class Remote(Backend):
             payload, shown = self._located(request, outcome, reporter)
         else:
             payload, shown = self._payload(request, outcome, reporter), {}
+        if isinstance(request, CheckIndex):  # (one's own server: the file; another: one of its indexes by name)
+            named = request.index if request.named else None
+            payload["index"] = (
+                os.path.abspath(request.index or _default_index(request))
+                if self.client.own
+                else (server_index_name(named))
+            )
         if payload is None:  # (every image was left out here, each named)
             if operation.single:
                 raise BtError("none of the images could be read", "see the warnings above")

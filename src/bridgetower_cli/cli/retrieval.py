@@ -177,7 +177,7 @@ def index(
             reporter.info(f"index: {existing.prune()} rows of files that are gone dropped")
             return render_object(existing.stats(), fmt.value)
     if check or repair:
-        return _check(path, repair, wait, backend, fmt, reporter)
+        return _check(path, repair, wait, backend, fmt, reporter, index_file is not None)
     if not images:
         raise BtError("bt index needs images or folders to index", "e.g. bt index ~/Pictures (or --stats, --check)")
     from ..operations import Refresh
@@ -191,53 +191,17 @@ def index(
     emit([backend.run(request, outcome, reporter)], fmt, outcome, reporter)
 
 
-def _check(path: Path, repair: bool, wait: float, backend, fmt: Format, reporter) -> None:
+def _check(path: Path, repair: bool, wait: float, backend, fmt: Format, reporter, named: bool) -> None:
     """``--check``: verify every row; ``--repair``: embed again exactly the damaged rows (the model must be the
     index's). Exit 1 while damage remains."""
-    from ..index.store import EmbeddingIndex
+    from ..operations import CheckIndex
+    from ..records import Outcome
     from .render import render_object
 
-    if repair:
-        opened = EmbeddingIndex.for_writing(path, None, None, wait_s=wait, check=False)
-    else:
-        opened = EmbeddingIndex.for_reading(path, check=False)
-    with opened:
-        with reporter.progress(opened.count(), "checking the index") as advance:
-            report = opened.verify(advance)
-        if repair and not report.sound:
-            report = _repair(opened, report, backend, reporter)
+    report = backend.run(CheckIndex(path, repair, wait, named), Outcome(), reporter)
     render_object(report, fmt.value)
     if not report.sound:
         raise IndexDamaged(
             f"the index {path} is damaged: {report.damaged} rows ({report.vector_file}; catalog {report.catalog})",
             "bt index --repair re-embeds them" if not repair else "rebuild it with --rebuild",
         )
-
-
-def _repair(index, report, backend, reporter):
-    """Forget the damaged rows (a new vector file if its own is missing or foreign), embed their files again."""
-    import os
-
-    from ..model.hub import embedding_identity
-    from ..records import Outcome
-    from ..sources import ImageSource
-    from ..tasks import indexing
-
-    if report.catalog != "ok":
-        return report  # the catalog itself: only --rebuild can mend that
-    runtime, batch_size = backend.in_process().runtime(reporter, ("itc",))
-    loaded = runtime.loaded
-    if embedding_identity(loaded.path, loaded.name, loaded.precision)[0] != index.fingerprint:
-        hint = f"repair it with the model (and --dtype) it was built with: {index.label}"
-        raise BtError(f"the index {index.path} was built with {index.label}, not {backend.options.model}", hint)
-    half_only = report.vector_file.startswith("its float16 copy")
-    if half_only:
-        index.copy_to_half()  # a cache: written again from the vectors, nothing to embed
-    index.forget(report.damaged_paths, new_vector_file=report.vector_file != "ok" and not half_only)
-    present = [p for p in report.damaged_paths if os.path.exists(p)]
-    if present:
-        sources = [ImageSource(p, path=p) for p in present]
-        stats = indexing.refresh_index(runtime, index, sources, Outcome(), (), batch_size, reporter)
-        gone = len(report.damaged_paths) - len(present)
-        reporter.info(f"repaired: {stats.line()}; {gone} rows of files gone dropped")
-    return index.verify()

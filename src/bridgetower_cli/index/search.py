@@ -209,11 +209,19 @@ class Reading:
                     elif half is not None and not np.array_equal(half[slot], matrix[slot].astype(np.float16)):
                         mismatched += 1
                 progress(len(block))
+        half_only = False
         if problem == "ok" and vectors.rows_on_disk() < rows:
             problem = f"it holds {vectors.rows_on_disk()} rows where the catalog references {rows}"
         if problem == "ok" and (half_problem or mismatched):
-            problem = f"its float16 copy {half_problem or f'differs from {mismatched} of its rows'}"
-        return IndexCheck(str(self.path), total, len(damaged), problem, catalog, damaged)
+            problem, half_only = f"its float16 copy {half_problem or f'differs from {mismatched} of its rows'}", True
+        repair = (
+            "rebuild" if catalog != "ok"
+            else "float16 copy" if half_only
+            else "new vector file" if problem != "ok"
+            else "re-embed" if damaged
+            else "none"
+        )  # fmt: skip
+        return IndexCheck(str(self.path), total, len(damaged), problem, catalog, damaged, repair)
 
     def _half_rows(self, generation: int, rows: int) -> tuple[np.ndarray | None, str]:
         """The float16 copy's rows, or what is wrong with it."""

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import importlib
 
-_REQUESTS = ("Classify", "Cost", "Embed", "Evaluate", "EvaluateClassification", "Explain", "FillMask", "RankTexts",
-             "Refresh", "Score", "Search")  # fmt: skip
+_REQUESTS = ("CheckIndex", "Classify", "Cost", "Embed", "Evaluate", "EvaluateClassification", "Explain", "FillMask",
+             "RankTexts", "Refresh", "Score", "Search")  # fmt: skip
 _TABLE = ("FORMATS", "DEFAULT_MODELS", "OPERATIONS", "Operation", "operation_of", "run")
 __all__ = [*_REQUESTS, *_TABLE]
 

@@ -15,6 +15,7 @@ from ..records import (
     EvalRecord,
     ExplainRecord,
     FillMaskRecord,
+    IndexCheck,
     LabelRecord,
     RefreshStats,
     RetrievalRecord,
@@ -366,3 +367,27 @@ class Explain:
 
     def cost(self) -> Cost:
         return Cost(len(self.images) * len(self.texts), images=len(self.images), texts=len(self.texts))
+
+
+@operation("check_index", IndexCheck, "index", "/v1/index/check", lambda q: q.heads(), "maintenance:check_index",
+           single=True, uses_model=lambda q: q.repair)  # fmt: skip
+@dataclass
+class CheckIndex:
+    """Verify every row of the index at ``index`` against its checksum; with ``repair``, embed again exactly the
+    damaged rows (with the model the index was built with)."""
+
+    index: Path | None = None  # (None: the default index)
+    repair: bool = False
+    wait_s: float = 60.0
+    named: bool = False  # whether ``index`` was given, not the default (a server's: one of its indexes by name)
+
+    def __post_init__(self):
+        if not isinstance(self.repair, bool):
+            raise UsageError(f"repair is true or false, not {self.repair!r}", "e.g. repair=True")
+        seconds("wait", self.wait_s)
+
+    def heads(self):
+        return ("itc",) if self.repair else (), ()
+
+    def cost(self) -> Cost:
+        return Cost()

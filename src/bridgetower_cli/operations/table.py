@@ -53,6 +53,7 @@ class Operation:
     heads: Callable[[Any], Heads]
     task: str | Callable
     single: bool = False
+    uses_model: Callable[[Any], bool] = lambda q: True  # (False: the task runs with no runtime, nothing loads)
 
     @property
     def formats(self) -> tuple[str, ...]:
@@ -73,12 +74,13 @@ class Operation:
 OPERATIONS: dict[type, Operation] = {}
 
 
-def operation(name: str, record: type, command: str, route: str, heads: Callable[[Any], Heads], task: str | Callable,
-              single: bool = False) -> Callable[[type], type]:  # fmt: skip
+def operation(name: str, record: type, command: str, route: str, heads: Callable[[Any], Heads],
+              task: str | Callable, single: bool = False,
+              uses_model: Callable[[Any], bool] = lambda q: True) -> Callable[[type], type]:  # fmt: skip
     """Declare a request type's operation (a class decorator)."""
 
     def declare(request: type) -> type:
-        OPERATIONS[request] = Operation(name, request, record, command, route, heads, task, single)
+        OPERATIONS[request] = Operation(name, request, record, command, route, heads, task, single, uses_model)
         return request
 
     return declare

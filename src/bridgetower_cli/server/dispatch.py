@@ -154,7 +154,7 @@ class Dispatcher:
         return self.settings.batch_size or runtime.default_batch_size
 
     def _start(
-        self, model: str, needs, preferred, work: Callable, settle: Callable, shown: str | None = None
+        self, model: str, needs, preferred, work: Callable, settle: Callable, shown: str | None = None, loads=True
     ) -> CancelToken:
         """Admit a request for an allowed model (503 at once when full) and run ``work(runtime)`` on a daemon thread
         of its own, under its cancel token and the server's read rule; ``settle(result, error)`` at the end."""
@@ -165,8 +165,10 @@ class Dispatcher:
         def run() -> None:
             result, error = None, None
             try:
-                with cancel.watching(token), restricted(self.reading), self.pool.use(allowed, token) as runtime:
-                    require_heads(runtime.loaded.heads, needs, allowed.shown, preferred)
+                model = self.pool.use(allowed, token) if loads else contextlib.nullcontext()  # (None: no model)
+                with cancel.watching(token), restricted(self.reading), model as runtime:
+                    if runtime is not None:
+                        require_heads(runtime.loaded.heads, needs, allowed.shown, preferred)
                     result = work(runtime)
             except BaseException as failure:  # (BtError and anything else alike: rendered for the client)
                 error = failure
@@ -204,7 +206,7 @@ class Dispatcher:
         return Response(done.result(), media_type="application/json")
 
     async def events(
-        self, request: Request, model: str, needs, work: Callable, preferred=(), shown: str | None = None
+        self, request: Request, model: str, needs, work: Callable, preferred=(), shown: str | None = None, loads=True
     ) -> Response:
         """``work(runtime, reporter)`` returns records (an iterable, made as it goes) or one result record. A client
         that accepts application/x-ndjson gets them as events while they happen (``events.lines``); another gets
@@ -218,7 +220,7 @@ class Dispatcher:
         def streamed(runtime) -> None:
             emit_all(channel, work(runtime, Streamed(channel)))
 
-        token = self._start(model, needs, preferred, streamed, settle, shown)
+        token = self._start(model, needs, preferred, streamed, settle, shown, loads)
         if "application/x-ndjson" in request.headers.get("accept", ""):
             return StreamingResponse(lines(channel, token, request.is_disconnected), media_type="application/x-ndjson")
         received = []

@@ -9,6 +9,7 @@ import asyncio
 import os
 import time
 from dataclasses import MISSING, fields
+from pathlib import Path
 
 from fastapi import APIRouter, Request, Response
 
@@ -52,7 +53,7 @@ def body_of(operation: Operation) -> type:
 
     from ..sources import ImageSource
 
-    wire = {ImageSource: schemas.ImageIn, list[ImageSource]: list[schemas.ImageIn]}
+    wire = {ImageSource: schemas.ImageIn, list[ImageSource]: list[schemas.ImageIn], Path: str, Path | None: str}
     shape = {"model": (str, operation.default_model)}
     hints = get_type_hints(operation.request)
     for f in fields(operation.request):
@@ -75,14 +76,15 @@ def _operation_route(routes: APIRouter, dispatch: Dispatcher, route: str, operat
         needs, preferred = operation.heads(wanted)
 
         def work(runtime, reporter):
-            outcome = Outcome()
+            outcome, batch = Outcome(), dispatch.batch_size(runtime) if runtime is not None else 0
             located = dispatch.located(wanted, outcome, reporter)
-            result = operation.run(runtime, located, outcome, reporter, dispatch.batch_size(runtime))
+            result = operation.run(runtime, located, outcome, reporter, batch)
             if isinstance(wanted, Explain) and body.pictures:
                 return _pictured(result, wanted, reporter.facts["image_size"], body.words)
             return result
 
-        return await dispatch.events(request, body.model, needs, work, preferred, body.model_name)
+        loads = operation.uses_model(wanted)
+        return await dispatch.events(request, body.model, needs, work, preferred, body.model_name, loads)
 
     handler.__annotations__ = {"body": body_type, "request": Request, "return": Response}
     handler.__doc__ = (operations[0].request.__doc__ or "").split("\n\n")[0]
@@ -103,7 +105,9 @@ def decoded(dispatch: Dispatcher, operations: list[Operation], body):
         if f.name not in type(body).model_fields:
             continue
         value = getattr(body, f.name)
-        if isinstance(value, schemas.ImageIn):
+        if f.name == "index":  # (one of the server's indexes, by name)
+            value = dispatch.policy.index(value, False)
+        elif isinstance(value, schemas.ImageIn):
             (value,) = dispatch.images([value])
         elif isinstance(value, list) and value and isinstance(value[0], schemas.ImageIn):
             value = dispatch.image_paths(value) if getattr(request_type, "by_path", False) else dispatch.images(value)
