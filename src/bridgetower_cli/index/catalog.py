@@ -14,6 +14,7 @@ import itertools
 import os
 import socket
 import sqlite3
+import stat
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -47,14 +48,50 @@ CREATE TABLE IF NOT EXISTS claims (path TEXT PRIMARY KEY, owner TEXT NOT NULL);
 FOREIGN_HINT = "pass --index with another file name; bt never overwrites a file it did not create"
 
 
+# The tables (and their columns) of the indexes bt 0.1 and 0.2 wrote, before the application id: an SQLite file
+# without the id is taken for one of them only if it holds exactly these, nothing more.
+OLD_TABLES = (
+    {
+        "meta": ("key", "value"),
+        "images": ("path", "size", "mtime_ns", "model", "embedding"),
+        "failures": ("path", "size", "mtime_ns", "reason"),
+    },
+    {
+        "meta": ("key", "value"),
+        "images": ("path", "size", "mtime_ns", "hash", "slot"),
+        "failures": ("path", "size", "mtime_ns", "reason"),
+    },
+)
+NOT_FILES = {
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFIFO: "a FIFO",
+    stat.S_IFDIR: "a folder",
+    stat.S_IFSOCK: "a socket",
+}
+
+
 def refuse_foreign(path: Path) -> None:
-    """Refuse a file that is not a bt index: only a bt index, a missing file or an empty one may be opened (and so
-    written, rebuilt or cleaned up)."""
+    """The one guard of an index path, before anything opens it: it must not exist yet, or be a regular file (not a
+    link, a device, a FIFO or a folder) that is a bt index: bt's application id in its SQLite header, or an older
+    bt's tables exactly, or empty (an index another bt process is creating). Anything else is refused in one line
+    and never opened for writing."""
     try:
-        with open(path, "rb") as file:
-            header = file.read(100)
+        mode = os.lstat(path).st_mode
     except FileNotFoundError:
         return
+    except OSError as error:
+        raise BtError(f"cannot read the index {path}: {error.strerror or error}", "check its permissions") from None
+    if stat.S_ISLNK(mode):
+        raise BtError(
+            f"{path} is a symbolic link, not an index file", f"pass the file itself: {os.path.realpath(path)}"
+        )
+    if not stat.S_ISREG(mode):
+        raise BtError(f"{path} is not an index file ({NOT_FILES.get(stat.S_IFMT(mode), 'not a regular file')})",
+                      FOREIGN_HINT)  # fmt: skip
+    try:
+        with os.fdopen(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK), "rb") as file:
+            header = file.read(100)
     except OSError as error:
         raise BtError(f"cannot read the index {path}: {error.strerror or error}", "check its permissions") from None
     if not header:
@@ -63,15 +100,26 @@ def refuse_foreign(path: Path) -> None:
         raise BtError(f"{path} is not a bt index (not an SQLite file)", FOREIGN_HINT)
     if int.from_bytes(header[68:72], "big") == APPLICATION_ID:
         return
-    try:  # an index of bt 0.1 and 0.2, written before the application id: known by its meta table
-        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)) as db:
-            if not db.execute("SELECT name FROM sqlite_master").fetchall():
-                return  # no tables at all: nothing to destroy (an index another process is creating, say)
-            keys = {key for (key,) in db.execute("SELECT key FROM meta")}
-    except sqlite3.DatabaseError:
-        keys = set()
-    if not {"schema", "model", "dim"} <= keys:
+    application_id, tables = _identity(path)  # (as SQLite sees it: a header still in the WAL included)
+    if application_id == APPLICATION_ID or tables == {}:
+        return  # bt's, or no tables at all: nothing to destroy (an index another process is creating, say)
+    if not any(tables is not None and {"meta", "images"} <= tables.keys() and all(
+        old.get(name) == columns for name, columns in tables.items()
+    ) for old in OLD_TABLES):  # fmt: skip
         raise BtError(f"{path} is not a bt index (an SQLite database of something else)", FOREIGN_HINT)
+
+
+def _identity(path: Path) -> tuple[int | None, dict[str, tuple[str, ...]] | None]:
+    """An SQLite file's application id and its tables with their columns, read-only (None: not readable as SQLite)."""
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)) as db:
+            application_id = db.execute("PRAGMA application_id").fetchone()[0]
+            names = [name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+            return application_id, {
+                name: tuple(row[1] for row in db.execute(f'PRAGMA table_info("{name}")')) for name in names
+            }
+    except sqlite3.DatabaseError:
+        return None, None
 
 
 _writers = itertools.count()

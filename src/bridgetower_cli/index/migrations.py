@@ -58,7 +58,8 @@ def _v1_to_v2(catalog: Catalog) -> None:
     target = Path(f"{catalog.path}.vectors-0")
     with catalog.transaction() as db:
         rows = db.execute("SELECT path, size, mtime_ns, embedding FROM images ORDER BY path").fetchall()
-        with open(target, "wb") as file:
+        made = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)  # (never another's)
+        with os.fdopen(made, "wb") as file:
             for _, _, _, blob in rows:
                 if len(blob) != 4 * dim:
                     raise BtError(f"the index {catalog.path} holds an embedding of the wrong size", "rebuild it")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+import stat
 import struct
 import zlib
 from pathlib import Path
@@ -20,6 +21,7 @@ MAGIC = b"BTVECS\x00\x01"
 HEADER = struct.Struct("<8sIIQQ")  # magic, dim, dtype (0: float32, 1: float16), generation, rows written
 HEADER_BYTES = 64
 DTYPES = {0: np.float32, 1: np.float16}
+FOREIGN_VECTORS = "move it away, or pass --index with another file name"
 
 
 def checksum(row: np.ndarray) -> int:
@@ -61,10 +63,10 @@ class VectorFile:
     # -- the header -------------------------------------------------------------------------------------------
 
     def is_bts(self) -> bool:
-        """Whether the file carries bt's header (a file bt may delete)."""
+        """Whether the file is a regular file that carries bt's header (a file bt may delete)."""
         try:
-            with open(self.path, "rb") as file:
-                return file.read(len(MAGIC)) == MAGIC
+            with os.fdopen(os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK), "rb") as file:
+                return stat.S_ISREG(os.fstat(file.fileno()).st_mode) and file.read(len(MAGIC)) == MAGIC
         except OSError:
             return False
 
@@ -89,14 +91,34 @@ class VectorFile:
         file.write(HEADER.pack(MAGIC, self.dim, self.code, self.generation, rows).ljust(HEADER_BYTES, b"\0"))
 
     def _open(self, mode: str):
-        """The file opened without following a symlink (bt writes only files it made)."""
-        flags = (os.O_RDWR if mode == "r+b" else os.O_WRONLY | os.O_CREAT | os.O_TRUNC) | os.O_NOFOLLOW
+        """The file opened without following a symlink (bt writes only files it made): ``r+b`` an existing file
+        that carries bt's header; ``wb`` a new file, made exclusively, where a leftover is removed first only if
+        its header says it is bt's (a partial generation a killed compaction left)."""
+        if mode == "r+b":
+            flags = os.O_RDWR | os.O_NOFOLLOW
+        else:
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+            self._remove_own_leftover()
         try:
-            return os.fdopen(os.open(self.path, flags, 0o644), mode)
+            file = os.fdopen(os.open(self.path, flags, 0o644), mode)
         except OSError as error:
             if error.errno == errno.ELOOP:
                 raise IndexDamaged(f"its vector file {self.path.name} is a symlink") from None
+            if error.errno == errno.EEXIST:
+                raise BtError(f"{self.path} is not bt's: bt never overwrites it", FOREIGN_VECTORS) from None
             raise
+        if mode == "r+b" and file.read(len(MAGIC)) != MAGIC:
+            file.close()
+            raise IndexDamaged(f"its vector file {self.path.name} has no bt header")
+        return file
+
+    def _remove_own_leftover(self) -> None:
+        try:
+            mode = os.lstat(self.path).st_mode
+        except FileNotFoundError:
+            return
+        if stat.S_ISREG(mode) and self.is_bts():
+            self.path.unlink()
 
     def create(self) -> None:
         """A new, empty file of this generation (replacing a partial one a killed compaction left)."""
@@ -144,8 +166,9 @@ class VectorFile:
     def write_all(self, rows: np.ndarray) -> None:
         """The whole file at once (a compaction or a migration's next generation), fsynced; on failure nothing of it
         stays behind."""
+        file = self._open("wb")  # (refused, and nothing removed, where a file that is not bt's stands)
         try:
-            with self._open("wb") as file:
+            with file:
                 self._write_header(file, len(rows))
                 file.seek(HEADER_BYTES)
                 for start in range(0, len(rows), 65536):
@@ -154,7 +177,7 @@ class VectorFile:
                 file.flush()
                 os.fsync(file.fileno())
         except BaseException:
-            self.path.unlink(missing_ok=True)
+            self.path.unlink(missing_ok=True)  # (the file made just now)
             raise
 
     # -- reading ----------------------------------------------------------------------------------------------
