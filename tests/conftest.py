@@ -192,7 +192,7 @@ class FakeBackend(Backend):
         self.runtime = Local(options).runtime  # (index --check/--repair)
 
     def run(self, request, outcome, reporter):
-        request = located(request)
+        request = located(request, outcome, reporter)
         operation = operation_of(request)
         self.calls.append((operation.name, request))
         if operation.name == "explain":

@@ -17,7 +17,7 @@ MODULE_LINES, FUNCTION_LINES = 400, 80
 LAYERS = [
     {"errors", "records", "cancel"},
     {"images", "reading", "pictures"},
-    {"sources", "model.catalog", "model.hub"},
+    {"sources", "walker", "model.catalog", "model.hub"},
     {"model.loading", "model.runtime", "model"},
     {"index"},
     {"tasks"},

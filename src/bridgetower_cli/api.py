@@ -37,6 +37,7 @@ class Model:
     def __init__(self, backend: Backend):
         self._backend = backend
         self.skipped: list[Skipped] = []
+        self._left_out: list[tuple[str, str]] = []
 
     @property
     def name(self) -> str:
@@ -52,23 +53,30 @@ class Model:
 
     def run(self, request):
         """Any request of ``bridgetower_cli.operations`` (checked when made): its records, or its one record."""
-        result = self._backend.run(request, self._outcome(), Reporter())
+        outcome, reporter = self._outcome(), Reporter()
+        for name, why in self._left_out:  # (what the walks of this call's folders could not use)
+            outcome.skip(name, why, reporter)
+        self._left_out = []
+        result = self._backend.run(request, outcome, reporter)
         return result if operation_of(request).single else list(result)
+
+    def _sources(self, images: Images) -> list[ImageSource]:
+        return _sources(images, self._left_out)
 
     def score(self, images: Images, texts: Iterable[str], top_k: int | None = None) -> list[ScoreRecord]:
         """ITM match (logit, probability) of every image x text pair; per image, the best first."""
-        return self.run(Score(_sources(images), _texts(texts), top_k))
+        return self.run(Score(self._sources(images), _texts(texts), top_k))
 
     def fill_mask(
         self, images: Images, texts: Iterable[str], top_k: int = 5, targets: Iterable[str] | None = None
     ) -> list[FillMaskRecord]:
         """The ``<mask>`` words of each text given each image: candidates per mask, and the filled text."""
         words = [str(word) for word in targets] if targets is not None else None
-        return self.run(FillMask(_sources(images), _texts(texts), top_k, words))
+        return self.run(FillMask(self._sources(images), _texts(texts), top_k, words))
 
     def embed(self, images: Images = (), texts: Iterable[str] = (), kind: str | None = None) -> list[EmbeddingRecord]:
         """L2-normalised ITC embeddings: of the images, of the texts, or (``kind="cross"``) of each pair."""
-        sources, texts = _sources(images) if images else [], _texts(texts) if texts else []
+        sources, texts = self._sources(images) if images else [], _texts(texts) if texts else []
         kinds = [kind] if kind is not None else [k for k, given in (("image", sources), ("text", texts)) if given]
         if not kinds:
             raise UsageError("nothing to embed", "pass images, texts, or both with kind='cross'")
@@ -89,12 +97,12 @@ class Model:
         whole index is searched): the ITC shortlist reranked by the ITM head, as ``bt retrieve``."""
         specs = [str(spec) for spec in images]
         if not isinstance(query, str) or Path(query).is_file():
-            (query,) = _sources([query])
+            (query,) = self._sources([query])
         return self.run(Search(query, specs, Path(index) if index else None, False, refresh, top_k, rerank_k))
 
     def rank_texts(self, image, texts: Iterable[str], top_k: int = 10, rerank_k: int = 5) -> list[RetrievalRecord]:
         """Texts for an image, as ``bt retrieve --image``."""
-        sources = _sources([image])
+        sources = self._sources([image])
         if len(sources) != 1:
             raise UsageError(f"rank_texts takes one image, not {len(sources)}", "name a single image file")
         return self.run(RankTexts(sources[0], _texts(texts), top_k, rerank_k))
@@ -113,7 +121,7 @@ class Model:
         else ITM); ``templates`` with ``{}`` for the label (default: CLIP's seven)."""
         names = [str(label) for label in labels]
         chosen = list(templates) if templates is not None else []
-        return self.run(Classify(_sources(images), names, chosen, method, top_k, rerank_k))
+        return self.run(Classify(self._sources(images), names, chosen, method, top_k, rerank_k))
 
     def check_index(self, index: str | os.PathLike | None = None, repair: bool = False) -> IndexCheck:
         """Verify every row of an index (default: bt's own) against its checksum, as ``bt index --check``; with
@@ -123,7 +131,7 @@ class Model:
 
     def explain(self, images: Images, texts: Iterable[str], layer: int | None = None) -> list[ExplainRecord]:
         """Grad-CAM maps of where each image matches each text (the ITM match), as ``bt explain -f json``."""
-        return self.run(Explain(_sources(images), _texts(texts), layer))
+        return self.run(Explain(self._sources(images), _texts(texts), layer))
 
 
 def load(
@@ -161,14 +169,15 @@ def _texts(texts: Iterable[str]) -> list[str]:
     return list(dict.fromkeys(texts)) if isinstance(texts, Iterable) else texts
 
 
-def _sources(images: Images) -> list[ImageSource]:
-    """Paths, PIL images and bytes as sources; a path may stand for many images (a folder, a glob)."""
+def _sources(images: Images, left_out: list | None = None) -> list[ImageSource]:
+    """Paths, PIL images and bytes as sources; a path may stand for many images (a folder, a glob); what a walk
+    could not use goes to ``left_out``."""
     if isinstance(images, (str, os.PathLike, bytes)) or hasattr(images, "save"):
         images = [images]
     sources = []
     for k, image in enumerate(images):
         if isinstance(image, (str, os.PathLike)):
-            sources += expand_image_sources([str(image)])
+            sources += expand_image_sources([str(image)], left_out=left_out)
         elif isinstance(image, bytes):
             sources.append(ImageSource(f"image[{k}]", data=image))
         elif hasattr(image, "save"):  # a PIL image: its pixels, losslessly

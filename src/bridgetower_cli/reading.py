@@ -50,6 +50,21 @@ def _opened_path(fd: int, named: str) -> str:
         return os.path.realpath(named)
 
 
+KINDS = {
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFIFO: "a FIFO",
+    stat.S_IFDIR: "a folder",
+    stat.S_IFSOCK: "a socket",
+    stat.S_IFLNK: "a symbolic link",
+}
+
+
+def kind_of(mode: int) -> str:
+    """What a file that is not a regular one is, in words."""
+    return KINDS.get(stat.S_IFMT(mode), "not a regular file")
+
+
 def open_file(path: str) -> BinaryIO:
     """``path`` opened for reading under the process's rule (raises InputError with the reason)."""
     try:
@@ -58,8 +73,9 @@ def open_file(path: str) -> BinaryIO:
         reason = "a dangling symlink" if os.path.islink(path) else f"cannot read it: {error.strerror or error}"
         raise InputError(reason) from None
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise InputError("not a regular file")
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise InputError(f"not a regular file ({kind_of(mode)})")
         roots = current_policy().roots
         if roots is not None and not inside(_opened_path(fd, path), roots):
             raise InputError("is a link out of the served folders")

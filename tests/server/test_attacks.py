@@ -80,7 +80,7 @@ def test_dot_dot_after_a_link_resolves_as_the_kernel_does(client, full_checkpoin
 
 
 def test_a_glob_with_many_double_stars_is_matched_in_linear_time():
-    from bridgetower_cli.sources import _matches
+    from bridgetower_cli.walker import _matches
 
     def too_slow(*_):
         raise TimeoutError("the glob matcher is exponential")

@@ -54,24 +54,29 @@ class Backend:
         raise NotImplementedError
 
 
-def indexable(specs: list[str]) -> list[ImageSource]:
+def indexable(specs: list[str], left_out: list | None = None) -> list[ImageSource]:
     """The local image files under ``specs`` (no URLs: an index holds files)."""
-    sources = expand_image_sources(specs)
+    sources = expand_image_sources(specs, left_out=left_out)
     urls = [s.name for s in sources if s.is_url]
     if urls:
         raise BtError(f"URLs cannot be indexed: {urls[0]}", "download the images and pass the folder")
     return sources
 
 
-def located(request):
+def located(request, outcome: Outcome | None = None, reporter: Reporter | None = None):
     """A search or an index refresh with its files and folders found here, from its specs: every image under them
     (a search with refresh off: no walk, the files named, and what the index holds under the folders named, all of
-    it if none). Any other request as it is."""
+    it if none); what a walk could not use is a skip in ``outcome``. Any other request as it is."""
     if not isinstance(request, (Search, Refresh)) or request.files is not None:
         return request
     folders = [Path(spec).expanduser() for spec in request.specs if Path(spec).expanduser().is_dir()]
+    left_out: list = []
     if isinstance(request, Refresh) or request.refresh:
-        return replace(request, files=indexable(request.specs), folders=folders)
-    files = [spec for spec in request.specs if not Path(spec).expanduser().is_dir()]
-    sources = expand_image_sources(files) if files else []
-    return replace(request, files=sources, folders=folders or ([] if files else [Path(os.sep)]))
+        request = replace(request, files=indexable(request.specs, left_out), folders=folders)
+    else:
+        files = [spec for spec in request.specs if not Path(spec).expanduser().is_dir()]
+        sources = expand_image_sources(files, left_out=left_out) if files else []
+        request = replace(request, files=sources, folders=folders or ([] if files else [Path(os.sep)]))
+    for name, why in left_out if outcome is not None else ():
+        outcome.skip(name, why, reporter)
+    return request

@@ -97,7 +97,7 @@ class Remote(Backend):
             else:
                 payload["query"] = q.query
         if self.client.own:  # (folders absolute there, and named as typed here)
-            q = located(q)
+            q = located(q, outcome, reporter)
             shown = {os.path.abspath(folder): str(folder) for folder in q.folders}
             payload |= {"files": self._images(q.files, outcome, reporter), "folders": list(shown)}
             payload["index"] = os.path.abspath(q.index if isinstance(q, Search) and q.index else _default_index(q))

@@ -85,6 +85,6 @@ def classify(
     specs = only_images(images or [], "(labels go in --labels)")
     names, templates = read_labels(labels, labels_file), read_templates(template, templates_file)
     reporter, outcome = StderrReporter(quiet), Outcome()
-    sources = image_sources(specs, null, reporter) if specs else []
+    sources = image_sources(specs, null, reporter, outcome)
     request = Classify(sources, names, templates, method, top_k, rerank_k)
     emit(backend.run(request, outcome, reporter), fmt, outcome, reporter)

@@ -124,7 +124,12 @@ def emit(
 
 
 def images_and_texts(
-    arguments: list[str], text: list[str] | None, texts_file: str | None, null: bool = False, reporter=None
+    arguments: list[str],
+    text: list[str] | None,
+    texts_file: str | None,
+    null: bool = False,
+    reporter=None,
+    outcome=None,
 ) -> tuple[list[ImageSource], list[str]]:
     """Images and texts from arguments in any order, -t/--text and --texts-file; each text checked now (before any
     model loads)."""
@@ -138,19 +143,23 @@ def images_and_texts(
         )
     texts = read_texts([*text_arguments, *(text or [])], texts_file)
     check_texts(texts)
-    return image_sources(image_specs, null, reporter), texts
+    return image_sources(image_specs, null, reporter, outcome), texts
 
 
-def image_sources(specs: list[str], null: bool = False, reporter=None) -> list[ImageSource]:
-    """``expand_image_sources``, saying once what was left aside (photos that need an extra)."""
+def image_sources(specs: list[str], null: bool = False, reporter=None, outcome=None) -> list[ImageSource]:
+    """``expand_image_sources``, saying once what was left aside (photos that need an extra), and each thing a walk
+    or a list could not use as a skip in ``outcome``."""
     from ..sources import expand_image_sources
 
     if not specs:
         return []  # (the request refuses it, in the words every way in uses)
     notes: list[str] = []
-    sources = expand_image_sources(specs, null=null, notes=notes)
+    left_out: list[tuple[str, str]] = []
+    sources = expand_image_sources(specs, null=null, notes=notes, left_out=left_out)
     for note in notes if reporter is not None else ():
         reporter.warn(note)
+    for name, why in left_out if outcome is not None else ():
+        outcome.skip(name, why, reporter)
     return sources
 
 

@@ -61,7 +61,7 @@ def embed(
         raise UsageError(f"cannot write {output}: unknown format", "use a file name ending in .npy or .npz")
     texts = read_texts(text or [], texts_file) if (text or texts_file) else []
     reporter, outcome = StderrReporter(quiet), Outcome()
-    sources = image_sources(specs, null, reporter) if specs else []
+    sources = image_sources(specs, null, reporter, outcome)
     kinds = [kind] if kind is not None else [k for k, given in (("image", sources), ("text", texts)) if given]
     if not kinds:
         raise UsageError("nothing to embed", "pass image sources, or texts with --text / --texts-file")

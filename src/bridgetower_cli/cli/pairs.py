@@ -50,7 +50,7 @@ def score(
     from .render import StderrReporter
 
     reporter, outcome = StderrReporter(quiet), Outcome()
-    sources, texts = images_and_texts(inputs, text, texts_file, null, reporter)
+    sources, texts = images_and_texts(inputs, text, texts_file, null, reporter, outcome)
     request = Score(sources, texts, top_k)
     title = f"bt score: {len(sources)} image(s) x {len(texts)} text(s)"
     emit(backend.run(request, outcome, reporter), fmt, outcome, reporter, title=title)
@@ -83,7 +83,7 @@ def fill_mask(
     from .render import StderrReporter
 
     reporter, outcome = StderrReporter(quiet), Outcome()
-    sources, texts = images_and_texts(inputs, text, texts_file, null, reporter)
+    sources, texts = images_and_texts(inputs, text, texts_file, null, reporter, outcome)
     texts = with_masks(texts, outcome, reporter)
     request = FillMask(sources, texts, top_k, targets.split(",") if targets is not None else None)
     emit(backend.run(request, outcome, reporter), fmt, outcome, reporter)
@@ -136,7 +136,7 @@ def explain(
             "--output and --output-dir exclude each other", "--output for one pair, --output-dir for several"
         )
     reporter, outcome = StderrReporter(quiet), Outcome()
-    sources, texts = images_and_texts(inputs, text, texts_file, null, reporter)
+    sources, texts = images_and_texts(inputs, text, texts_file, null, reporter, outcome)
     request = Explain(sources, texts, layer)
     if output is not None and len(sources) * len(texts) != 1:
         raise BtError(

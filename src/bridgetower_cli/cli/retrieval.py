@@ -97,7 +97,7 @@ def retrieve(
         )
     query, specs, title = _query_of(inputs, query_text, like, no_refresh)
     if "-" in specs:  # (the paths on stdin, expanded here: a server gets them as paths too)
-        specs = [s for s in specs if s != "-"] + [s.path for s in image_sources(["-"], null, reporter)]
+        specs = [s for s in specs if s != "-"] + [s.path for s in image_sources(["-"], null, reporter, outcome)]
     request = Search(query, specs, index_file, rebuild, not no_refresh, top_k, rerank_k, wait)
     emit(backend.run(request, outcome, reporter), fmt, outcome, reporter, separator, title)
 
@@ -183,11 +183,10 @@ def index(
     from ..operations import Refresh
     from ..records import Outcome
 
-    specs = only_images(images, "file or folder")
+    specs, outcome = only_images(images, "file or folder"), Outcome()
     if "-" in specs:
-        specs = [s for s in specs if s != "-"] + [s.path for s in image_sources(["-"], null, reporter)]
+        specs = [s for s in specs if s != "-"] + [s.path for s in image_sources(["-"], null, reporter, outcome)]
     request = Refresh(specs, path, rebuild, wait, engine.value, ray_address, named=index_file is not None)
-    outcome = Outcome()
     emit([backend.run(request, outcome, reporter)], fmt, outcome, reporter)
 
 

@@ -20,6 +20,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from ..errors import BtError, Busy, IndexDamaged
+from ..reading import kind_of
 from .files import FileState, RefreshPlan, chunks, under
 
 SCHEMA_VERSION = 3
@@ -62,13 +63,6 @@ OLD_TABLES = (
         "failures": ("path", "size", "mtime_ns", "reason"),
     },
 )
-NOT_FILES = {
-    stat.S_IFCHR: "a character device",
-    stat.S_IFBLK: "a block device",
-    stat.S_IFIFO: "a FIFO",
-    stat.S_IFDIR: "a folder",
-    stat.S_IFSOCK: "a socket",
-}
 
 
 def refuse_foreign(path: Path) -> None:
@@ -87,8 +81,7 @@ def refuse_foreign(path: Path) -> None:
             f"{path} is a symbolic link, not an index file", f"pass the file itself: {os.path.realpath(path)}"
         )
     if not stat.S_ISREG(mode):
-        raise BtError(f"{path} is not an index file ({NOT_FILES.get(stat.S_IFMT(mode), 'not a regular file')})",
-                      FOREIGN_HINT)  # fmt: skip
+        raise BtError(f"{path} is not an index file ({kind_of(mode)})", FOREIGN_HINT)
     try:
         with os.fdopen(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK), "rb") as file:
             header = file.read(100)
@@ -130,6 +123,18 @@ def _has_content(path: Path) -> bool:
         return path.stat().st_size > 0
     except OSError:
         return False
+
+
+def _seen_gone(path: str) -> bool:
+    """Whether a file is known to be gone, or a link to nothing (not merely out of sight: under a folder that cannot
+    be listed now, a file's row stays)."""
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    return False
 
 
 def alive(claimant: str) -> bool:
@@ -254,7 +259,8 @@ class Catalog:
     # -- planning a refresh -----------------------------------------------------------------------------------
 
     def plan(self, files: Iterable[FileState], folders: Iterable[Path] = ()) -> RefreshPlan:
-        """Compare files on disk with the catalog; rows under ``folders`` whose file is gone are to be dropped."""
+        """Compare files on disk with the catalog; rows under ``folders`` whose file is seen gone are to be
+        dropped (one out of sight, or still there but no longer an image file found by the walk, stays)."""
         ranges = under(folders)
 
         def inside(path: str) -> bool:
@@ -282,7 +288,7 @@ class Catalog:
                 to_embed.append(state)
                 changed += stamp is not None
         present = {state.path for state in files}
-        to_drop = [p for p in known if p not in present and inside(p)] if ranges else []
+        to_drop = [p for p in known if p not in present and inside(p) and _seen_gone(p)] if ranges else []
         return RefreshPlan(to_embed, to_drop, len(files) - len(to_embed), changed)
 
     # -- claims: no two writers embed one file ---------------------------------------------------------------

@@ -62,24 +62,26 @@ class Policy:
         """The images under ``given`` absolute paths and globs: each resolved once and checked, each file a walk or
         a glob finds checked after resolution, globs matched by bt's walker inside the roots. ``walk`` False: only
         the files named (the folders still scope a search of the index)."""
-        expansion, folders = Expansion(), []
+        expansion, folders, unlisted = Expansion(), [], []
         for spec in given:
             if glob.has_magic(spec):  # (a glob names files: expanded with or without a walk of the folders)
                 base, pattern = split_glob(spec)
                 root = self.check(base or os.sep, "source")
-                found = add_found(expansion, root, glob_files(root, base, pattern), self.roots)
+                found = add_found(expansion, root, glob_files(root, base, pattern, unlisted), self.roots)
             else:
                 real = self.check(spec, "source")
                 if os.path.isdir(real):
                     folders.append(Path(real))
-                    found = add_found(expansion, real, folder_files(real, spec), self.roots) if walk else 1
+                    walked = folder_files(real, spec, unlisted)
+                    found = add_found(expansion, real, walked, self.roots) if walk else 1
                 elif os.path.isfile(real):
                     found = 1
                     expansion.add(spec, real, real)
                 else:
                     raise InputError(f"no such file or directory: {spec}", "check the path")
-            if not found:
+            if not found and not unlisted:
                 raise InputError(f"no image files in {spec}", "check the path or the pattern")
+        expansion.left_out += [(name, f"a folder that cannot be listed: {why}") for name, why in unlisted]
         return Served(expansion.sources, folders, expansion.left_out)
 
     # -- indexes ----------------------------------------------------------------------------------------------

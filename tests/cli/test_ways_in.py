@@ -1,0 +1,95 @@
+"""Every way in, the same rules (issue 30): a list on standard input skips what a walk would skip, names as listed,
+one image per file however many names reach it, and a folder that cannot be listed is a named skip whose index rows
+stay. (The lists and links run on the fake model; the unreadable folder runs bt as another user.)"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture
+def tree(samples, tmp_path) -> Path:
+    """cat.jpg and rocket.jpg, a dangling link, a FIFO, a name with a trailing space, a hard link of cat.jpg."""
+    folder = tmp_path / "tree"
+    folder.mkdir()
+    for name in ("cat.jpg", "rocket.jpg"):
+        shutil.copy(samples / name, folder / name)
+    (folder / "dangling.jpg").symlink_to(folder / "gone.jpg")
+    os.mkfifo(folder / "fifo.jpg")
+    shutil.copy(samples / "coffee.jpg", folder / "trailing.jpg ")
+    os.link(folder / "cat.jpg", folder / "same-cat.jpg")
+    return folder
+
+
+def test_a_nul_list_skips_what_a_walk_skips_and_keeps_the_rest(bt, fake, tree):
+    listed = [tree / "cat.jpg", tree / "dangling.jpg", tree / "fifo.jpg", tree / "vanished.jpg", tree / "rocket.jpg"]
+    result = bt("embed", "-", "-0", "-f", "json", input="\0".join(map(str, listed)) + "\0")
+    assert result.code == 3, result.stderr
+    assert [r["image"] for r in result.json()] == [str(tree / "cat.jpg"), str(tree / "rocket.jpg")]
+    for name, why in (("dangling.jpg", "a dangling symlink"), ("fifo.jpg", "not a regular file (a FIFO)"),
+                      ("vanished.jpg", "no such file or directory")):  # fmt: skip
+        assert f"skipped: {tree / name}: {why}" in result.stderr
+    assert "3 input(s) skipped" in result.stderr
+
+
+def test_a_line_list_keeps_names_as_listed(bt, fake, tree):
+    listed = f"{tree / 'trailing.jpg '}\n{tree / 'rocket.jpg'}\r\n"
+    result = bt("score", "-", "a cat", "-f", "json", input=listed)
+    assert result.code == 0, result.stderr
+    assert {r["image"] for r in result.json()} == {str(tree / "trailing.jpg "), str(tree / "rocket.jpg")}
+
+
+def test_a_hard_linked_photo_is_one_image(bt, fake, tree):
+    walked = bt("score", tree, "a cat", "-f", "json")  # (the walk: dangling and FIFO skipped when read, by the fake)
+    images = {r["image"] for r in walked.json()}
+    assert len(images & {str(tree / "cat.jpg"), str(tree / "same-cat.jpg")}) == 1
+    named = bt("score", tree / "cat.jpg", tree / "same-cat.jpg", "a cat", "-f", "json")
+    assert named.code == 0 and len(named.json()) == 1
+    listed = bt("embed", "-", "-f", "json", input=f"{tree / 'cat.jpg'}\n{tree / 'same-cat.jpg'}\n")
+    assert listed.code == 0 and len(listed.json()) == 1
+
+
+def as_nobody(*args, env: dict) -> subprocess.CompletedProcess:
+    command = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-m", "bridgetower_cli"]
+    return subprocess.run([*command, *map(str, args)], capture_output=True, text=True, env=env, timeout=300)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None, reason="needs root and setpriv")
+def test_a_folder_that_cannot_be_listed_is_a_skip_and_its_rows_stay(full_checkpoint, samples):
+    """As a user without the right to list ``tree/locked`` (root reads everything: bt runs as nobody, in a home of
+    its own under /tmp, with a copy of the checkpoint)."""
+    import tempfile
+
+    home = Path(tempfile.mkdtemp(prefix="bt-nobody-"))
+    tree, locked = home / "tree", home / "tree" / "locked"
+    locked.mkdir(parents=True)
+    shutil.copy(samples / "cat.jpg", tree / "cat.jpg")
+    shutil.copy(samples / "rocket.jpg", locked / "rocket.jpg")
+    shutil.copytree(full_checkpoint, home / "checkpoint")
+    for path in [home, *home.rglob("*")]:
+        shutil.chown(path, "nobody", "nogroup")
+    env = {**os.environ, "HOME": str(home), "XDG_CACHE_HOME": str(home / ".cache"), "BT_INDEX": str(home / "ix.sqlite")}
+    model = ["-m", home / "checkpoint", "--device", "cpu"]
+    first = as_nobody("index", tree, *model, "-f", "json", env=env)
+    assert first.returncode == 0 and '"new": 2' in first.stdout, first.stderr
+    locked.chmod(0o000)
+    try:
+        scored = as_nobody("score", tree, "a cat", *model, "-f", "json", env=env)
+        assert scored.returncode == 3, scored.stderr
+        assert f"skipped: {locked}: a folder that cannot be listed: permission denied" in scored.stderr
+        alone = as_nobody("score", locked, "a cat", *model, env=env)
+        assert alone.returncode == 1 and f"cannot list the folder {locked}: permission denied" in alone.stderr
+        again = as_nobody("index", tree, *model, "-f", "json", env=env)
+        assert again.returncode == 3 and '"removed": 0' in again.stdout, (again.stdout, again.stderr)
+        stats = as_nobody("index", "--stats", "-f", "json", env=env)
+        assert '"images": 2' in stats.stdout, stats.stdout
+    finally:
+        locked.chmod(0o755)
+        shutil.rmtree(home, ignore_errors=True)
