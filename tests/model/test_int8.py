@@ -175,7 +175,7 @@ def test_an_index_never_mixes_precisions(bt, checkpoints, cache, samples, tmp_pa
 
 def test_int8_refusals_are_one_line(bt, checkpoints, cache, samples, monkeypatch):
     explain = bt("explain", samples / "cat.jpg", "a cat", "-m", checkpoints["full"], "--dtype", "int8")
-    assert explain.code == 1 and "no gradients" in explain.stderr and "--dtype float32" in explain.stderr
+    assert explain.code == 2 and "no gradients" in explain.stderr and "--dtype float32" in explain.stderr
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if the [int8] extra were not installed
     missing = bt("score", samples / "cat.jpg", "a cat", "-m", checkpoints["full"], "--dtype", "int8")
     assert missing.code == 1 and "bridgetower-cli[int8]" in missing.stderr

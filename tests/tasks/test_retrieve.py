@@ -18,7 +18,7 @@ from conftest import DEVICE, wait_for_rows
 from helpers import many_photos
 from reference import contrastive, itm_logits, rgb
 
-from bridgetower_cli import sources as inputs
+from bridgetower_cli import walker
 from bridgetower_cli.index.vectors import VectorFile
 from bridgetower_cli.model.loading import load_model
 from bridgetower_cli.model.runtime import Runtime
@@ -120,7 +120,7 @@ def test_no_refresh_queries_the_index_as_it_is(bt, full_checkpoint, photos, tmp_
     def no_walk(*args, **kwargs):
         raise AssertionError("--no-refresh walked the folder")
 
-    monkeypatch.setattr(inputs, "walk", no_walk)  # bt's folder walk
+    monkeypatch.setattr(walker, "walk", no_walk)  # bt's folder walk
     result = bt(*args, "-n")
     assert result.code == 0, result.stderr
     assert {r["image"] for r in result.json()} == indexed  # neither new.jpg nor the loss of coffee.jpg

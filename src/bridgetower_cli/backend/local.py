@@ -7,6 +7,7 @@ import gc
 from ..operations import Refresh, operation_of
 from ..records import Outcome, RefreshStats, Reporter
 from .base import Backend, ModelOptions, located
+from .preflight import preflight
 
 
 class Local(Backend):
@@ -41,6 +42,7 @@ class Local(Backend):
 
     def run(self, request, outcome: Outcome, reporter: Reporter):
         """The request's operation on this process's model (its images found here first)."""
+        preflight(request, self.options)
         request = located(request, outcome, reporter)
         if isinstance(request, Refresh) and request.engine == "ray":
             return self._refresh_on_ray(request, outcome, reporter)

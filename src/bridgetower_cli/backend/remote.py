@@ -176,6 +176,13 @@ class Auto:
                 self._chosen = Local(o)
         return self._chosen
 
+    def run(self, request, outcome, reporter):
+        """What cannot run is said here first, as in process, before a server starts."""
+        from .preflight import preflight
+
+        preflight(request, self.options)
+        return self._backend().run(request, outcome, reporter)
+
     def __getattr__(self, name: str):
         return getattr(self._backend(), name)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from ..errors import UsageError
+from ..errors import BtError, UsageError
 
 
 @dataclass(frozen=True)
@@ -64,3 +64,31 @@ def check_dtype(dtype) -> str:
     if dtype not in DTYPES:
         raise UsageError(f"{dtype!r} is not a dtype", f"use one of: {', '.join(DTYPES)}")
     return dtype
+
+
+# The weight names that prove a head is in a checkpoint (all of them must be there).
+HEAD_WEIGHTS = {
+    "itm": ("itm_score.fc.weight", "itm_score.fc.bias"),
+    "mlm": ("mlm_score.transform.dense.weight", "mlm_score.decoder.weight", "mlm_score.bias"),
+    "itc": (
+        "itc_text_head.fc.weight",
+        "itc_image_head.fc.weight",
+        "itc_cross_modal_head.fc.weight",
+        "logit_scale",
+    ),
+}
+
+
+def require_heads(
+    available: tuple[str, ...], needed: tuple[str, ...], name: str, preferred: tuple[str, ...] = ()
+) -> None:
+    """Refuse a checkpoint that lacks a head in ``needed``, naming a public checkpoint that holds every head in
+    ``needed`` and ``preferred``."""
+    missing = [head for head in needed if head not in available]
+    if missing:
+        have = ", ".join(available) or "no heads"
+        heads = " or ".join(f"{HEAD_DESCRIPTIONS[head]} head" for head in missing)
+        raise BtError(
+            f"{name} has no {heads} (it holds {have})",
+            f"use a checkpoint that has it, e.g. --model {checkpoint_with(*needed, *preferred)}",
+        )

@@ -144,6 +144,27 @@ def weight_files(path: Path) -> list[Path]:
     return []
 
 
+def stored_weight_names(path: Path) -> set[str] | None:
+    """The tensor names a checkpoint directory stores, read without torch: from its index file or its safetensors
+    headers (None for pickled weights, which only torch reads)."""
+    import json
+    import struct
+
+    for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        if (path / index).is_file():
+            return set(json.loads((path / index).read_text())["weight_map"])
+    files = weight_files(path)
+    if not files or files[0].suffix != ".safetensors":
+        return None
+    names: set[str] = set()
+    for file in files:
+        with open(file, "rb") as handle:
+            (size,) = struct.unpack("<Q", handle.read(8))
+            header = json.loads(handle.read(min(size, 100 * 2**20)))
+        names.update(name for name in header if name != "__metadata__")
+    return names
+
+
 def cached_snapshot(repo_id: str, revision: str | None = None) -> Path | None:
     """The local Hugging Face cache snapshot of a hub checkpoint at ``revision`` (a branch, tag, commit or
     ``refs/pr/N``), if it holds a config and weights; no network."""

@@ -20,20 +20,8 @@ from transformers.models.bridgetower.modeling_bridgetower import (
 from transformers.utils import logging as hf_logging
 
 from ..errors import BtError
-from .catalog import HEAD_DESCRIPTIONS, checkpoint_with
+from .catalog import HEAD_WEIGHTS, checkpoint_with, require_heads
 from .hub import check_architecture, weight_files
-
-# The weight names that prove a head is in a checkpoint (all of them must be there).
-HEAD_WEIGHTS = {
-    "itm": ("itm_score.fc.weight", "itm_score.fc.bias"),
-    "mlm": ("mlm_score.transform.dense.weight", "mlm_score.decoder.weight", "mlm_score.bias"),
-    "itc": (
-        "itc_text_head.fc.weight",
-        "itc_image_head.fc.weight",
-        "itc_cross_modal_head.fc.weight",
-        "logit_scale",
-    ),
-}
 
 
 class BridgeTowerWithHeads(BridgeTowerPreTrainedModel):
@@ -180,21 +168,6 @@ def _check_supported(config: BridgeTowerConfig, needs: tuple[str, ...]) -> None:
         )
     if config.vision_config.remove_last_layer:
         raise BtError("this checkpoint sets vision remove_last_layer=True, which the BridgeTower forward cannot run")
-
-
-def require_heads(
-    available: tuple[str, ...], needed: tuple[str, ...], name: str, preferred: tuple[str, ...] = ()
-) -> None:
-    """Refuse a checkpoint that lacks a head in ``needed``, naming a public checkpoint that holds every head in
-    ``needed`` and ``preferred``."""
-    missing = [head for head in needed if head not in available]
-    if missing:
-        have = ", ".join(available) or "no heads"
-        heads = " or ".join(f"{HEAD_DESCRIPTIONS[head]} head" for head in missing)
-        raise BtError(
-            f"{name} has no {heads} (it holds {have})",
-            f"use a checkpoint that has it, e.g. --model {checkpoint_with(*needed, *preferred)}",
-        )
 
 
 def read_config(path: Path, model: str) -> BridgeTowerConfig:
