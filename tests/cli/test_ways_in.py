@@ -93,3 +93,26 @@ def test_a_folder_that_cannot_be_listed_is_a_skip_and_its_rows_stay(full_checkpo
     finally:
         locked.chmod(0o755)
         shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["retrieve", "a cat", "{samples}", "--no-rerank", "-r", "3"], "--no-rerank and --rerank-k contradict"),
+        (["retrieve", "a cat", "{samples}", "-f", "csv", "-0"], "it goes with -f paths"),
+        (["index", "--check", "--repair"], "--check and --repair exclude each other"),
+        (["classify", "{samples}", "--labels", "cat,,dog"], "an empty label in --labels"),
+        (["fill-mask", "{samples}", "a <mask>", "--targets", ""], "the target words are empty"),
+        (["explain", "{samples}", "a cat", "-o", "x.png", "--output-dir", "d"], "exclude each other"),
+        (["embed", "{samples}", "--output", "out.csv"], "unknown format"),
+    ],
+)
+def test_conflicts_and_empties_are_usage_errors(bt, fake, samples, args, words):
+    result = bt(*[a.format(samples=samples) for a in args])
+    assert result.code == 2 and words in result.stderr and len(result.stderr.splitlines()) == 1, result.stderr
+    assert not fake or fake[-1].calls == []  # (nothing ran)
+
+
+def test_a_server_that_is_no_url_is_a_usage_error(bt, samples):
+    result = bt("score", samples, "a cat", env={"BT_SERVER": "nonsense"})
+    assert result.code == 2 and "'nonsense' is not a bt server" in result.stderr, result.stderr

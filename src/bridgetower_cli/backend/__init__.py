@@ -31,6 +31,10 @@ def open_backend(
     could not start), else this process. (Nothing loads, and no server starts, until used.)"""
     if server == "auto":
         return Auto(options, timeout, warn)
+    if server and not server.lower().startswith(("http://", "https://")):
+        from ..errors import UsageError
+
+        raise UsageError(f"--server {server!r} is not a bt server (BT_SERVER too)", "use http(s)://HOST:PORT or auto")
     if server:
         from ..client import Client
 

@@ -232,8 +232,14 @@ IndexFile = Annotated[
 ]
 Rebuild = Annotated[bool, typer.Option("--rebuild", help="Start the index afresh (after another model, or damage).")]
 RerankK = Annotated[
-    int,
-    typer.Option("--rerank-k", "-r", help="How many of the best ITC hits the ITM head rescores.", metavar="K"),
+    int | None,
+    typer.Option(
+        "--rerank-k",
+        "-r",
+        help="How many of the best ITC hits the ITM head rescores. Default: 5.",
+        metavar="K",
+        show_default=False,
+    ),
 ]
 NoRerank = Annotated[bool, typer.Option("--no-rerank", help="Rank by ITC similarity alone (fastest).")]
 Annotations = Annotated[

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..errors import BtError, IndexDamaged
+from ..errors import BtError, IndexDamaged, UsageError
 from ..model.catalog import DEFAULT_CONTRASTIVE_MODEL
 from .common import emit, image_sources, model_command, only_images
 from .options import (
@@ -68,7 +68,7 @@ def retrieve(
     no_refresh: NoRefresh = False,
     wait: Wait = 60.0,
     top_k: HitsK = 10,
-    rerank_k: RerankK = 5,
+    rerank_k: RerankK = None,
     no_rerank: NoRerank = False,
     fmt: RetrieveFormat = Format.auto,
     print0: Print0 = False,
@@ -83,7 +83,11 @@ def retrieve(
     from ..records import Outcome
     from .render import StderrReporter
 
-    inputs, rerank_k = inputs or [], 0 if no_rerank else rerank_k
+    if no_rerank and rerank_k is not None:
+        raise UsageError("--no-rerank and --rerank-k contradict each other", "keep one of them")
+    if print0 and fmt.value != "paths":
+        raise UsageError("-0/--print0 ends each path with NUL: it goes with -f paths", "add -f paths, or drop -0")
+    inputs, rerank_k = inputs or [], 0 if no_rerank else (5 if rerank_k is None else rerank_k)
     separator = "\0" if print0 else "\n"
     reporter, outcome = StderrReporter(quiet), Outcome()
     if image is not None:
@@ -167,6 +171,8 @@ def index(
     from ..index.store import EmbeddingIndex
     from .render import StderrReporter, render_object
 
+    if check and repair:
+        raise UsageError("--check and --repair exclude each other", "--repair checks the index first")
     path, reporter = index_file or default_index_path(), StderrReporter(quiet)
     if stats:
         with EmbeddingIndex.for_reading(path, check=False) as existing:

@@ -7,7 +7,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import BtError
+from ..errors import BtError, UsageError
 from ..sources import ImageSource
 
 METHODS = ("auto", "itc", "itm", "rerank")
@@ -33,7 +33,9 @@ def prompts(labels: list[str], templates: list[str]) -> list[str]:
 
 def read_labels(given: list[str] | None, labels_file: Path | None) -> list[str]:
     """Labels from ``--labels a,b,c`` (repeatable) and ``--labels-file`` (one per line), in order, each once."""
-    labels = [label.strip() for item in given or [] for label in item.split(",") if label.strip()]
+    labels = [label.strip() for item in given or [] for label in item.split(",")]
+    if "" in labels:
+        raise UsageError("an empty label in --labels", "separate labels with single commas, e.g. --labels cat,dog")
     if labels_file is not None:
         labels += read_lines(labels_file)
     return check_labels(labels)
