@@ -15,7 +15,7 @@ NAME = PACKAGE.name
 MODULE_LINES, FUNCTION_LINES = 400, 80
 # Rooms from the bottom up: a module may import its own room and the rooms below, never one above.
 LAYERS = [
-    {"errors", "records", "cancel"},
+    {"errors", "records", "cancel", "durations"},
     {"images", "reading", "pictures"},
     {"sources", "walker", "model.catalog", "model.hub"},
     {"model.loading", "model.runtime", "model"},

@@ -116,3 +116,12 @@ def test_conflicts_and_empties_are_usage_errors(bt, fake, samples, args, words):
 def test_a_server_that_is_no_url_is_a_usage_error(bt, samples):
     result = bt("score", samples, "a cat", env={"BT_SERVER": "nonsense"})
     assert result.code == 2 and "'nonsense' is not a bt server" in result.stderr, result.stderr
+
+
+def test_a_keep_alive_that_does_not_parse_is_a_usage_error_on_the_automatic_path(bt, samples, tmp_path):
+    env = {"BT_SERVER": "auto", "BT_KEEP_ALIVE": "forever", "XDG_RUNTIME_DIR": str(tmp_path)}
+    result = bt("score", samples, "a cat", env=env)
+    assert result.code == 2 and result.stderr == (
+        "bt: error: BT_KEEP_ALIVE=forever is not a duration (hint: e.g. 30s, 10m, 1h)\n"
+    )
+    assert not (tmp_path / "bt").exists()  # (no server started)

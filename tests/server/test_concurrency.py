@@ -125,3 +125,13 @@ def test_explain_beside_concurrent_scores_never_fails(served, full_checkpoint):
     assert len(explained) == 24
     for answer in explained:
         assert close(answer["records"], alone["records"])
+
+
+def test_a_classify_body_of_many_labels_is_refused_by_its_cost(served, full_checkpoint):
+    """200,000 labels (1.6 MB) make 1.4 million prompts with CLIP's templates: refused (413) from the counts,
+    before a prompt is built, and the label check is linear (a quadratic one took minutes)."""
+    url, root = served
+    labels = [f"l{k}" for k in range(200_000)]
+    body = {"model": str(full_checkpoint), "images": [image(root / "photos" / "cat.jpg")], "labels": labels}
+    answer = requests.post(url + "/v1/classify", json=body, timeout=60)
+    assert answer.status_code == 413 and "200000 texts, over the limit" in answer.json()["error"]

@@ -6,7 +6,7 @@ import os
 from dataclasses import fields, replace
 from pathlib import Path
 
-from ..errors import BtError
+from ..errors import BtError, UsageError
 from ..operations import CheckIndex, RankTexts, Refresh, Search, operation_of
 from ..records import EmbeddingRecord, RetrievalRecord
 from ..sources import ImageSource
@@ -159,8 +159,16 @@ class Auto:
     stops early (a usage error, --stats) starts nothing; in process, with a warning, if it cannot start."""
 
     def __init__(self, options: ModelOptions, timeout: float | None, warn):
+        from ..durations import parse_duration
+
         self.options, self.timeout, self.warn = options, timeout, warn
         self._chosen: Backend | None = None
+        keep_alive = os.environ.get("BT_KEEP_ALIVE")
+        if keep_alive:  # (a value that does not parse: said now, as every BT_* variable is, never a fallback)
+            try:
+                parse_duration(keep_alive)
+            except UsageError:
+                raise UsageError(f"BT_KEEP_ALIVE={keep_alive} is not a duration", "e.g. 30s, 10m, 1h") from None
 
     def _backend(self) -> Backend:
         if self._chosen is None:

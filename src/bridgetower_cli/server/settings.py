@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..durations import parse_duration
 from ..errors import BtError, UsageError
 from ..model.catalog import DTYPES, check_device, check_dtype
 
@@ -27,18 +28,6 @@ def default_index_dir() -> Path:
     """``$XDG_CACHE_HOME/bt/server-indexes``: the server's own folder of indexes, named by clients."""
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     return cache / "bt" / "server-indexes"
-
-
-def parse_duration(text: str) -> float:
-    """``30s``, ``5m``, ``1h`` or plain seconds, as ollama's keep_alive."""
-    units = {"s": 1, "m": 60, "h": 3600}
-    try:
-        value = float(text[:-1]) * units[text[-1]] if text[-1:] in units else float(text)
-    except ValueError:
-        raise UsageError(f"not a duration: {text!r}", "e.g. 30s, 5m, 1h") from None
-    if not value >= 0 or math.isinf(value):
-        raise UsageError(f"not a duration: {text!r}", "e.g. 30s, 5m, 1h")
-    return value
 
 
 def is_loopback(host: str) -> bool:

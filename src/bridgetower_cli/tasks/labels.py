@@ -45,7 +45,8 @@ def check_labels(labels: list[str]) -> list[str]:
     """Two labels or more, each once."""
     if len(labels) < 2:
         raise BtError(f"{len(labels)} label(s): classifying needs two or more", "e.g. --labels cat,dog,rocket")
-    twice = next((label for label in labels if labels.count(label) > 1), None)
+    seen: set[str] = set()  # (a set, not counting each one: a million labels are checked in linear time)
+    twice = next((label for label in labels if label in seen or seen.add(label)), None)
     if twice is not None:
         raise BtError(f"the label {twice!r} is given twice", "give each label once")
     return labels
