@@ -24,6 +24,7 @@ def test_the_readme_example_runs(full_checkpoint, tmp_path, samples):
     assert namespace["best"].probability == max(r.probability for r in namespace["records"])
     assert len(namespace["vectors"]) == 2 and len(namespace["hits"]) == 5 and len(namespace["maps"]) == 1
     assert namespace["masks"][0].masks and {r.text for r in namespace["texts"]} == {"a cat", "a rocket"}
+    assert namespace["report"].sound and namespace["report"].images == 5
 
 
 def test_records_are_the_clis_key_for_key(bt, full_checkpoint, samples):
