@@ -88,3 +88,25 @@ def held_answer(body: bytes):
         release.set()
         httpd.shutdown()
         httpd.server_close()
+
+
+@contextlib.contextmanager
+def served(app, ready_s: float = 120.0):
+    """A real server (uvicorn in a thread) for an ASGI app on a free loopback port: its URL, stopped on exit."""
+    import time
+
+    import uvicorn
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + ready_s
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)

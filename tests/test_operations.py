@@ -4,13 +4,11 @@ README's "Adding a capability", done here in one file)."""
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
 from dataclasses import dataclass
 
 import pytest
 from conftest import DEVICE
+from helpers import served
 
 import bridgetower_cli as bt_api
 from bridgetower_cli.operations import OPERATIONS
@@ -62,23 +60,10 @@ def declared():
 @pytest.fixture(scope="module")
 def url(full_checkpoint):
     pytest.importorskip("fastapi")
-    import uvicorn
-
     from bridgetower_cli.server import Settings, create_app
 
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(Settings(models=[str(full_checkpoint)], device=DEVICE)), log_level="warning")
-    )
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{listener.getsockname()[1]}"
-    server.should_exit = True
-    thread.join(timeout=30)
+    with served(create_app(Settings(models=[str(full_checkpoint)], device=DEVICE))) as address:
+        yield address
 
 
 def test_a_new_operation_runs_everywhere(full_checkpoint, samples, url):

@@ -5,19 +5,15 @@ from __future__ import annotations
 
 import base64
 import shutil
-import socket
-import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 import requests
 from conftest import DEVICE
+from helpers import served
 
 pytest.importorskip("fastapi")
-import uvicorn  # noqa: E402
-
 from bridgetower_cli.server import Settings, create_app  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -25,7 +21,7 @@ IGNORED = {"seconds"}  # (how long a run took: never the same twice)
 
 
 @pytest.fixture(scope="module")
-def served(full_checkpoint, samples, tmp_path_factory):
+def server(full_checkpoint, samples, tmp_path_factory):
     """A real server (uvicorn in a thread) over a copy of the samples: (URL, the photos' folder)."""
     root = tmp_path_factory.mktemp("concurrent")
     shutil.copytree(samples, root / "photos", ignore=shutil.ignore_patterns("*.md", "*.json"))
@@ -34,17 +30,8 @@ def served(full_checkpoint, samples, tmp_path_factory):
         shutil.copy(samples / name, root / "classes" / f"c{k}" / name)
     settings = Settings(models=[str(full_checkpoint)], device=DEVICE, dtype="float32", max_waiting=256,
                         allow_paths=[root.resolve()], index_dir=root / "indexes")  # fmt: skip
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 120
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{listener.getsockname()[1]}", root.resolve()
-    server.should_exit = True
-    thread.join(timeout=30)
+    with served(create_app(settings)) as url:
+        yield url, root.resolve()
 
 
 def image(path: Path) -> dict:
@@ -90,8 +77,8 @@ def close(a, b) -> bool:
     return a == b
 
 
-def test_every_operation_beside_every_other_answers_as_alone(served, full_checkpoint):
-    url, root = served
+def test_every_operation_beside_every_other_answers_as_alone(server, full_checkpoint):
+    url, root = server
     model = str(full_checkpoint)
     alone = [ask(url, model, route, body) for route, body in bodies(model, root / "photos", root / "classes", 0)]
     together = [body for copy in (1, 2) for body in bodies(model, root / "photos", root / "classes", copy)]
@@ -106,10 +93,10 @@ def test_every_operation_beside_every_other_answers_as_alone(served, full_checkp
         assert answer["skipped"] == [] and answer["skipped"] == expected["skipped"]
 
 
-def test_explain_beside_concurrent_scores_never_fails(served, full_checkpoint):
+def test_explain_beside_concurrent_scores_never_fails(server, full_checkpoint):
     """24 Grad-CAM requests among score requests: each map equals a lone request's (the attack of issue 29: the
     Grad-CAM hook on the shared module, run off the worker, answered 500 to 9 of 24)."""
-    url, root = served
+    url, root = server
     model, photos = str(full_checkpoint), root / "photos"
     explain = {"images": [image(photos / "cat.jpg")], "texts": ["two cats on a couch", "a rocket"]}
     score = {
@@ -127,10 +114,10 @@ def test_explain_beside_concurrent_scores_never_fails(served, full_checkpoint):
         assert close(answer["records"], alone["records"])
 
 
-def test_a_classify_body_of_many_labels_is_refused_by_its_cost(served, full_checkpoint):
+def test_a_classify_body_of_many_labels_is_refused_by_its_cost(server, full_checkpoint):
     """200,000 labels (1.6 MB) make 1.4 million prompts with CLIP's templates: refused (413) from the counts,
     before a prompt is built, and the label check is linear (a quadratic one took minutes)."""
-    url, root = served
+    url, root = server
     labels = [f"l{k}" for k in range(200_000)]
     body = {"model": str(full_checkpoint), "images": [image(root / "photos" / "cat.jpg")], "labels": labels}
     answer = requests.post(url + "/v1/classify", json=body, timeout=60)

@@ -5,9 +5,6 @@ allowed models load. Each test was written against the old server and seen to fa
 from __future__ import annotations
 
 import shutil
-import socket
-import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -15,9 +12,9 @@ import requests
 from conftest import DEVICE
 
 pytest.importorskip("fastapi")
-import uvicorn  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 from helpers import DOT
+from helpers import served as serving
 
 from bridgetower_cli.server import Settings, create_app  # noqa: E402
 
@@ -52,17 +49,8 @@ def served(full_checkpoint, tree):
         index_dir=tree["base"] / "indexes",
     )
     app = create_app(settings)
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{listener.getsockname()[1]}", app
-    server.should_exit = True
-    thread.join(timeout=30)
+    with serving(app, ready_s=60) as url:
+        yield url, app
 
 
 def retrieve(url: str, model: Path, **fields) -> requests.Response:

@@ -23,9 +23,8 @@ from conftest import DEVICE, SAMPLES
 from reference import contrastive, itm_logits, rgb
 
 pytest.importorskip("fastapi")
-import uvicorn  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
-from helpers import DOT
+from helpers import DOT, served
 
 from bridgetower_cli.server import Settings, create_app  # noqa: E402
 from bridgetower_cli.server.workers import Job, ModelWorker  # noqa: E402
@@ -54,17 +53,8 @@ def live(full_checkpoint, shared):
         index_dir=shared / "server-indexes",
     )
     app = create_app(settings)
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{listener.getsockname()[1]}", app
-    server.should_exit = True
-    thread.join(timeout=30)
+    with served(app, ready_s=60) as url:
+        yield url, app
 
 
 def numbers_close(a, b) -> bool:
