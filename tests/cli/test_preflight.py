@@ -30,6 +30,7 @@ def cases(checkpoints, samples) -> list[tuple[list, int, str]]:
         (["retrieve", "a cat", samples, "-m", full, "--index", cat], 1, "is not a bt index (not an SQLite file)"),
         (["embed", cat, "-m", checkpoints["itm_mlm"]], 1, "no contrastive embedding (ITC) head"),
         (["score", cat, "a cat", "-m", checkpoints["itc"]], 1, "no image-text matching (ITM) head"),
+        (["fill-mask", cat, "a <mask>", "-m", full, "--targets", "cat,zzqqxx"], 1, "'zzqqxx' is not a word"),
     ]
     if not NVIDIA:
         found.append((["score", cat, "a cat", "-m", full, "--device", "cuda"], 1, "CUDA is not available"))

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from ..errors import BtError, UsageError
-from ..operations import CheckIndex, Explain, Refresh, Search, operation_of
+from ..operations import CheckIndex, Explain, FillMask, Refresh, Search, operation_of
 from .base import ModelOptions
 
 
@@ -37,6 +37,8 @@ def preflight(request, options: ModelOptions) -> None:
         heads = tuple(head for head, required in HEAD_WEIGHTS.items() if all(name in names for name in required))
         needs, preferred = operation.heads(request)
         require_heads(heads, needs, options.model, preferred)
+    if isinstance(request, FillMask) and request.targets:
+        _targets_start_words(path, request.targets)
     if isinstance(request, Explain) and request.layer is not None:
         layers = json.loads((path / "config.json").read_text()).get("num_hidden_layers", 6)
         if request.layer >= layers:
@@ -63,3 +65,21 @@ def _device_exists(device: str) -> None:
         return
     if not any(os.path.exists(p) for p in ("/dev/nvidiactl", "/proc/driver/nvidia/version", "/dev/dxg")):
         raise BtError("CUDA is not available on this machine", "use --device cpu (or auto)")
+
+
+def _targets_start_words(path: Path, targets: list[str]) -> None:
+    """Each fill-mask target must start with a word of the vocabulary (``tasks.pairs.target_ids``'s rule, read with
+    the checkpoint's own tokenizer.json by the tokenizers library: no torch, no transformers)."""
+    file = path / "tokenizer.json"
+    if not file.is_file():
+        return  # (the load reads the tokenizer another way, and checks them then)
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(file))
+    longest = max(map(len, tokenizer.get_vocab()))
+    for word in (word for word in targets if word.strip()):
+        ids = tokenizer.encode(" " + word.strip()[: longest + 1], add_special_tokens=False).ids
+        if not ids or not tokenizer.decode(ids[:1]).strip():
+            raise BtError(
+                f"target {word[:40]!r} is not a word this model's vocabulary starts", "give words separated by commas"
+            )
