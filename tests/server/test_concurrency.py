@@ -122,3 +122,18 @@ def test_a_classify_body_of_many_labels_is_refused_by_its_cost(server, full_chec
     body = {"model": str(full_checkpoint), "images": [image(root / "photos" / "cat.jpg")], "labels": labels}
     answer = requests.post(url + "/v1/classify", json=body, timeout=60)
     assert answer.status_code == 413 and "200000 texts, over the limit" in answer.json()["error"]
+
+
+def test_explain_with_pictures_draws_each_map_over_its_photo(server, full_checkpoint):
+    """The search page's explain: each record with its picture, a PNG data URL at the photo's size."""
+    import io
+
+    from PIL import Image
+
+    url, root = server
+    body = {"images": [image(root / "photos" / "rocket.jpg")], "texts": ["a rocket"], "pictures": True}
+    (record,) = ask(url, str(full_checkpoint), "/v1/explain", body)["records"]
+    header, _, data = record["picture"].partition(",")
+    assert header == "data:image/png;base64"
+    with Image.open(io.BytesIO(base64.b64decode(data))) as picture, Image.open(root / "photos" / "rocket.jpg") as photo:
+        assert picture.format == "PNG" and picture.size == photo.size
