@@ -240,11 +240,14 @@ class RefreshStats(Record):
     failed: int = 0
     reused: int = 0  # new or changed files whose embedding came from an indexed file with the same content
     elsewhere: int = 0  # files another bt process was embedding: left to it
+    skipped: int = 0  # files gone or unusable before they could be read (a dangling link, one that vanished)
+    # new + changed + unchanged + failed + elsewhere + skipped = the files seen; removed: rows of files seen gone
 
     def line(self) -> str:
         extra = (
             (f", {self.reused} reused" if self.reused else "")
             + (f", {self.failed} unreadable" if self.failed else "")
+            + (f", {self.skipped} skipped" if self.skipped else "")
             + (f", {self.elsewhere} being indexed by another bt process" if self.elsewhere else "")
         )
         return (

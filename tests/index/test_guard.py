@@ -92,3 +92,25 @@ def test_a_planted_vector_file_is_never_truncated(bt, full_checkpoint, samples, 
         result = bt("index", samples, "-m", full_checkpoint, "--index", index)
         assert result.code == 1 and f"{planted} is not bt's" in result.stderr, result.stderr
         assert planted.read_bytes() == b"someone's data" * 100
+
+
+def test_a_refresh_counts_each_file_seen_once(bt, full_checkpoint, samples, tmp_path):
+    """new + changed + unchanged + failed + elsewhere + skipped = the files seen, in the summary and in -f json."""
+    import shutil
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("cat.jpg", "rocket.jpg", "coffee.jpg"):
+        shutil.copy(samples / name, photos / name)
+    (photos / "broken.jpg").write_bytes(b"not a jpeg at all")
+    (photos / "dangling.jpg").symlink_to(photos / "gone.jpg")
+    args = ["index", photos, "-m", full_checkpoint, "--index", tmp_path / "ix.sqlite", "-f", "json"]
+    first = bt(*args)
+    counts = first.json()[0]
+    seen = ("new", "changed", "unchanged", "failed", "elsewhere", "skipped")
+    assert first.code == 3 and sum(counts[k] for k in seen) == 5, counts
+    assert (counts["new"], counts["failed"], counts["skipped"]) == (3, 1, 1), counts
+    assert "index: 3 new, 0 changed, 0 removed, 0 unchanged, 1 unreadable, 1 skipped" in first.stderr
+    (photos / "coffee.jpg").write_bytes((samples / "astronaut.jpg").read_bytes())
+    again = bt(*args).json()[0]
+    assert sum(again[k] for k in seen) == 5 and (again["changed"], again["new"]) == (1, 0), again

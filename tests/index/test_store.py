@@ -35,7 +35,7 @@ def test_index_plans_new_changed_unchanged_and_gone(tmp_path):
     changed = FileState(files[0].path, files[0].size, files[0].mtime_ns + 1)
     os.unlink(files[1].path)
     plan = index.plan([changed, files[2]], [folder])
-    assert plan.to_embed == [changed] and plan.changed == 1 and plan.to_drop == [files[1].path]
+    assert plan.to_embed == [changed] and plan.changed == {changed.path} and plan.to_drop == [files[1].path]
     paths, matrix = index.embeddings([files[1].path, files[0].path, "/elsewhere.jpg"])
     assert paths == [files[1].path, files[0].path]
     assert np.allclose(matrix, np.asarray([unit(4, 1), unit(4, 0)], dtype=np.float32))

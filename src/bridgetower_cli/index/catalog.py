@@ -281,12 +281,13 @@ class Catalog:
         for chunk in chunks(outside, 400):
             marks = ",".join("?" * len(chunk))
             known.update((p, (s, m)) for p, s, m in self.db.execute(query.format(f"path IN ({marks})"), chunk + chunk))
-        to_embed, changed = [], 0
+        to_embed, changed = [], set()
         for state in files:
             stamp = known.get(state.path)
             if stamp != (state.size, state.mtime_ns):
                 to_embed.append(state)
-                changed += stamp is not None
+                if stamp is not None:
+                    changed.add(state.path)
         present = {state.path for state in files}
         to_drop = [p for p in known if p not in present and inside(p) and _seen_gone(p)] if ranges else []
         return RefreshPlan(to_embed, to_drop, len(files) - len(to_embed), changed)

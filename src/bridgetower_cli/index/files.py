@@ -34,7 +34,7 @@ class RefreshPlan:
     to_embed: list[FileState]
     to_drop: list[str]
     unchanged: int
-    changed: int
+    changed: set[str]  # the paths among ``to_embed`` the index held before, with another size or mtime
 
 
 def file_state(path: str) -> FileState:

@@ -109,7 +109,7 @@ def refresh_index(
                 hashes[state.path] = content_hash(state.path)
         linked = set(index.link([(s, hashes[s.path]) for s in plan.to_embed if s.path in hashes]))
         index.drop(plan.to_drop)
-        stats = RefreshStats(len(plan.to_embed) - plan.changed, plan.changed, len(plan.to_drop), plan.unchanged)
+        stats = RefreshStats(removed=len(plan.to_drop), unchanged=plan.unchanged, skipped=len(missing))
         stats.reused = len(linked)
         pending = [state for state in plan.to_embed if state.path not in linked]
         claimed, holder = index.claim(pending)
@@ -123,16 +123,20 @@ def refresh_index(
             if engine is None
             else _embedded_by(engine, todo, batch_size, outcome, reporter)
         )
-        done = 0
+        done, stored = 0, set(linked)
         with reporter.progress(len(todo), "indexing images") as advance:
             try:
                 for rows, failures in batches:
                     index.store(rows, failures)
                     stats.failed += len(failures)
+                    stored.update(state.path for state, *_ in rows)
                     done += len(rows) + len(failures)
                     advance(len(rows) + len(failures))
             except KeyboardInterrupt:  # every batch before this one is committed
                 raise Interrupted(f"interrupted: {done} of {len(todo)} images indexed; run again to resume") from None
+        # Each file seen counts once: new, changed, unchanged, failed, left to another process, or skipped.
+        stats.changed = len(stored & plan.changed)
+        stats.new = len(stored) - stats.changed
     warning = index.maintain()
     if warning:
         reporter.warn(warning)
