@@ -270,6 +270,13 @@ class FakeBackend(Backend):
         return r.ClassificationEvalRecord(100.0, 100.0, 100.0, len(q.images), n, q.method, len(q.templates),
                                           recall, 0.0)  # fmt: skip
 
+    def check_index(self, q, outcome, reporter):
+        """The real check (no model needed); a repair loads the checkpoint as in process."""
+        from bridgetower_cli.tasks.maintenance import check_index
+
+        runtime = self.runtime(reporter, ("itc",))[0] if q.repair else None
+        return check_index(runtime, q, outcome, reporter, 8)
+
     def explain(self, q, outcome, reporter):
         for source in self._readable(q.images, outcome, reporter):
             for text in q.texts:

@@ -37,7 +37,6 @@ def count_tokens(runtime, q, outcome, reporter, batch_size):
         yield TokensRecord(record.image, record.text, lengths[record.text], record.probability)
 
 
-@operation("tokens", TokensRecord, "tokens", "/v1/tokens", lambda q: (("itm",), ()), count_tokens)
 @dataclass
 class Tokens:
     images: list[ImageSource]
@@ -53,8 +52,11 @@ class Tokens:
 
 @pytest.fixture(scope="module", autouse=True)
 def declared():
+    """The declaration, as ``@operation`` above the class would make it (here only while this module's tests run, so
+    the rest of the session's table and servers are without it)."""
+    operation("tokens", TokensRecord, "tokens", "/v1/tokens", lambda q: (("itm",), ()), count_tokens)(Tokens)
     yield
-    OPERATIONS.pop(Tokens)  # (the rest of the session's servers without it)
+    OPERATIONS.pop(Tokens)
 
 
 @pytest.fixture(scope="module")

@@ -158,3 +158,21 @@ def test_every_format_is_checked_against_the_table_before_anything_runs(bt, fake
             )
             assert len(fake) == made, (command, fmt)  # (refused before a backend was made)
     assert "paths" not in FORMATS["index"] and "html" not in FORMATS["embed"] and "paths" not in FORMATS["classify"]
+
+
+def test_the_fake_model_answers_every_operation_of_the_table():
+    """The fast layer's fake is a Backend with a method for every operation, so no command escapes it."""
+    from conftest import FakeBackend
+
+    from bridgetower_cli.backend import Backend
+    from bridgetower_cli.operations import OPERATIONS
+
+    assert issubclass(FakeBackend, Backend)
+    assert [op.name for op in OPERATIONS.values() if not callable(getattr(FakeBackend, op.name, None))] == []
+
+
+def test_index_check_through_the_fake(bt, fake, photos, tmp_path):
+    index = tmp_path / "ix.sqlite"
+    assert bt("index", photos, "--index", index).code == 0  # (the fake's refresh writes nothing)
+    result = bt("index", "--check", "--index", index)
+    assert result.code == 1 and f"no index at {index}" in result.stderr
