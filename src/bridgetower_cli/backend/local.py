@@ -42,7 +42,7 @@ class Local(Backend):
 
     def run(self, request, outcome: Outcome, reporter: Reporter):
         """The request's operation on this process's model (its images found here first)."""
-        preflight(request, self.options)
+        preflight(request, self.options, loaded=self._runtime is not None)
         request = located(request, outcome, reporter)
         if isinstance(request, Refresh) and request.engine == "ray":
             return self._refresh_on_ray(request, outcome, reporter)

@@ -13,10 +13,11 @@ from ..operations import CheckIndex, Explain, FillMask, Refresh, Search, operati
 from .base import ModelOptions
 
 
-def preflight(request, options: ModelOptions) -> None:
+def preflight(request, options: ModelOptions, loaded: bool = False) -> None:
     """Refuse a request that cannot run with these options: an index path that is not an index, explain on int8
     graphs (no gradients), CUDA where there is none, a checkpoint without the heads the operation needs, a fusion
-    layer the checkpoint does not have."""
+    layer the checkpoint does not have. With the model ``loaded`` already, the checkpoint's files are not read again
+    (the loaded model answers those questions itself, at no cost)."""
     index = _index_of(request)
     if index is not None:
         from ..index.catalog import refuse_foreign
@@ -28,6 +29,8 @@ def preflight(request, options: ModelOptions) -> None:
     if isinstance(request, Explain) and options.dtype == "int8":
         raise UsageError("bt explain differentiates the model: int8 graphs have no gradients", "use --dtype float32")
     _device_exists(options.device)
+    if loaded:
+        return
     from ..model.catalog import HEAD_WEIGHTS, require_heads
     from ..model.hub import resolve_checkpoint, stored_weight_names
 

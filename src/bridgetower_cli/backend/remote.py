@@ -188,7 +188,7 @@ class Auto:
         """What cannot run is said here first, as in process, before a server starts."""
         from .preflight import preflight
 
-        preflight(request, self.options)
+        preflight(request, self.options, loaded=self._chosen is not None)
         return self._backend().run(request, outcome, reporter)
 
     def __getattr__(self, name: str):
