@@ -143,13 +143,14 @@ class RetrievalRecord(Record):
 
 @dataclass
 class ModelRecord(Record):
-    """A public checkpoint bt knows, and whether it is already in the local Hugging Face cache."""
+    """A public checkpoint bt knows, whether it is already in the local Hugging Face cache, and the commands that use
+    it when no ``--model`` is given."""
 
     id: str
     heads: list[str]
     image_size: int
     cached: bool
-    default: bool
+    default_for: list[str]
 
 
 @dataclass

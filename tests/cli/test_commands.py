@@ -10,6 +10,8 @@ import json
 import numpy as np
 import pytest
 
+from bridgetower_cli.operations.table import DEFAULT_MODELS
+
 
 @pytest.fixture
 def photos(samples, tmp_path):
@@ -116,7 +118,9 @@ def test_explain_numbers_and_pictures(bt, fake, photos, tmp_path):
 
 def test_models_and_usage_errors(bt, fake):
     models = bt("models", "-f", "json").json()
-    assert len(models) == 4 and sum(m["default"] for m in models) == 2
+    assert len(models) == 4
+    defaults = [command for m in models for command in m["default_for"]]  # each command's default, named once
+    assert sorted(defaults) == sorted(DEFAULT_MODELS) and {"score", "embed"} <= set(defaults)
     for args in (["score"], ["score", "x.jpg", "a", "-f", "xml"], ["retrieve", "a cat", "-k", "0"]):
         result = bt(*args)
         assert result.code == 2 and result.stderr.count("\n") == 1 and result.stderr.startswith("bt: error:"), args

@@ -194,26 +194,44 @@ def test_an_interrupted_index_says_how_far_it_got(bt, full_checkpoint, samples, 
     assert result.code == 130 and "interrupted: 2 of 5 images indexed; run again to resume" in result.stderr
 
 
-@pytest.mark.parametrize("columns", ["40", "60"])
-def test_narrow_terminals_never_cut_a_number(columns):
+LONG = "/photos/a very long folder name/IMG_20240101_120000_burst_0001.jpg"
+NAME = LONG.split()[-1]  # the path's last word: wrapping may only happen between words
+
+
+def _records_of_every_table():
+    """A list of records per table kind, each with a long path or id, and the numbers (4 decimals) it must show."""
+    from bridgetower_cli.records import (
+        ExplainRecord,
+        LabelRecord,
+        ModelRecord,
+        RetrievalRecord,
+        ScoreRecord,
+    )
+
+    checkpoint = "BridgeTower/bridgetower-large-itm-mlm-itc"
+    yield [ScoreRecord(LONG + str(k), "two cats", -1.23456, 0.98765) for k in range(2)], [NAME, "-1.2346", "0.9877"]
+    yield [RetrievalRecord(1, LONG, None, 0.43211, 2.34561, 0.91231)], [NAME, "0.4321", "2.3456", "0.9123"]
+    yield [LabelRecord(LONG, "a tabby cat", 0.34292625682126855, -0.9752689599990845)], [NAME, "0.3429", "-0.9753"]
+    yield [ModelRecord(checkpoint, ["itm", "mlm", "itc"], 294, False, ["embed", "retrieve"])], [checkpoint, "294"]
+    yield [ExplainRecord(LONG, "a cat", 5, 0.12344, [], [], None)], [NAME, "0.1234"]
+
+
+@pytest.mark.parametrize("columns", [40, 50, 80])
+def test_no_number_id_or_path_is_ever_cut(columns):
     from rich.console import Console
 
     from bridgetower_cli.cli.tables import print_tables
-    from bridgetower_cli.records import RetrievalRecord, ScoreRecord
 
-    for records in (
-        [
-            ScoreRecord(f"/photos/a very long folder name/{k}.jpg", "two cats on a couch", -1.2345, 0.9876)
-            for k in range(2)
-        ],
-        [RetrievalRecord(1, "/photos/a very long folder name/1.jpg", None, 0.4321, 2.3456, 0.9123)],
-    ):
+    for records, numbers in _records_of_every_table():
         screen = io.StringIO()
-        print_tables(records, Console(file=screen, width=int(columns), force_terminal=False))
+        print_tables(records, Console(file=screen, width=columns, force_terminal=False))
         shown = screen.getvalue()
-        for number in ("-1.2345", "0.9876") if isinstance(records[0], ScoreRecord) else ("0.4321", "2.3456", "0.9123"):
-            assert number in shown, shown
-        assert "…" not in shown and "█" not in shown
+        lines = shown.splitlines()
+        for whole in numbers:
+            assert any(whole in line for line in lines), (columns, whole, shown)
+        assert "…" not in shown and "34292625" not in shown, shown  # never an ellipsis, never 17 digits
+        if columns < 80:
+            assert "█" not in shown
 
 
 def test_eval_recalls_are_exact_and_tables_round(bt, full_checkpoint, samples):

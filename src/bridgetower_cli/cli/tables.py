@@ -1,5 +1,6 @@
-"""Records as rich tables on a terminal, fitted to its width: on a narrow one the decorative columns go first and
-headers shorten, long names and paths wrap, and a number is never cut."""
+"""Records as rich tables on a terminal, fitted to its width: on a narrow one the decorative columns go first,
+headers shorten and texts wrap between words; a table that still does not fit is printed a record per block, a field
+per line, so that no number, id or path is ever cut."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from dataclasses import asdict
 from itertools import groupby
 
 from rich import box
+from rich.cells import cell_len
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
@@ -22,10 +24,10 @@ def _bar(probability: float, width: int = 20) -> Text:
 
 
 class _Layout:
-    """How tables look at a width: full, or narrow (short headers, no bars, tight padding)."""
+    """How tables look: full (boxes, bars, full headers), or narrow (short headers, no bars, tight padding)."""
 
-    def __init__(self, width: int):
-        self.wide = width >= WIDE
+    def __init__(self, wide: bool):
+        self.wide = wide
 
     def table(self, **options) -> Table:
         if self.wide:
@@ -33,7 +35,7 @@ class _Layout:
         return Table(box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False, collapse_padding=True, **options)
 
     def name(self, table: Table, header: str) -> None:
-        """A column of names, paths or texts: wraps, never the one that keeps a number from showing."""
+        """A column of names, paths or texts: wraps between words, never the one that keeps a number from showing."""
         table.add_column(header, overflow="fold", ratio=1)
 
     def number(self, table: Table, header: str, short: str | None = None) -> None:
@@ -125,15 +127,22 @@ def explain_tables(records: list, layout: _Layout):
 
 
 def record_tables(records: list, layout: _Layout):
-    """Any flat records: one column per field (None fields left out, as in JSON)."""
+    """Any flat records: one column per field (None fields left out, as in JSON), numbers to 4 decimals."""
     table = layout.table()
-    columns = [k for k, v in asdict(records[0]).items() if v is not None]
+    first = asdict(records[0])
+    columns = [k for k, v in first.items() if v is not None]
     for column in columns:
-        layout.name(table, column)
+        number = isinstance(first[column], (int, float)) and not isinstance(first[column], bool)
+        (layout.number if number else layout.name)(table, column)
     for record in records:
-        values = (getattr(record, c) for c in columns)
-        table.add_row(*(", ".join(map(str, v)) if isinstance(v, list) else str(v) for v in values))
+        table.add_row(*(_cell(getattr(record, c)) for c in columns))
     yield table
+
+
+def _cell(value) -> str:
+    if isinstance(value, list):
+        return ", ".join(map(str, value))
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
 TABLES = {
@@ -146,9 +155,52 @@ TABLES = {
 
 
 def print_tables(records: list, console: Console) -> None:
-    layout = _Layout(console.size.width)
-    for table in TABLES.get(type(records[0]), record_tables)(records, layout):
-        console.print(table)
+    """The full tables where they fit, else the narrow ones, else blocks (a field per line)."""
+    width = console.size.width
+    tables = TABLES.get(type(records[0]), record_tables)
+    for layout in (_Layout(wide=True), _Layout(wide=False)) if width >= WIDE else (_Layout(wide=False),):
+        drawn = list(tables(records, layout))
+        if all(_fitted(table, console, width) for table in drawn):
+            for table in drawn:
+                console.print(table)
+            return
+    for table in tables(records, _Layout(wide=True)):
+        _print_blocks(table, console)
+
+
+def _fitted(table: Table, console: Console, width: int) -> bool:
+    """Fix the columns' widths so that the table fits ``width`` with no word cut (a wrapping column at least its
+    longest word, a no-wrap one whole; the room left shared by what each still wants), or say it cannot fit.
+    rich itself narrows the widest wrapping column first, cutting an id when another column could have wrapped."""
+    wanted, least = [], []
+    for column in table.columns:
+        cells = [str(column.header)] + [cell.plain if isinstance(cell, Text) else str(cell) for cell in column.cells]
+        longest = max(max(map(cell_len, cell.splitlines() or [""])) for cell in cells)
+        wanted.append(max(longest, column.min_width or 0))
+        words = (word for cell in cells for word in cell.split())
+        least.append(wanted[-1] if column.no_wrap else max([column.min_width or 0, *map(cell_len, words)]))
+    unbounded = console.options.update_width(10**6)
+    frame = console.measure(table, options=unbounded).maximum - sum(wanted)  # borders and padding
+    room = width - frame - sum(least)
+    if room < 0:
+        return False
+    slack = sum(wanted) - sum(least)
+    for column, most, fewest in zip(table.columns, wanted, least):
+        column.width = most if room >= slack else fewest + (most - fewest) * room // max(slack, 1)
+    return True
+
+
+def _print_blocks(table: Table, console: Console) -> None:
+    """A table too wide for the terminal even with its texts wrapped: each row as a block of ``header: value``
+    lines, long ones left for the terminal to wrap (soft wrap), so a copied line is whole."""
+    if table.title:
+        console.print(Text(str(table.title), style="bold"), soft_wrap=True)
+    headers = [str(column.header) for column in table.columns]
+    for row in zip(*(column.cells for column in table.columns)):
+        console.print(soft_wrap=True)
+        for header, cell in zip(headers, row):
+            if isinstance(cell, str) and cell:  # bars (Text) and a group's repeated name ("") are left out
+                console.print(Text(f"{header}: ", style="bold") + Text(cell), soft_wrap=True)
 
 
 def object_table(record) -> Table:
