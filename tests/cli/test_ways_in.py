@@ -105,6 +105,8 @@ def test_a_folder_that_cannot_be_listed_is_a_skip_and_its_rows_stay(full_checkpo
         (["fill-mask", "{samples}", "a <mask>", "--targets", ""], "the target words are empty"),
         (["explain", "{samples}", "a cat", "-o", "x.png", "--output-dir", "d"], "exclude each other"),
         (["embed", "{samples}", "--output", "out.csv"], "unknown format"),
+        (["classify", "{samples}", "-l", "cat,dog", "-L", "{samples}/captions.json"], "--labels and --labels-file"),
+        (["classify", "{samples}", "-l", "a,b", "--template", "{{}}", "--templates", "t"], "--template and"),
     ],
 )
 def test_conflicts_and_empties_are_usage_errors(bt, fake, samples, args, words):
@@ -125,3 +127,15 @@ def test_a_keep_alive_that_does_not_parse_is_a_usage_error_on_the_automatic_path
         "bt: error: BT_KEEP_ALIVE=forever is not a duration (hint: e.g. 30s, 10m, 1h)\n"
     )
     assert not (tmp_path / "bt").exists()  # (no server started)
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+@pytest.mark.parametrize("fmt", ["json", "jsonl", "table"])
+def test_a_full_disk_is_one_line(fmt):
+    with open("/dev/full", "w") as full:
+        result = subprocess.run([sys.executable, "-m", "bridgetower_cli", "models", "-f", fmt], stdout=full,
+                                stderr=subprocess.PIPE, text=True)  # fmt: skip
+    assert result.returncode == 1 and result.stderr == (
+        "bt: error: cannot write the output: no space left on device "
+        "(hint: free some space, or write the output elsewhere)\n"
+    )

@@ -76,11 +76,15 @@ def write_paths(records: Iterable, stream: TextIO, separator: str = "\n") -> Non
 
 @contextlib.contextmanager
 def _writing():
-    """A closed stdout (a pipe whose reader has gone) ends the run as StdoutClosed, not as an OSError."""
+    """A closed stdout (a pipe whose reader has gone) ends the run as StdoutClosed; a failed write (a full disk) as
+    one line naming the reason."""
     try:
         yield
     except BrokenPipeError:
         raise StdoutClosed() from None
+    except OSError as error:  # a full disk, a quota, an I/O error on the file stdout is
+        reason = (error.strerror or str(error)).lower()
+        raise BtError(f"cannot write the output: {reason}", "free some space, or write the output elsewhere") from None
 
 
 def render(records: Iterable, fmt: str, stream: TextIO | None = None, separator: str = "\n", title: str = "") -> int:

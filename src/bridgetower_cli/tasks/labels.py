@@ -32,12 +32,14 @@ def prompts(labels: list[str], templates: list[str]) -> list[str]:
 
 
 def read_labels(given: list[str] | None, labels_file: Path | None) -> list[str]:
-    """Labels from ``--labels a,b,c`` (repeatable) and ``--labels-file`` (one per line), in order, each once."""
+    """Labels from ``--labels a,b,c`` (repeatable) or ``--labels-file`` (one per line), in order, each once."""
+    if given and labels_file is not None:
+        raise UsageError("--labels and --labels-file exclude each other", "give the labels one way")
+    if labels_file is not None:
+        return check_labels(read_lines(labels_file))
     labels = [label.strip() for item in given or [] for label in item.split(",")]
     if "" in labels:
         raise UsageError("an empty label in --labels", "separate labels with single commas, e.g. --labels cat,dog")
-    if labels_file is not None:
-        labels += read_lines(labels_file)
     return check_labels(labels)
 
 
@@ -53,11 +55,11 @@ def check_labels(labels: list[str]) -> list[str]:
 
 
 def read_templates(given: list[str] | None, templates_file: Path | None) -> list[str]:
-    """Templates from ``--template`` (repeatable) and ``--templates`` (one per line); CLIP's seven by default. Each
+    """Templates from ``--template`` (repeatable) or ``--templates`` (one per line); CLIP's seven by default. Each
     holds ``{}`` once, where the label goes."""
-    templates = list(given or [])
-    if templates_file is not None:
-        templates += read_lines(templates_file)
+    if given and templates_file is not None:
+        raise UsageError("--template and --templates exclude each other", "give the templates one way")
+    templates = list(given) if given else read_lines(templates_file) if templates_file is not None else []
     return check_templates(templates) or list(DEFAULT_TEMPLATES)
 
 
