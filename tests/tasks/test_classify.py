@@ -178,3 +178,31 @@ def test_the_python_api_classifies_as_the_cli(bt, full_checkpoint, samples):
     assert [r.to_dict() for r in records] == cli
     with pytest.raises(bt_api.BtError, match="method 'clip' is not one of"):
         model.classify([str(samples / "cat.jpg")], LABELS, method="clip")
+
+
+def test_rerank_accuracy_ranks_past_the_shortlist_by_itc(bt, full_checkpoint, samples, tmp_path):
+    """``--method rerank -r 3`` over six classes: acc5 counts the top five of the ITM-ordered shortlist followed by
+    the other labels in ITC order (not the shortlist alone, which would make it an acc3)."""
+    classes = ["astronaut", "cameraman", "cat", "coffee", "dog", "rocket"]
+    folder = tmp_path / "six"
+    for label, name in zip(classes, ["astronaut.jpg", "cameraman-gray.png", "cat.jpg", "coffee.jpg", "cat.jpg",
+                                     "rocket.jpg"]):  # fmt: skip
+        (folder / label).mkdir(parents=True)
+        shutil.copy(samples / name, folder / label / name)
+        ImageOps.mirror(rgb(samples / name)).save(folder / label / f"mirrored-{name}")
+    args = ["--template", "a photo of {}.", "-m", full_checkpoint, "-f", "json"]
+    record = bt("eval", "--task", "classification", folder, "--method", "rerank", "-r", "3", *args).json()
+    images = sorted(p for p in folder.rglob("*") if p.is_file())
+    label_list = ",".join(classes)
+    shortlist = bt("classify", *images, "-l", label_list, "--method", "rerank", "-r", "3", "-k", "3", *args).json()
+    by_itc = bt("classify", *images, "-l", label_list, "--method", "itc", "-k", "6", *args).json()
+    ranked: dict[str, list[str]] = {}
+    for r in shortlist:
+        ranked.setdefault(r["image"], []).append(r["label"])
+    for r in by_itc:
+        if r["label"] not in ranked[r["image"]][:3]:
+            ranked[r["image"]].append(r["label"])
+    top5 = sum(p.parent.name in ranked[str(p)][:5] for p in images)
+    top3 = sum(p.parent.name in ranked[str(p)][:3] for p in images)
+    assert record["images"] == 12 and top5 > top3  # (the case tells the two apart)
+    assert record["acc5"] == 100 * top5 / 12

@@ -5,7 +5,8 @@ classification``), as CLIP does it: each label in prompt templates, each image a
   prompt ensembling); its score is ``logit_scale.exp() x cosine`` with the image's ITC embedding, as
   ``BridgeTowerForContrastiveLearning`` scales it.
 - ``itm``: a label's score is the ITM match logit of (image, prompt), averaged over the prompts.
-- ``rerank``: the ``rerank_k`` best labels by ITC, then scored by ITM.
+- ``rerank``: the ``rerank_k`` best labels by ITC, then scored by ITM; for accuracy, the labels past the shortlist
+  rank after it in ITC order (so ``acc5`` means the top five even when ``rerank_k`` is 3).
 Probabilities are a softmax of the scores over the labels (the shortlist, for ``rerank``)."""
 
 from __future__ import annotations
@@ -62,18 +63,20 @@ def resolved_method(runtime: Runtime, method: str) -> str:
 
 def label_scores(
     runtime: Runtime, image: ImageStates, labels: Labels, method: str, rerank_k: int, batch_size: int
-) -> tuple[list[int], torch.Tensor]:
-    """(the labels scored, their scores) for one image: all of them, or the ITC shortlist for ``rerank``."""
+) -> tuple[list[int], torch.Tensor, list[int]]:
+    """(the labels scored, their scores, the labels left unscored) for one image: all of them scored, or for
+    ``rerank`` the ITC shortlist, the rest left in ITC order (best first)."""
     if method in ("itc", "rerank"):
         itc = labels.scale * (labels.embeddings @ image.itc_embedding.float())
         if method == "itc":
-            return list(range(len(labels.names))), itc
-        scored = torch.topk(itc, min(rerank_k, len(labels.names))).indices.tolist()
+            return list(range(len(labels.names))), itc, []
+        by_itc = torch.argsort(itc, descending=True, stable=True).tolist()
+        scored, rest = by_itc[:rerank_k], by_itc[rerank_k:]
     else:
-        scored = list(range(len(labels.names)))
+        scored, rest = list(range(len(labels.names))), []
     pairs = [(state, image) for label in scored for state in labels.prompt_states(label)]
     logits = torch.tensor([logit for logit, _ in runtime.match_scores(pairs, batch_size)], dtype=torch.float64)
-    return scored, logits.reshape(len(scored), len(labels.templates)).mean(dim=1)
+    return scored, logits.reshape(len(scored), len(labels.templates)).mean(dim=1), rest
 
 
 def classify(runtime: Runtime, q, outcome: Outcome, reporter: Reporter, batch_size: int = 8) -> Iterator[LabelRecord]:
@@ -85,7 +88,7 @@ def classify(runtime: Runtime, q, outcome: Outcome, reporter: Reporter, batch_si
     with reporter.progress(len(sources), "classifying images") as advance:
         for batch in encode_image_batches(runtime, sources, batch_size, outcome, reporter):
             for source, image in batch:
-                scored, scores = label_scores(runtime, image, encoded, method, rerank_k, batch_size)
+                scored, scores, _ = label_scores(runtime, image, encoded, method, rerank_k, batch_size)
                 probabilities = scores.double().softmax(dim=0)
                 order = sorted(range(len(scored)), key=lambda k: -probabilities[k].item())[:top_k]
                 for k in order:
@@ -109,8 +112,9 @@ def evaluate_classification(
     with reporter.progress(len(q.images), "classifying images") as advance:
         for batch in encode_image_batches(runtime, q.images, batch_size, outcome, reporter):
             for source, image in batch:
-                scored, scores = label_scores(runtime, image, encoded, method, rerank_k, batch_size)
-                ranked = [scored[k] for k in torch.argsort(scores, descending=True, stable=True).tolist()]
+                scored, scores, rest = label_scores(runtime, image, encoded, method, rerank_k, batch_size)
+                # every label ranked: the scored ones by score, then (rerank) the rest as ITC ordered them
+                ranked = [scored[k] for k in torch.argsort(scores, descending=True, stable=True).tolist()] + rest
                 truth = target_of[id(source)]
                 confusion[truth][ranked[0]] += 1
                 top5 += truth in ranked[:5]
