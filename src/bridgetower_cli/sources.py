@@ -45,37 +45,36 @@ class ImageSource:
         return self.url is not None
 
 
+MASK = "<mask>"  # BridgeTower's mask token: an argument holding it is a fill-mask text, whatever else it looks like
 _URL = re.compile(r"[A-Za-z][\w+.-]*://\S+")
 # No white space, and a path separator or a file suffix: "photos/typo/", "cat.jgp", "captions.txt".
 _PATH_LIKE = re.compile(r"\S*[/\\]\S*|\S+\.[A-Za-z][A-Za-z0-9]{0,4}")
 
 
-def split_arguments(items: Iterable[str]) -> tuple[list[str], list[str]]:
-    """Sort command-line arguments, in any order, into image sources and texts. An existing image file or directory,
-    a URL, a glob that matches and ``-`` are images; an argument that looks like a path but names nothing, or a
-    file that is no image (``captions.txt``), is an error; the rest (anything with a space) are texts."""
+def split_arguments(items: Iterable[str], text_option: str | None = "-t") -> tuple[list[str], list[str]]:
+    """Sort command-line arguments, in any order, into image sources and texts. Anything that exists (a file, a
+    folder, a FIFO: the pipeline says why it cannot be read), a URL, a glob that matches and ``-`` are images; an
+    argument that looks like a path but names nothing, or a file that is no image (``captions.txt``), is an error
+    whose hint names ``text_option``, the command's way to pass it as a text (None: there is none); the rest
+    (anything with a space, a ``<mask>``) are texts."""
     images, texts = [], []
     for item in items:
-        kind = _kind_of(item)
+        kind = _kind_of(item, text_option)
         (images if kind == "image" else texts).append(item)
     return images, texts
 
 
-def _kind_of(item: str) -> str:
+def _kind_of(item: str, text_option: str | None) -> str:
     if not item.strip():
         return "text"  # an empty text, refused as such
     if item == "-" or _URL.fullmatch(item):
         return "image"
     path = Path(item).expanduser()
     try:
-        if path.is_dir():
-            return "image"
-        if path.is_file():
-            if path.suffix.lower() in TEXT_FILE_SUFFIXES:
-                raise BtError(
-                    f"{item} is a text file, not an image",
-                    f"read texts from it with --texts-file {item}, or pass a caption with -t {item!r}",
-                )
+        if path.is_file() and path.suffix.lower() in TEXT_FILE_SUFFIXES:
+            hint = f"read texts from it with --texts-file {item}, or pass it as a text with {text_option} {item!r}"
+            raise BtError(f"{item} is a text file, not an image", hint if text_option else "name images or folders")
+        if os.path.lexists(path):
             return "image"
         if glob.has_magic(item):
             base, pattern = split_glob(str(path))
@@ -83,9 +82,10 @@ def _kind_of(item: str) -> str:
                 return "image"
     except (OSError, ValueError):  # a long text is no valid file name
         return "text"
-    if _PATH_LIKE.fullmatch(item):
+    if _PATH_LIKE.fullmatch(item) and MASK not in item:
         what = "no image files match" if glob.has_magic(item) else "no such file or directory:"
-        raise BtError(f"{what} {item}", f"check the path; to use it as a caption, pass -t {item!r}")
+        as_text = f"; to use it as a text, pass {text_option} {item!r}" if text_option else ""
+        raise BtError(f"{what} {item}", f"check the path{as_text}")
     return "text"
 
 
@@ -276,7 +276,7 @@ def _expand_path(spec: str, expansion: Expansion) -> None:
     if path.is_symlink():
         raise BtError(f"{spec} is a dangling symlink", "point it at an image, or remove it")
     if path.exists():
-        raise BtError(f"{spec} is not a regular file or directory", "pass image files, directories, globs or URLs")
+        raise BtError(f"{spec} is {unusable(os.path.abspath(path))}", "pass image files, directories, globs or URLs")
     raise BtError(f"no such file or directory: {spec}", "check the path")
 
 

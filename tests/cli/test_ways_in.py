@@ -5,6 +5,7 @@ stay. (The lists and links run on the fake model; the unreadable folder runs bt 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -139,3 +140,38 @@ def test_a_full_disk_is_one_line(fmt):
         "bt: error: cannot write the output: no space left on device "
         "(hint: free some space, or write the output elsewhere)\n"
     )
+
+
+def _followed(args: list[str], hint: str) -> list[str]:
+    """The command line a hint asks for: the argument it names given instead with the option it names."""
+    match = re.search(r"pass (-[-\w]+) '([^']*)'|with (--[-\w]+) (\S+?)[,)]", hint)
+    assert match, hint
+    option, value = (match[1], match[2]) if match[1] else (match[3], match[4])
+    at = args.index(value)
+    if option == "--texts-file":
+        return args[:at] + args[at + 1 :] + [option, value]
+    return args[:at] + [option, value] + args[at + 1 :]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["retrieve", "AC/DC", "{samples}"],  # the query looks like a path: -Q
+        ["score", "{samples}/cat.jpg", "AC/DC"],  # a caption that looks like a path: -t
+        ["fill-mask", "{samples}/cat.jpg", "{texts}"],
+        ["score", "{samples}/cat.jpg", "{texts}"],  # a text file among the images: --texts-file
+    ],
+)
+def test_every_hint_that_names_an_option_works_when_followed(bt, fake, samples, tmp_path, args):
+    (tmp_path / "captions.txt").write_text("a <mask> cat\na dog <mask>\n")
+    args = [a.format(samples=samples, texts=tmp_path / "captions.txt") for a in args]
+    index = ["--index", str(tmp_path / "ix.sqlite")] if args[0] == "retrieve" else []
+    refused = bt(*args, *index)
+    assert refused.code != 0 and "hint:" in refused.stderr, refused.stderr
+    followed = bt(*_followed(args, refused.stderr), *index, "-f", "json")
+    assert followed.code == 0, (refused.stderr, followed.stderr)
+
+
+def test_a_mask_text_that_looks_like_a_path_is_a_text(bt, fake, samples):
+    result = bt("fill-mask", samples / "cat.jpg", "AC/<mask>", "-f", "json")
+    assert result.code == 0 and result.json()[0]["text"] == "AC/<mask>", result.stderr

@@ -82,7 +82,7 @@ def classify(
     from ..tasks.labels import read_labels, read_templates
     from .render import StderrReporter
 
-    specs = only_images(images or [], "(labels go in --labels)")
+    specs = only_images(images or [], "file or folder", "labels go in --labels")
     names, templates = read_labels(labels, labels_file), read_templates(template, templates_file)
     reporter, outcome = StderrReporter(quiet), Outcome()
     sources = image_sources(specs, null, reporter, outcome)

@@ -163,13 +163,13 @@ def image_sources(specs: list[str], null: bool = False, reporter=None, outcome=N
     return sources
 
 
-def only_images(specs: list[str], what: str) -> list[str]:
-    """Arguments that must all be image sources."""
+def only_images(specs: list[str], what: str, hint: str | None = None) -> list[str]:
+    """Arguments that must all be image sources; ``hint``: where texts go instead (None: the command takes none)."""
     from ..sources import split_arguments
 
-    images, texts = split_arguments(specs)
+    images, texts = split_arguments(specs, "-t" if hint is None else None)
     if texts:
-        raise BtError(f"{texts[0]!r} is not an image {what}", "pass texts with -t TEXT (or --texts-file FILE)")
+        raise BtError(f"{texts[0]!r} is not an image {what}", hint or "pass texts with -t TEXT (or --texts-file FILE)")
     return images
 
 

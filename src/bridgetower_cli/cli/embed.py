@@ -54,7 +54,7 @@ def embed(
     from ..sources import read_texts
     from .render import StderrReporter, render_object, write_embeddings
 
-    specs = only_images(images or [], "(embed texts with -t)")
+    specs = only_images(images or [], "file or folder")
     if "-" in specs and texts_file == "-":
         raise BtError("standard input cannot hold both image paths and texts", "pass the texts with --texts-file FILE")
     if output is not None and output.suffix not in (".npy", ".npz") and engine is Engine.local:

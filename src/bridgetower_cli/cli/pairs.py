@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ..errors import BtError, UsageError
 from ..model.catalog import DEFAULT_MATCHING_MODEL
+from ..sources import MASK
 from .common import emit, images_and_texts, model_command
 from .options import (
     CandidatesK,
@@ -22,7 +23,6 @@ from .options import (
     format_option,
 )
 
-MASK = "<mask>"  # the public checkpoints' (RoBERTa's) mask token
 ScoreFormat, FillMaskFormat, ExplainFormat = (format_option(c) for c in ("score", "fill-mask", "explain"))
 SCORE_EPILOG = (
     "Examples:\n\n"

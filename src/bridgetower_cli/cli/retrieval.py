@@ -127,13 +127,13 @@ def _query_of(
     the whole index is searched."""
     from ..sources import expand_image_sources, read_texts, split_arguments
 
-    if text is None and like is None and inputs and split_arguments(inputs[:1])[0]:
+    if text is None and like is None and inputs and split_arguments(inputs[:1], "-Q")[0]:
         like, inputs = inputs[0], inputs[1:]  # an image file as the query: images like it
     if text is None and like is None:
         if not inputs:
             raise BtError("retrieve needs a query", "e.g. bt retrieve 'a cat' ~/Pictures (or --query TEXT)")
         (text,), inputs = read_texts(inputs[:1], None), inputs[1:]
-    specs = only_images(inputs, "or folder to search")
+    specs = only_images(inputs, "or folder to search", "the query is one argument: quote it, or give it with -Q")
     if like is not None:
         (query,) = expand_image_sources([like]) if Path(like).is_file() else [None]
         if query is None:
@@ -189,7 +189,7 @@ def index(
     from ..operations import Refresh
     from ..records import Outcome
 
-    specs, outcome = only_images(images, "file or folder"), Outcome()
+    specs, outcome = only_images(images, "file or folder", "bt index takes images and folders"), Outcome()
     if "-" in specs:
         specs = [s for s in specs if s != "-"] + [s.path for s in image_sources(["-"], null, reporter, outcome)]
     request = Refresh(specs, path, rebuild, wait, engine.value, ray_address, named=index_file is not None)
