@@ -32,6 +32,11 @@ class Client:
     socket: str | None = None
     own: bool = False
     meta: dict = field(default_factory=dict)  # the last request's facts beside its records (explain's image size)
+    shown: _Shown | None = field(default=None, repr=False)  # the last request's events, as shown
+
+    def counted(self) -> tuple[int, int] | None:
+        """(done, total) of the last request's progress bar open last, while it is open."""
+        return self.shown.counted if self.shown is not None else None
 
     def get(self, path: str, connect_s: float = 10.0) -> dict:
         """A small GET (status, health), as JSON."""
@@ -47,7 +52,7 @@ class Client:
             if answer.status >= 400 or "ndjson" not in answer.kind:
                 self._checked(answer, answer.read())
                 raise self._not_bt(answer)
-            shown = _Shown(outcome, reporter, bars, self.meta)
+            shown = self.shown = _Shown(outcome, reporter, bars, self.meta)
             for line in answer.lines:
                 if line:
                     yield from shown.event(self._event(line))
@@ -184,7 +189,8 @@ class _Shown:
 
     def __init__(self, outcome: Outcome, reporter: Reporter, bars: contextlib.ExitStack, meta: dict):
         self.outcome, self.reporter, self.bars, self.meta = outcome, reporter, bars, meta
-        self.progress: dict = {}  # id -> [its context, advance, done so far]
+        self.progress: dict = {}  # id -> [its context, advance, done so far, total]
+        self.counted: tuple[int, int] | None = None  # (done, total) of the bar open last, while it is open
         self.ended = False
 
     def event(self, event: dict) -> Iterator[dict]:
@@ -199,12 +205,15 @@ class _Shown:
             self.reporter.info(event["message"])
         elif kind == "progress":
             context = self.reporter.progress(event["total"], event["description"])
-            self.progress[event["id"]] = [context, self.bars.enter_context(context), 0]
+            self.progress[event["id"]] = [context, self.bars.enter_context(context), 0, event["total"]]
+            self.counted = (0, event["total"])
         elif kind == "advance" and event["id"] in self.progress:
             bar = self.progress[event["id"]]
-            bar[1](event["done"] - bar[2])
-            bar[2] = event["done"]
+            bar[2], advanced = event["done"], event["done"] - bar[2]
+            self.counted = (bar[2], bar[3])
+            bar[1](advanced)
             if event.get("end"):
+                self.counted = None
                 bar[0].__exit__(None, None, None)
                 del self.progress[event["id"]]
         elif kind == "meta":

@@ -84,6 +84,11 @@ class Interrupted(BtError):
 
     exit_code = 130
 
+    @classmethod
+    def indexing(cls, done: int, total: int) -> Interrupted:
+        """An index refresh stopped: its batches so far are committed (in process, or on the server)."""
+        return cls(f"interrupted: {done} of {total} images indexed; run again to resume")
+
 
 class StdoutClosed(Exception):
     """Whoever read stdout has gone (``bt ... | head -1``): not an error, the end of the run."""

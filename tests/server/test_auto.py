@@ -259,6 +259,39 @@ def test_progress_reaches_the_client_as_in_process(shared, full_checkpoint, monk
     assert reports["auto"] == reports["local"] == [["indexing images", 5, 5]]
 
 
+def test_ctrl_c_during_an_index_says_what_was_indexed_as_in_process(runtime, samples, full_checkpoint, monkeypatch):
+    """Ctrl-C as the second batch of an index refresh is counted (the reporter's advance raises it, so the moment is
+    the same in both modes, whatever the machine's load): the same Interrupted, word for word, in process and
+    through the automatic server."""
+    import contextlib
+
+    from bridgetower_cli.backend import Local, ModelOptions, Remote
+    from bridgetower_cli.errors import Interrupted
+    from bridgetower_cli.operations import Refresh
+    from bridgetower_cli.records import Outcome, Reporter
+
+    class CtrlC(Reporter):
+        def progress(self, total, description):
+            seen = [0]
+
+            def advance(n=1):
+                seen[0] += n
+                if seen[0] >= 4:
+                    raise KeyboardInterrupt
+
+            return contextlib.nullcontext(advance)
+
+    options = ModelOptions(str(full_checkpoint), device=DEVICE, dtype="float32", batch_size=2)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
+    client = autoserver.connect(autoserver.ServerOptions(DEVICE, "float32", batch_size=2))
+    said = {}
+    for mode, backend in (("local", Local(options)), ("auto", Remote(options, client))):
+        with pytest.raises(Interrupted) as stopped:
+            backend.run(Refresh([str(samples)], runtime / f"{mode}.sqlite"), Outcome(), CtrlC())
+        said[mode] = (str(stopped.value), stopped.value.exit_code)
+    assert said["auto"] == said["local"] == ("interrupted: 4 of 5 images indexed; run again to resume", 130)
+
+
 def test_ctrl_c_on_the_client_stops_the_work_on_the_server(bt, shared, full_checkpoint, samples, tmp_path):
     """A score (one image x 2,000 texts) interrupted while the server runs it: the client ends with 130 and the
     server cancels the request (it stops at its next step, and keeps serving). The image is a URL (one's own server

@@ -6,7 +6,7 @@ import os
 from dataclasses import fields, replace
 from pathlib import Path
 
-from ..errors import BtError, UsageError
+from ..errors import BtError, Interrupted, UsageError
 from ..operations import CheckIndex, RankTexts, Refresh, Search, operation_of
 from ..records import EmbeddingRecord, RetrievalRecord
 from ..sources import ImageSource
@@ -61,7 +61,13 @@ class Remote(Backend):
         streamed = self.client.stream(operation.route, {**self._model(), **payload}, outcome, reporter)
         records = (self._record(operation.record, record, shown) for record in streamed)
         if operation.single:
-            (record,) = records
+            try:
+                (record,) = records
+            except KeyboardInterrupt:  # said as in process: what the server committed, as far as it told
+                counted = self.client.counted()
+                if isinstance(request, Refresh) and counted is not None:
+                    raise Interrupted.indexing(*counted) from None
+                raise
             return record
         return records if not isinstance(request, (Search, RankTexts)) else list(records)
 

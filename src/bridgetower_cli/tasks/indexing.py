@@ -133,7 +133,7 @@ def refresh_index(
                     done += len(rows) + len(failures)
                     advance(len(rows) + len(failures))
             except KeyboardInterrupt:  # every batch before this one is committed
-                raise Interrupted(f"interrupted: {done} of {len(todo)} images indexed; run again to resume") from None
+                raise Interrupted.indexing(done, len(todo)) from None
         # Each file seen counts once: new, changed, unchanged, failed, left to another process, or skipped.
         stats.changed = len(stored & plan.changed)
         stats.new = len(stored) - stats.changed
