@@ -266,6 +266,7 @@ class IndexStats(Record):
     dim: int
     images: int
     unreadable: int
+    stale: int  # rows kept though their folder could not be read at the last refresh of it
     sqlite_bytes: int
     vector_bytes: int
     vector_rows: int

@@ -90,7 +90,11 @@ def test_a_folder_that_cannot_be_listed_is_a_skip_and_its_rows_stay(full_checkpo
         again = as_nobody("index", tree, *model, "-f", "json", env=env)
         assert again.returncode == 3 and '"removed": 0' in again.stdout, (again.stdout, again.stderr)
         stats = as_nobody("index", "--stats", "-f", "json", env=env)
-        assert '"images": 2' in stats.stdout, stats.stdout
+        assert '"images": 2' in stats.stdout and '"stale": 1' in stats.stdout, stats.stdout  # (kept, marked)
+        locked.chmod(0o755)
+        seen = as_nobody("index", tree, *model, "-f", "json", env=env)
+        assert seen.returncode == 0 and '"unchanged": 2' in seen.stdout, (seen.stdout, seen.stderr)
+        assert '"stale": 0' in as_nobody("index", "--stats", "-f", "json", env=env).stdout
     finally:
         locked.chmod(0o755)
         shutil.rmtree(home, ignore_errors=True)

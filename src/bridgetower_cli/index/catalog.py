@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import os
 import socket
 import sqlite3
@@ -125,16 +126,16 @@ def _has_content(path: Path) -> bool:
         return False
 
 
-def _seen_gone(path: str) -> bool:
-    """Whether a file is known to be gone, or a link to nothing (not merely out of sight: under a folder that cannot
-    be listed now, a file's row stays)."""
+def _sight(path: str) -> str:
+    """ "gone" (known to be gone, or a link to nothing), "unseen" (out of sight: under a folder that cannot be listed
+    now, its row stays, stale) or "there"."""
     try:
         os.stat(path)
     except FileNotFoundError:
-        return True
+        return "gone"
     except OSError:
-        return False
-    return False
+        return "unseen"
+    return "there"
 
 
 def alive(claimant: str) -> bool:
@@ -289,8 +290,28 @@ class Catalog:
                 if stamp is not None:
                     changed.add(state.path)
         present = {state.path for state in files}
-        to_drop = [p for p in known if p not in present and inside(p) and _seen_gone(p)] if ranges else []
-        return RefreshPlan(to_embed, to_drop, len(files) - len(to_embed), changed)
+        sight = {p: _sight(p) for p in known if p not in present and inside(p)} if ranges else {}
+        to_drop = [p for p, seen in sight.items() if seen == "gone"]
+        unseen = [p for p, seen in sight.items() if seen == "unseen"]
+        return RefreshPlan(to_embed, to_drop, len(files) - len(to_embed), changed, unseen)
+
+    def mark_stale(self, folders: Iterable[Path], unseen: list[str]) -> None:
+        """(Inside a write transaction.) Remember the rows a refresh of ``folders`` kept without seeing their file
+        (by folder, in meta ``stale``): what it saw under them replaces what an earlier refresh remembered."""
+        ranges = under(folders)
+        stale = {
+            folder: count
+            for folder, count in json.loads(self.meta().get("stale") or "{}").items()
+            if not any(low <= os.path.join(folder, "") < high for low, high in ranges)
+        }
+        for path in unseen:
+            folder = os.path.dirname(path)
+            stale[folder] = stale.get(folder, 0) + 1
+        self.set_meta(stale=json.dumps(stale, sort_keys=True))
+
+    def stale(self) -> int:
+        """The rows kept by the last refreshes though their folder could not be read (``mark_stale``)."""
+        return sum(json.loads(self.meta().get("stale") or "{}").values())
 
     # -- claims: no two writers embed one file ---------------------------------------------------------------
 

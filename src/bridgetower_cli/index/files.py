@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
@@ -35,6 +35,7 @@ class RefreshPlan:
     to_drop: list[str]
     unchanged: int
     changed: set[str]  # the paths among ``to_embed`` the index held before, with another size or mtime
+    unseen: list[str] = field(default_factory=list)  # rows kept though their file could not be seen (stale)
 
 
 def file_state(path: str) -> FileState:

@@ -132,9 +132,11 @@ class EmbeddingIndex(Reading):
         with self.catalog.transaction():
             return self.catalog.link(files)
 
-    def drop(self, paths: list[str]) -> None:
+    def drop(self, paths: list[str], folders: Iterable[Path] = (), unseen: list[str] = ()) -> None:
+        """Drop the rows of files seen gone; remember those kept under ``folders`` unseen (stale)."""
         with self.catalog.transaction():
             self.catalog.drop(paths)
+            self.catalog.mark_stale(folders, list(unseen))
             self.catalog.touched()
 
     def claim(self, files: list[FileState]) -> tuple[list[str], str | None]:
@@ -239,6 +241,7 @@ class EmbeddingIndex(Reading):
             dim=self.dim,
             images=self.count(),
             unreadable=failures,
+            stale=self.catalog.stale(),
             sqlite_bytes=sum(p.stat().st_size for p in sizes if p.exists()),
             vector_bytes=vectors.path.stat().st_size if vectors.path.exists() else 0,
             vector_rows=vectors.rows_on_disk(),

@@ -108,7 +108,7 @@ def refresh_index(
             with contextlib.suppress(InputError):  # unreadable: embedding it fails and records why
                 hashes[state.path] = content_hash(state.path)
         linked = set(index.link([(s, hashes[s.path]) for s in plan.to_embed if s.path in hashes]))
-        index.drop(plan.to_drop)
+        index.drop(plan.to_drop, folders, plan.unseen)
         stats = RefreshStats(removed=len(plan.to_drop), unchanged=plan.unchanged, skipped=len(missing))
         stats.reused = len(linked)
         pending = [state for state in plan.to_embed if state.path not in linked]
