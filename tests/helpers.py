@@ -7,8 +7,10 @@ import hashlib
 import http.server
 import os
 import shutil
+import signal
 import socket
 import threading
+import time
 from pathlib import Path
 
 # Runs bt's CLI with the arguments given, then says on stderr which heavy modules it imported ("HEAVY=...").
@@ -110,3 +112,56 @@ def served(app, ready_s: float = 120.0):
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+
+
+# -- the automatic server as tests see it: its runtime folder, its socket's processes, a wait with a deadline ------
+
+
+def _autoserver():
+    from bridgetower_cli import autoserver
+
+    return autoserver
+
+
+def private(folder: Path) -> Path:
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return folder
+
+
+def auto_env(runtime: Path, **more) -> dict:
+    return {"XDG_RUNTIME_DIR": str(runtime), "BT_SERVER": "auto", **more}
+
+
+def place(runtime: Path) -> _autoserver().Place:
+    return _autoserver().Place(runtime / "bt")
+
+
+def server_pids(socket: Path) -> list[int]:
+    """The processes serving on ``socket`` (from /proc: whatever server.json says)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                command = (entry / "cmdline").read_bytes().split(b"\0")
+                state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            except OSError:
+                continue
+            if b"--uds" in command and str(socket).encode() in command and state != "Z":
+                found.append(int(entry.name))
+    return found
+
+
+def wait_until(condition, timeout_s: float = 60.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def stop_all(folder: Path) -> None:
+    socket = place(folder).socket
+    _autoserver().stop(place(folder))
+    for pid in server_pids(socket):
+        os.kill(pid, signal.SIGKILL)
