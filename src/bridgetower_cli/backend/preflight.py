@@ -71,18 +71,18 @@ def _device_exists(device: str) -> None:
 
 
 def _targets_start_words(path: Path, targets: list[str]) -> None:
-    """Each fill-mask target must start with a word of the vocabulary (``tasks.pairs.target_ids``'s rule, read with
-    the checkpoint's own tokenizer.json by the tokenizers library: no torch, no transformers)."""
+    """Each fill-mask target must start with a word of the vocabulary (``model.catalog.target_tokens``, with the
+    checkpoint's own tokenizer.json read by the tokenizers library: no torch, no transformers)."""
     file = path / "tokenizer.json"
     if not file.is_file():
         return  # (the load reads the tokenizer another way, and checks them then)
     from tokenizers import Tokenizer
 
+    from ..model.catalog import target_tokens
+
     tokenizer = Tokenizer.from_file(str(file))
     longest = max(map(len, tokenizer.get_vocab()))
     for word in (word for word in targets if word.strip()):
-        ids = tokenizer.encode(" " + word.strip()[: longest + 1], add_special_tokens=False).ids
-        if not ids or not tokenizer.decode(ids[:1]).strip():
-            raise BtError(
-                f"target {word[:40]!r} is not a word this model's vocabulary starts", "give words separated by commas"
-            )
+        target_tokens(
+            lambda text: tokenizer.encode(text, add_special_tokens=False).ids, tokenizer.decode, longest, word
+        )

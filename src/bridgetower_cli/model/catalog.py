@@ -92,3 +92,16 @@ def require_heads(
             f"{name} has no {heads} (it holds {have})",
             f"use a checkpoint that has it, e.g. --model {checkpoint_with(*needed, *preferred)}",
         )
+
+
+def target_tokens(encode, decode, longest: int, word: str) -> list[int]:
+    """A fill-mask target's token ids as a word after a space (the fill-mask pipeline's first-token rule), by the
+    checkpoint's tokenizer (``encode``: text to ids, no special tokens; ``decode``: ids to text), whichever library
+    reads it. Only the first token counts, and no token spans more than ``longest`` characters: a cut beyond that
+    keeps the first token and whether there are more, so a 20-million-character "word" costs nothing."""
+    ids = encode(" " + word.strip()[: longest + 1])
+    if not ids or not decode(ids[:1]).strip():
+        raise BtError(
+            f"target {word[:40]!r} is not a word this model's vocabulary starts", "give words separated by commas"
+        )
+    return ids

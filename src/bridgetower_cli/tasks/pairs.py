@@ -7,6 +7,7 @@ from collections.abc import Iterator, Sequence
 import torch
 
 from ..errors import BtError
+from ..model.catalog import target_tokens
 from ..model.runtime import Runtime
 from ..records import Candidate, EmbeddingRecord, FillMaskRecord, Outcome, Reporter, ScoreRecord
 from ..sources import ImageSource
@@ -61,16 +62,14 @@ def mask_positions(runtime: Runtime, texts: list[str]) -> list[list[int]]:
 
 def target_ids(runtime: Runtime, targets: list[str], reporter: Reporter) -> list[int]:
     """Token ids of ``--targets`` words, as a word after a space (the fill-mask pipeline's first-token rule)."""
-    ids = []
+    tokenizer, ids = runtime.tokenizer, []
     for word in targets:
-        # Only the first token counts, and no token spans more than ``longest_token`` characters: a cut beyond that
-        # keeps the first token and whether there are more, and a 20-million-character "word" costs nothing.
-        cut = word.strip()[: runtime.longest_token + 1]
-        tokens = runtime.tokenizer(" " + cut, add_special_tokens=False)["input_ids"]
-        if not tokens or not runtime.tokenizer.decode(tokens[:1]).strip():
-            raise BtError(
-                f"target {word[:40]!r} is not a word this model's vocabulary starts", "give words separated by commas"
-            )
+        tokens = target_tokens(
+            lambda text: tokenizer(text, add_special_tokens=False)["input_ids"],
+            tokenizer.decode,
+            runtime.longest_token,
+            word,
+        )
         if len(tokens) > 1:
             first = runtime.tokenizer.decode(tokens[:1]).strip()
             reporter.warn(f"target {word[:40]!r} is several tokens; using its first, {first!r}")
