@@ -213,6 +213,29 @@ def add_found(
     return count
 
 
+@dataclass
+class Found:
+    """A search's or a refresh's images: the sources found (each checked), the folders named (the search's scope),
+    and what was left out with why. Made here (``find_here``) or by a server under its roots."""
+
+    sources: list[ImageSource]
+    folders: list[Path]
+    left_out: list[tuple[str, str]]
+
+
+def find_here(specs: list[str], walk: bool = True) -> Found:
+    """The local image files under ``specs`` (no URLs: an index holds files); ``walk`` False: only the files named
+    (the folders still scope a search of the index)."""
+    folders = [Path(spec).expanduser() for spec in specs if Path(spec).expanduser().is_dir()]
+    named = specs if walk else [spec for spec in specs if not Path(spec).expanduser().is_dir()]
+    left_out: list = []
+    sources = expand_image_sources(named, left_out=left_out) if named else []
+    urls = [s.name for s in sources if s.is_url]
+    if urls:
+        raise BtError(f"URLs cannot be indexed: {urls[0]}", "download the images and pass the folder")
+    return Found(sources, folders, left_out)
+
+
 def _listed(path: str, expansion: Expansion) -> None:
     """One line of a list on standard input, as a walk finds a file: a folder is walked, a URL fetched, anything
     else is an image to read, whose reading names what is wrong with it (a dangling link, a FIFO, a path that names

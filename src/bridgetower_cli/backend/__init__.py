@@ -4,7 +4,7 @@ order, the skips and the messages are the same, so what the user sees does not d
 
 from __future__ import annotations
 
-from .base import Backend, ModelOptions, indexable, located
+from .base import Backend, ModelOptions, located
 from .local import Local
 from .remote import Auto, Remote
 
@@ -14,7 +14,6 @@ __all__ = [
     "Local",
     "ModelOptions",
     "Remote",
-    "indexable",
     "located",
     "open_backend",
 ]

@@ -8,11 +8,11 @@ import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from ..errors import BtError, UsageError
+from ..errors import UsageError
 from ..model.catalog import check_device, check_dtype
 from ..operations import Refresh, Search
 from ..records import Outcome, Reporter
-from ..sources import ImageSource, expand_image_sources
+from ..sources import find_here
 
 
 @dataclass(frozen=True)
@@ -54,29 +54,18 @@ class Backend:
         raise NotImplementedError
 
 
-def indexable(specs: list[str], left_out: list | None = None) -> list[ImageSource]:
-    """The local image files under ``specs`` (no URLs: an index holds files)."""
-    sources = expand_image_sources(specs, left_out=left_out)
-    urls = [s.name for s in sources if s.is_url]
-    if urls:
-        raise BtError(f"URLs cannot be indexed: {urls[0]}", "download the images and pass the folder")
-    return sources
-
-
-def located(request, outcome: Outcome | None = None, reporter: Reporter | None = None):
-    """A search or an index refresh with its files and folders found here, from its specs: every image under them
-    (a search with refresh off: no walk, the files named, and what the index holds under the folders named, all of
-    it if none); what a walk could not use is a skip in ``outcome``. Any other request as it is."""
+def located(request, outcome: Outcome | None = None, reporter: Reporter | None = None, find=find_here):
+    """A search or an index refresh with its files and folders found by ``find`` (here, or a server under its
+    roots), from its specs: every image under them (a search with refresh off: no walk, the files named, and what
+    the index holds under the folders named, all of it if none); what a walk could not use is a skip in
+    ``outcome``. Any other request as it is."""
     if not isinstance(request, (Search, Refresh)) or request.files is not None:
         return request
-    folders = [Path(spec).expanduser() for spec in request.specs if Path(spec).expanduser().is_dir()]
-    left_out: list = []
-    if isinstance(request, Refresh) or request.refresh:
-        request = replace(request, files=indexable(request.specs, left_out), folders=folders)
-    else:
-        files = [spec for spec in request.specs if not Path(spec).expanduser().is_dir()]
-        sources = expand_image_sources(files, left_out=left_out) if files else []
-        request = replace(request, files=sources, folders=folders or ([] if files else [Path(os.sep)]))
-    for name, why in left_out if outcome is not None else ():
+    walk = isinstance(request, Refresh) or request.refresh
+    found = find(request.specs, walk=walk)
+    for name, why in found.left_out if outcome is not None else ():
         outcome.skip(name, why, reporter)
-    return request
+    folders = found.folders
+    if not walk and not request.specs:
+        folders = [Path(os.sep)]  # the whole index
+    return replace(request, files=found.sources, folders=folders)

@@ -9,7 +9,6 @@ import base64
 import binascii
 import contextlib
 import json
-import os
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -88,22 +87,11 @@ class Dispatcher:
         self.admit(Cost(images=len(images), texts=len(texts)), images)
 
     def located(self, request, outcome, reporter):
-        """A search's or a refresh's images found here, under the roots (skips named), unless its client found them
-        (a server of one's own); with refresh off and nothing named, the whole index. Any other request as it is."""
-        from dataclasses import replace
+        """A search's or a refresh's images found here, under the roots (``backend.located`` with the policy's
+        finder), unless its client found them (a server of one's own)."""
+        from ..backend.base import located
 
-        from ..operations import Refresh, Search
-
-        if not isinstance(request, (Search, Refresh)) or request.files is not None:
-            return request
-        walk = isinstance(request, Refresh) or request.refresh
-        found = self.policy.sources(request.specs, walk=walk)
-        for name, reason in found.left_out:
-            outcome.skip(name, reason, reporter)
-        folders = found.folders
-        if isinstance(request, Search) and not request.refresh and not request.specs:
-            folders = [Path(os.sep)]  # the whole index
-        return replace(request, files=found.sources, folders=folders)
+        return located(request, outcome, reporter, find=self.policy.sources)
 
     def images(self, images: Sequence) -> list[ImageSource]:
         """The request's images as sources: bytes (base64 or data URLs, each within the size cap), or a path under

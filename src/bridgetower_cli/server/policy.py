@@ -17,21 +17,11 @@ from pathlib import Path
 from ..errors import BtError, Forbidden, InputError
 from ..model.catalog import KNOWN_CHECKPOINTS
 from ..reading import inside
-from ..sources import Expansion, add_found, folder_files, glob_files, split_glob
+from ..sources import Expansion, Found, add_found, folder_files, glob_files, split_glob
 from .settings import Settings
 
 INDEX_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*(\.[A-Za-z0-9_-]+)*")
 DEFAULT_INDEX = "default"
-
-
-@dataclass
-class Served:
-    """The images of a request: the sources found (each checked), the folders they were walked from (the search's
-    scope), and the files left out with why."""
-
-    sources: list
-    folders: list[Path]
-    left_out: list[tuple[str, str]]
 
 
 class Policy:
@@ -58,7 +48,7 @@ class Policy:
             raise Forbidden(f"the {what} {given} is not under the server's --allow-path roots", "see bt serve --help")
         return real
 
-    def sources(self, given: list[str], walk: bool = True) -> Served:
+    def sources(self, given: list[str], walk: bool = True) -> Found:
         """The images under ``given`` absolute paths and globs: each resolved once and checked, each file a walk or
         a glob finds checked after resolution, globs matched by bt's walker inside the roots. ``walk`` False: only
         the files named (the folders still scope a search of the index)."""
@@ -82,7 +72,7 @@ class Policy:
             if not found and not unlisted:
                 raise InputError(f"no image files in {spec}", "check the path or the pattern")
         expansion.left_out += [(name, f"a folder that cannot be listed: {why}") for name, why in unlisted]
-        return Served(expansion.sources, folders, expansion.left_out)
+        return Found(expansion.sources, folders, expansion.left_out)
 
     # -- indexes ----------------------------------------------------------------------------------------------
 
