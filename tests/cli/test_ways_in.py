@@ -179,3 +179,15 @@ def test_every_hint_that_names_an_option_works_when_followed(bt, fake, samples, 
 def test_a_mask_text_that_looks_like_a_path_is_a_text(bt, fake, samples):
     result = bt("fill-mask", samples / "cat.jpg", "AC/<mask>", "-f", "json")
     assert result.code == 0 and result.json()[0]["text"] == "AC/<mask>", result.stderr
+
+
+def test_a_key_on_the_command_line_is_warned_about_and_a_key_file_must_be_private(bt, fake, samples, tmp_path):
+    key_file = tmp_path / "key"
+    key_file.write_text("s3cret\n")
+    key_file.chmod(0o644)
+    args = ("score", samples / "cat.jpg", "a cat", "--server", "http://127.0.0.1:9", "-f", "json")
+    opened = bt(*args, "--api-key-file", key_file)
+    assert opened.code == 2 and f"the key file {key_file} is open to other users" in opened.stderr
+    assert bt(*args, "--api-key", "k", "--api-key-file", key_file).code == 2
+    warned = bt(*args, "--api-key", "k", env={"BT_API_KEY": ""})
+    assert warned.code == 0 and "visible to every user of this machine" in warned.stderr, warned.stderr

@@ -27,6 +27,8 @@ SAMPLE = {
     "keep_alive_s": ("5m", 300.0),
     "idle_exit": ("1", True),
     "api_key": ("s3cret", "s3cret"),
+    "allowed_hosts": ("photos.lan,Box.Local.", ["photos.lan", "box.local"]),
+    "api_key_file": ("~/key", Path("~/key").expanduser()),  # (read with the key: test_a_key_file_*)
     "host": ("::1", "::1"),
     "allow_paths": ("/srv/a:/srv/b", [Path("/srv/a").resolve(), Path("/srv/b").resolve()]),
     "index_dir": ("/srv/indexes", Path("/srv/indexes")),
@@ -64,9 +66,10 @@ def test_every_field_but_own_is_a_row_of_the_table():
 
 
 def test_from_env_reads_every_field():
-    env = {SETTING[name].env: text for name, (text, _) in SAMPLE.items()}
+    sample = {name: value for name, value in SAMPLE.items() if name != "api_key_file"}
+    env = {SETTING[name].env: text for name, (text, _) in sample.items()}
     read, defaults = Settings.from_env(env), Settings()
-    for name, (_, expected) in SAMPLE.items():
+    for name, (_, expected) in sample.items():
         assert getattr(read, name) == expected, name
         assert getattr(read, name) != getattr(defaults, name), name
     assert Settings.from_env({}) == defaults  # nothing set: the defaults
@@ -166,3 +169,16 @@ def test_the_automatic_server_s_arguments_mean_its_options():
     settings = serve_command._settings(context, context.params["uds"])
     assert (settings.device, settings.dtype, settings.threads, settings.batch_size) == ("cpu", "float32", 3, 4)
     assert (settings.keep_alive_s, settings.fast_decode, settings.idle_exit, settings.own) == (300.0, True, True, True)
+
+
+def test_a_key_file_gives_the_key_and_must_be_private(tmp_path):
+    key_file = tmp_path / "key"
+    key_file.write_text("s3cret\n")
+    key_file.chmod(0o600)
+    assert Settings.from_env({"BT_API_KEY_FILE": str(key_file)}).api_key == "s3cret"
+    assert Settings.from_env({"BT_API_KEY": "old"}, given={"api_key_file": str(key_file)}).api_key == "s3cret"
+    with pytest.raises(UsageError, match="exclude each other"):
+        Settings.from_env({"BT_API_KEY": "a", "BT_API_KEY_FILE": str(key_file)})
+    key_file.chmod(0o644)
+    with pytest.raises(UsageError, match="open to other users"):
+        Settings.from_env({"BT_API_KEY_FILE": str(key_file)})

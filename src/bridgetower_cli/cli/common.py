@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import functools
 import inspect
+import os
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import BtError, Interrupted, UsageError
 from .options import (
     ApiKey,
+    ApiKeyFile,
     BatchSize,
     ClientTimeout,
     Device,
@@ -37,7 +40,12 @@ _MODEL_OPTIONS = [
     ("batch_size", BatchSize, None),
     ("fast_decode", FastDecode, False),
 ]
-_SERVER_OPTIONS = [("server", Server, None), ("api_key", ApiKey, None), ("timeout", ClientTimeout, None)]
+_SERVER_OPTIONS = [
+    ("server", Server, None),
+    ("api_key", ApiKey, None),
+    ("api_key_file", ApiKeyFile, None),
+    ("timeout", ClientTimeout, None),
+]
 
 
 def model_command(command: str) -> Callable:
@@ -78,7 +86,8 @@ def model_command(command: str) -> Callable:
                 o["batch_size"],
                 o["fast_decode"],
             )
-            values["backend"] = backend.open_backend(options, o["server"], o["api_key"], o["timeout"], _warn)
+            key = _api_key(o["api_key"], o["api_key_file"])
+            values["backend"] = backend.open_backend(options, o["server"], key, o["timeout"], _warn)
             return function(**values)
 
         parameters = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own] + extra
@@ -87,6 +96,24 @@ def model_command(command: str) -> Callable:
         return run
 
     return decorate
+
+
+def _api_key(given: str | None, key_file: Path | None) -> str | None:
+    """The server's key: from --api-key-file (over BT_API_KEY), or --api-key (said to be visible to others)."""
+    on_command_line = given is not None and given != os.environ.get("BT_API_KEY")
+    if key_file is not None:
+        if on_command_line:
+            raise UsageError("--api-key and --api-key-file exclude each other", "give the key one way")
+        from ..server.settings import read_key_file
+
+        return read_key_file(key_file)
+    if on_command_line:
+        warn_key_on_command_line()
+    return given
+
+
+def warn_key_on_command_line() -> None:
+    _warn("a key given with --api-key is visible to every user of this machine (ps); use BT_API_KEY or --api-key-file")
 
 
 def _warn(message: str) -> None:

@@ -303,7 +303,23 @@ Server = Annotated[
 ]
 ApiKey = Annotated[
     str | None,
-    typer.Option("--api-key", envvar="BT_API_KEY", help="The server's API key.", metavar="KEY", show_default=False),
+    typer.Option(
+        "--api-key",
+        envvar="BT_API_KEY",
+        help="The server's API key (on the command line other users can see it: prefer BT_API_KEY or --api-key-file).",
+        metavar="KEY",
+        show_default=False,
+    ),
+]
+ApiKeyFile = Annotated[
+    Path | None,
+    typer.Option(
+        "--api-key-file",
+        envvar="BT_API_KEY_FILE",
+        help="A file (mode 600) whose first line is the server's API key.",
+        metavar="FILE",
+        show_default=False,
+    ),
 ]
 LikeImage = Annotated[
     str | None,

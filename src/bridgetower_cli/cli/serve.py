@@ -36,6 +36,7 @@ def _default(name: str):
 Host, ServeModels, Device, Dtype = _option("host"), _option("models"), _option("device"), _option("dtype")
 Threads, BatchSize, FastDecode = _option("threads"), _option("batch_size"), _option("fast_decode")
 KeepAlive, IdleExit, ApiKey = _option("keep_alive_s"), _option("idle_exit"), _option("api_key")
+ApiKeyFile, AllowedHosts = _option("api_key_file"), _option("allowed_hosts")
 AllowPaths, IndexDir, NoPull = _option("allow_paths"), _option("index_dir"), _option("no_pull")
 MaxModels, MaxBody, BodyTimeout = _option("max_models"), _option("max_body_bytes"), _option("body_timeout_s")
 MaxImage, MaxTexts, MaxImages = _option("max_image_bytes"), _option("max_texts"), _option("max_images")
@@ -67,7 +68,7 @@ EPILOG = (
     "Examples:\n\n"
     "  bt serve -m BridgeTower/bridgetower-base-itm-mlm &\n\n"
     "  BT_SERVER=http://127.0.0.1:8765 bt score samples/cat.jpg 'a cat'\n\n"
-    '  bt serve --host 0.0.0.0 --api-key "$KEY" --allow-path ~/Pictures --keep-alive 10m\n\n'
+    "  bt serve --host 0.0.0.0 --api-key-file ~/.config/bt/key --allow-path ~/Pictures --keep-alive 10m\n\n"
     "  BT_SERVER=auto bt score samples/cat.jpg 'a cat'; bt serve --status; bt serve --stop\n\n"
     "  bt serve --allow-path ~/Pictures --open      # the search page, in your browser\n\n"
     "With --server auto (env BT_SERVER=auto) the first call starts a server of your own on a Unix socket in a "
@@ -92,6 +93,8 @@ def serve(
     allow_paths: AllowPaths = None,
     index_dir: IndexDir = None,
     api_key: ApiKey = None,
+    api_key_file: ApiKeyFile = None,
+    allowed_hosts: AllowedHosts = None,
     no_pull: NoPull = False,
     max_models: MaxModels = _default("max_models"),
     max_body_bytes: MaxBody = _default("max_body_bytes"),
@@ -157,10 +160,13 @@ def _settings(ctx: typer.Context, uds: Path | None):
     """The server's settings: the options given on the command line, over the environment, over the defaults, all
     read by the settings table; for --uds, those of a server of one's own."""
     from ..server.settings import Settings
+    from .common import warn_key_on_command_line
 
     # (by its name: Typer may run on a copy of click of its own)
     given = {name: ctx.params[name] for name in SETTING if ctx.get_parameter_source(name).name == "COMMANDLINE"}
     settings = Settings.from_env(given=given)
+    if "api_key" in given:
+        warn_key_on_command_line()
     if uds is not None:
         return settings.of_own()
     settings.refuse_exposure()

@@ -38,6 +38,7 @@ class Cost:
     images: int = 0
     texts: int = 0
     prompts: int = 0
+    prompt_characters: int = 0  # of the prompts the work builds (labels x templates): more than the body holds
 
 
 def count(name: str, value, least: int = 1, most: int | None = None, optional: bool = False) -> None:
@@ -347,7 +348,8 @@ class EvaluateClassification:
 def _classification_cost(images, labels, templates, method) -> Cost:
     prompts = len(labels) * len(templates)
     pairs = len(images) * prompts if method in ("itm", "auto") else 0
-    return Cost(pairs, images=len(images), texts=len(labels), prompts=prompts)
+    characters = len(templates) * sum(map(len, labels)) + len(labels) * sum(map(len, templates))
+    return Cost(pairs, images=len(images), texts=len(labels), prompts=prompts, prompt_characters=characters)
 
 
 @operation("explain", ExplainRecord, "explain", "/v1/explain", lambda q: (("itm",), ()), "explain:run_explain")

@@ -72,6 +72,7 @@ class Dispatcher:
             ("image-text pairs", cost.pairs, s.max_pairs),
             ("mask candidates", cost.candidates, s.max_candidates),
             ("prompts (labels x templates)", cost.prompts, s.max_texts),
+            ("characters of prompts (labels x templates)", cost.prompt_characters, s.max_body_bytes),
         ):
             if asked > limit:
                 raise TooLarge(f"{asked} {what}, over the limit of {limit}", "send fewer per request")

@@ -16,6 +16,7 @@ from fastapi import APIRouter, Request, Response
 from ..errors import InputError
 from ..operations import OPERATIONS, Explain, Operation, RankTexts, Refresh, Search
 from ..records import Outcome
+from ..sources import ImageSource
 from . import schemas
 from .dispatch import Dispatcher
 
@@ -70,9 +71,10 @@ def _operation_route(routes: APIRouter, dispatch: Dispatcher, route: str, operat
     async def handler(body, request: Request) -> Response:
         dispatch.check_strings(body)
         dispatch.policy.model(body.model, body.model_name)  # (a model not served here: 403 before anything else)
+        counted = decoded(dispatch, operations, body, counting=True)  # (its images named, not yet decoded)
+        dispatch.admit(counted.cost(), getattr(counted, "images", ()))
         wanted = await asyncio.to_thread(decoded, dispatch, operations, body)  # (base64 off the event loop)
         operation = OPERATIONS[type(wanted)]
-        dispatch.admit(wanted.cost(), getattr(wanted, "images", ()))
         needs, preferred = operation.heads(wanted)
 
         def work(runtime, reporter):
@@ -91,9 +93,10 @@ def _operation_route(routes: APIRouter, dispatch: Dispatcher, route: str, operat
     routes.add_api_route(route, handler, methods=["POST"], response_model=schemas.RecordsOut, name=operations[0].name)
 
 
-def decoded(dispatch: Dispatcher, operations: list[Operation], body):
+def decoded(dispatch: Dispatcher, operations: list[Operation], body, counting: bool = False):
     """The body as its operation's request: fields by name, images read from the body (or, for evaluations, by server
-    path, under the roots). A search names its index by name and its sources as server paths."""
+    path, under the roots). A search names its index by name and its sources as server paths. ``counting``: the
+    request only as far as its cost needs (its images by name, nothing decoded or opened), to admit it first."""
     kinds = {operation.request for operation in operations}
     if Search in kinds:
         return _search(dispatch, body)
@@ -108,9 +111,14 @@ def decoded(dispatch: Dispatcher, operations: list[Operation], body):
         if f.name == "index":  # (one of the server's indexes, by name)
             value = dispatch.policy.index(value, False)
         elif isinstance(value, schemas.ImageIn):
-            (value,) = dispatch.images([value])
+            (value,) = [ImageSource(value.name, path="")] if counting else dispatch.images([value])
         elif isinstance(value, list) and value and isinstance(value[0], schemas.ImageIn):
-            value = dispatch.image_paths(value) if getattr(request_type, "by_path", False) else dispatch.images(value)
+            if counting:
+                value = [ImageSource(image.name, path="") for image in value]
+            elif getattr(request_type, "by_path", False):
+                value = dispatch.image_paths(value)
+            else:
+                value = dispatch.images(value)
         if value is not None or f.default is not MISSING:  # (a field left out: the request's own default)
             values[f.name] = list(value) if isinstance(value, list) else value
     return request_type(**values)

@@ -87,6 +87,27 @@ def _text(text: str) -> str:
     return text
 
 
+def read_key_file(path: Path) -> str:
+    """An API key from a file only its owner can read (as ssh keeps a private key): its first line."""
+    try:
+        mode = os.stat(path).st_mode
+        key = Path(path).read_text(encoding="utf-8").split("\n", 1)[0].strip()
+    except (OSError, UnicodeDecodeError) as error:
+        raise UsageError(f"cannot read the key file {path}: {getattr(error, 'strerror', None) or error}") from None
+    if mode & 0o077:
+        raise UsageError(f"the key file {path} is open to other users", f"chmod 600 {path}")
+    if not key:
+        raise UsageError(f"the key file {path} is empty", "write the key on its first line")
+    return key
+
+
+def _host_name(text: str) -> str:
+    name = text.strip().lower().rstrip(".")
+    if not re.fullmatch(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*", name):
+        raise ValueError("not a host name (no port, no scheme)")
+    return name
+
+
 # -- the table ------------------------------------------------------------------------------------------------------
 
 
@@ -159,8 +180,15 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("api_key", ("--api-key",), "BT_API_KEY", None, _text,
             "The key every request but /health must send (Authorization: Bearer KEY). Without one the server "
             "answers on loopback only.", "KEY"),
+    Setting("api_key_file", ("--api-key-file",), "BT_API_KEY_FILE", None, lambda p: Path(p).expanduser(),
+            "A file (mode 600) whose first line is the API key: unlike --api-key, not visible to other users in the "
+            "process list.", "FILE"),
     Setting("host", ("--host",), "BT_SERVE_HOST", "127.0.0.1", _text,
             "Address to serve on; anything but loopback needs --api-key.", "HOST"),
+    Setting("allowed_hosts", ("--allowed-host",), "BT_SERVE_ALLOWED_HOSTS", None, _host_name,
+            "Without --api-key, a name besides localhost, 127.0.0.1 and [::1] that requests may give as their Host "
+            "(repeat; the variable: comma-separated). Any other is refused: a web page cannot reach the server by "
+            "DNS rebinding.", "NAME", many=","),
     Setting("allow_paths", ("--allow-path",), "BT_SERVE_ALLOW_PATHS", None, lambda p: Path(p).expanduser().resolve(),
             "A folder under which clients may name images and indexes for retrieve (repeat; the variable: "
             f"folders separated by {os.pathsep!r}). Default: none.", "DIR", many=os.pathsep),
@@ -217,7 +245,9 @@ class Settings:
     fast_decode: bool = _default("fast_decode")  # JPEGs read at a reduced scale (images.decode_image)
     keep_alive_s: float | None = _default("keep_alive_s")  # unload a model idle this long (None: never)
     api_key: str | None = _default("api_key")
+    api_key_file: Path | None = _default("api_key_file")  # read into api_key when made
     host: str = _default("host")  # where it listens: beyond loopback the app refuses to start without a key
+    allowed_hosts: list[str] = _default("allowed_hosts")  # Host names served without a key, besides loopback's
     allow_paths: list[Path] = _default("allow_paths")
     index_dir: Path = _default("index_dir")
     no_pull: bool = _default("no_pull")  # only the models given, not the public checkpoints of the catalog
@@ -237,6 +267,10 @@ class Settings:
     idle_exit: bool = _default("idle_exit")  # exit once idle for keep_alive_s (the automatic server)
     own: bool = False  # a server of one user's own (bt serve --uds): requests act with that user's rights, as bt does
 
+    def __post_init__(self):
+        if self.api_key_file is not None and self.api_key is None:
+            self.api_key = read_key_file(self.api_key_file)
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, given: Mapping[str, Any] | None = None) -> Settings:
         """The settings from the environment (``os.environ`` unless given), under ``given`` (by field: what a
@@ -250,6 +284,11 @@ class Settings:
                 values[setting.field] = setting.read(given[setting.field], setting.flags[0])
             elif env.get(setting.env):
                 values[setting.field] = setting.read(env[setting.env], setting.env)
+        for key, other in (("api_key", "api_key_file"), ("api_key_file", "api_key")):
+            if key in given and other not in given:
+                values.pop(other, None)  # (the key given on the command line, over one in the environment)
+        if values.get("api_key") is not None and values.get("api_key_file") is not None:
+            raise UsageError("--api-key and --api-key-file exclude each other", "give the key one way")
         settings = cls(**values)
         if settings.idle_exit and settings.keep_alive_s is None:
             raise BtError("exiting when idle needs a keep-alive", "e.g. --idle-exit --keep-alive 10m")
@@ -282,6 +321,7 @@ class Settings:
 # What a server of one's own sets whatever it is given.
 OWN = {
     "api_key": None,
+    "api_key_file": None,
     "host": "127.0.0.1",
     "allow_paths": [],
     "max_body_bytes": 2**40,

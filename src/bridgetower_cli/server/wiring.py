@@ -33,14 +33,45 @@ def render_error(error: BtError) -> JSONResponse:
 
 def _local(scope) -> bool:
     """Whether a request arrived on loopback or a Unix socket (whose file permissions guard it)."""
-    server = scope.get("server")
-    return server is None or server[1] is None or str(server[0]).startswith("/") or is_loopback(str(server[0]))
+    return _on_socket(scope) or is_loopback(str(scope["server"][0]))
 
 
 def _key_matches(scope, key: str) -> bool:
     header = dict(scope.get("headers", [])).get(b"authorization", b"").decode("latin-1")
     scheme, _, token = header.partition(" ")
     return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), key.encode())
+
+
+def _foreign(scope, settings: Settings) -> BtError | None:
+    """A browser's request that is not the server's own: without a key, a ``Host`` that is not a loopback name or an
+    allowed one (a web page reaching the server by DNS rebinding); with or without, a body-carrying request from
+    another ``Origin`` (a page of another site, a sandboxed frame, another port). A Unix socket has no browser."""
+    if settings.own or _on_socket(scope):
+        return None
+    headers = dict(scope.get("headers", []))
+    host = headers.get(b"host", b"").decode("latin-1").strip().lower()
+    if settings.api_key is None and not _served_name(host, settings.allowed_hosts):
+        return Forbidden(
+            f"the Host {host[:80]!r} is not this server's name",
+            "browse it at localhost or 127.0.0.1, or start it with --allowed-host NAME",
+        )
+    origin = headers.get(b"origin")
+    if origin is not None and scope.get("method") not in ("GET", "HEAD", "OPTIONS"):
+        scheme, _, authority = origin.decode("latin-1").strip().lower().partition("://")
+        if scheme not in ("http", "https") or authority != host:
+            return Forbidden("a request from another origin (a web page elsewhere) is refused", "send it from bt")
+    return None
+
+
+def _on_socket(scope) -> bool:
+    server = scope.get("server")
+    return server is None or server[1] is None or str(server[0]).startswith("/")
+
+
+def _served_name(host: str, allowed: list[str]) -> bool:
+    """Whether a ``Host`` header (name or address, any port) names loopback or an allowed name."""
+    name = host[1 : host.find("]")] if host.startswith("[") else host.rpartition(":")[0] if ":" in host else host
+    return is_loopback(name) or name.rstrip(".") in allowed
 
 
 PUBLIC = ("/health", "/")
@@ -76,6 +107,9 @@ class Guard:
         self.app, self.settings = app, settings
 
     def _refusal(self, scope) -> BtError | None:
+        refusal = _foreign(scope, self.settings)
+        if refusal is not None:
+            return refusal
         if scope["path"] in PUBLIC or scope["path"].startswith("/static/"):
             return None  # (the page holds no data: it asks for the key itself)
         if self.settings.api_key is not None:

@@ -1,0 +1,111 @@
+"""`bt serve` exposed for real (issue 31): each test is one attack, as a client without the key, a web page in a
+browser or another local user would make it. Its docstring says what it tries and what it asserts; each was run
+against the code before its fix and seen to succeed there."""
+
+from __future__ import annotations
+
+import tracemalloc
+
+import pytest
+from conftest import DEVICE
+from helpers import DOT
+
+pytest.importorskip("fastapi")
+from fastapi.testclient import TestClient  # noqa: E402
+
+from bridgetower_cli.server import Settings, create_app  # noqa: E402
+
+LOCAL = "http://127.0.0.1:8000"
+DATA_ROUTES = [("GET", "/v1/library"), ("POST", "/v1/retrieve"), ("GET", "/v1/thumbnail?path=/x.jpg"),
+               ("POST", "/v1/score"), ("GET", "/v1/models")]  # fmt: skip
+
+
+@pytest.fixture
+def keyless(tmp_path):
+    """A keyless loopback server (the search page over one's photos), as a browser reaches it."""
+    settings = Settings(index_dir=tmp_path / "indexes", no_pull=True)
+    with TestClient(create_app(settings), base_url=LOCAL) as client:
+        yield client
+
+
+@pytest.mark.parametrize("method, path", DATA_ROUTES)
+def test_dns_rebinding_a_foreign_host_gets_no_data(keyless, method, path):
+    """Tries: a page on rebind.attacker.example whose name now resolves to 127.0.0.1 asks the keyless server for
+    data (the Host header names the attacker's domain). Asserts: 403 on every data route, before any work."""
+    answer = keyless.request(method, path, headers={"Host": "rebind.attacker.example:8000"}, json={})
+    assert answer.status_code == 403 and "Host" in answer.json()["error"], answer.text
+
+
+@pytest.mark.parametrize("host", ["localhost:8000", "127.0.0.1:8000", "[::1]:8000", "localhost", "127.0.0.1"])
+def test_loopback_names_are_served_without_a_key(keyless, host):
+    """Asserts: the names a person types for their own machine, with or without a port, are served."""
+    assert keyless.get("/v1/models", headers={"Host": host}).status_code == 200
+
+
+def test_allowed_hosts_are_served(tmp_path):
+    """Asserts: a name given with --allowed-host (a LAN name for one's own box behind a proxy) is served."""
+    settings = Settings(index_dir=tmp_path / "indexes", no_pull=True, allowed_hosts=["photos.lan"])
+    with TestClient(create_app(settings), base_url=LOCAL) as client:
+        assert client.get("/v1/models", headers={"Host": "photos.lan:8000"}).status_code == 200
+        assert client.get("/v1/models", headers={"Host": "other.lan"}).status_code == 403
+
+
+@pytest.mark.parametrize("origin", ["http://evil.example", "null", "http://127.0.0.1:9999"])
+def test_a_cross_origin_browser_post_is_refused(keyless, origin):
+    """Tries: a page of another origin (another site, a sandboxed frame, another local port) POSTs to the server, as
+    a form or fetch() may without reading the answer. Asserts: 403 before any work, whatever the route."""
+    answer = keyless.post("/v1/score", headers={"Origin": origin}, json={})
+    assert answer.status_code == 403 and "origin" in answer.json()["error"], answer.text
+
+
+def test_the_page_itself_may_post(keyless):
+    """Asserts: the server's own page (Origin = the server) posts as before (here: a body refused as invalid)."""
+    answer = keyless.post("/v1/score", headers={"Origin": LOCAL}, json={})
+    assert answer.status_code == 422, answer.text
+
+
+@pytest.fixture
+def served(tmp_path, full_checkpoint):
+    """A keyless loopback server with the test checkpoint."""
+    settings = Settings(models=[str(full_checkpoint)], device=DEVICE, index_dir=tmp_path / "indexes", no_pull=True)
+    with TestClient(create_app(settings), base_url=LOCAL) as client:
+        yield client
+
+
+def _peak_mib(call) -> float:
+    """The peak of Python's allocations while ``call`` runs, in MiB (strings, lists, bytes: what a request builds)."""
+    tracemalloc.start()
+    try:
+        call()
+        return tracemalloc.get_traced_memory()[1] / 2**20
+    finally:
+        tracemalloc.stop()
+
+
+def test_prompts_are_counted_by_their_characters_before_they_are_built(served, full_checkpoint):
+    """Tries: /v1/classify with 1,000 labels (within max_texts) and one 2 MB template: 1,000 prompts of 2 MB each
+    would be built (2 GB). Asserts: 413 naming the prompts' characters, and the request peaks under 100 MiB."""
+    body = {"model": str(full_checkpoint), "images": [DOT], "method": "itc",
+            "labels": [f"label {k}" for k in range(1000)], "templates": ["x" * 2_000_000 + " {}"]}  # fmt: skip
+    answers = []
+    peak = _peak_mib(lambda: answers.append(served.post("/v1/classify", json=body)))
+    assert answers[0].status_code == 413 and "characters of prompts" in answers[0].json()["error"], answers[0].text
+    assert peak < 100, peak
+
+
+def test_a_request_over_its_counts_is_refused_before_its_images_are_decoded(served, full_checkpoint, monkeypatch):
+    """Tries: /v1/score with 300 images (max 256), each a valid base64 photo. Asserts: 413 before any image's
+    base64 is decoded (decoding is work the count should have spared)."""
+    from bridgetower_cli.server.dispatch import Dispatcher
+
+    decoded = []
+    real = Dispatcher.decode
+    monkeypatch.setattr(Dispatcher, "decode", lambda self, data, what: decoded.append(what) or real(self, data, what))
+    body = {
+        "model": str(full_checkpoint),
+        "texts": ["a dot"],
+        "images": [{**DOT, "name": f"{k}.png"} for k in range(300)],
+    }
+    answer = served.post("/v1/score", json=body)
+    assert answer.status_code == 413 and "300 images" in answer.json()["error"], answer.text
+    assert decoded == []
