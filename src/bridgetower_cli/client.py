@@ -9,6 +9,7 @@ import contextlib
 import http.client
 import json
 import socket
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -18,6 +19,8 @@ from .records import Outcome, Reporter
 from .sources import ImageSource
 
 DEFAULT_TIMEOUT_S = 660.0  # a little past the server's default request deadline (10 min), so its 504 comes first
+MAX_LINE_BYTES = 16 * 2**20  # one event (a record) of an answer; bt's largest are a few hundred KiB
+MAX_BODY_BYTES = 16 * 2**20  # a JSON answer (status, an error)
 
 
 @dataclass
@@ -55,7 +58,10 @@ class Client:
             shown = self.shown = _Shown(outcome, reporter, bars, self.meta)
             for line in answer.lines:
                 if line:
-                    yield from shown.event(self._event(line))
+                    event = self._event(line)
+                    if event["event"] != "alive":  # (a heartbeat says the server lives, not that the work moves)
+                        answer.lines.moved()
+                    yield from shown.event(event)
                     if shown.ended:
                         return
             raise BtError(f"the bt server at {self.url} closed the connection mid-answer", "see its log")
@@ -109,12 +115,52 @@ class Client:
 
 @dataclass
 class _Answer:
-    """A server's answer as it arrives: status, content type, its lines (one event each), or all of it."""
+    """A server's answer as it arrives: status, content type, its lines (one event each), or all of it (bounded)."""
 
     status: int
     kind: str
-    lines: Iterator[str]
+    lines: _Lines
     read: Callable[[], bytes]
+
+
+class _Lines:
+    """The lines of an answer from its chunks as they arrive, within bounds whatever the server sends: no line over
+    ``MAX_LINE_BYTES``, and no more than ``wait_s`` between two events that move the work (``moved``): heartbeats
+    or a trickle of bytes keep the connection, not the wait, alive."""
+
+    def __init__(self, chunks: Iterator[bytes], url: str, wait_s: float):
+        self.chunks, self.url, self.wait_s = chunks, url, wait_s
+        self.moved()
+
+    def moved(self) -> None:
+        self.deadline = time.monotonic() + self.wait_s
+
+    def __iter__(self) -> Iterator[str]:
+        pending = bytearray()
+        for chunk in self.chunks:
+            pending += chunk
+            while (end := pending.find(b"\n")) >= 0:
+                line = pending[:end].decode("utf-8", "replace")
+                del pending[: end + 1]
+                yield line
+            if len(pending) > MAX_LINE_BYTES:
+                raise BtError(
+                    f"the bt server at {self.url} sent a line over {MAX_LINE_BYTES // 2**20} MiB", "see its log"
+                )
+            if time.monotonic() > self.deadline:
+                raise BtError(f"no answer within {self.wait_s:g} s from {self.url}", "raise --timeout (env BT_TIMEOUT)")
+        if pending:
+            yield pending.decode("utf-8", "replace")
+
+
+def _bounded(chunks: Iterator[bytes], url: str) -> bytes:
+    """A whole answer, refused past ``MAX_BODY_BYTES``."""
+    body = bytearray()
+    for chunk in chunks:
+        body += chunk
+        if len(body) > MAX_BODY_BYTES:
+            raise BtError(f"the bt server at {url} sent an answer over {MAX_BODY_BYTES // 2**20} MiB", "see its log")
+    return bytes(body)
 
 
 @contextlib.contextmanager
@@ -129,7 +175,8 @@ def _over_http(client: Client, method: str, path: str, payload, headers: dict, c
             url = client.url.rstrip("/") + path
             with session.stream(method, url, json=payload, headers=headers) as response:
                 kind = response.headers.get("content-type", "")
-                yield _Answer(response.status_code, kind, response.iter_lines(), response.read)
+                lines = _Lines(response.iter_bytes(), client.url, read_s)
+                yield _Answer(response.status_code, kind, lines, lambda: _bounded(response.iter_bytes(), client.url))
     except httpx.HTTPError as error:
         raise _failure(client.url, error, read_s) from None
 
@@ -162,10 +209,10 @@ def _over_socket(client: Client, method: str, path: str, payload, headers: dict,
             return BtError(f"no bt server answers at {client.url}", "bt serve --status says whether one runs")
         return BtError(f"the bt server at {client.url} failed to answer ({type(error).__name__})", "see its log")
 
-    def lines(response) -> Iterator[str]:
+    def chunks(response) -> Iterator[bytes]:
         try:
-            for line in response:
-                yield line.decode("utf-8").rstrip("\n")
+            while chunk := response.read1(65536):
+                yield chunk
         except (OSError, http.client.HTTPException) as error:
             raise failure(error) from None
 
@@ -179,7 +226,9 @@ def _over_socket(client: Client, method: str, path: str, payload, headers: dict,
         connection.close()
         raise failure(error) from None
     try:
-        yield _Answer(response.status, response.getheader("content-type", ""), lines(response), response.read)
+        lines = _Lines(chunks(response), client.url, read_s)
+        whole = lambda: _bounded(chunks(response), client.url)  # noqa: E731
+        yield _Answer(response.status, response.getheader("content-type", ""), lines, whole)
     finally:
         connection.close()
 

@@ -4,6 +4,13 @@ against the code before its fix and seen to succeed there."""
 
 from __future__ import annotations
 
+import contextlib
+import http.server
+import os
+import subprocess
+import sys
+import threading
+import time
 import tracemalloc
 
 import pytest
@@ -109,3 +116,71 @@ def test_a_request_over_its_counts_is_refused_before_its_images_are_decoded(serv
     answer = served.post("/v1/score", json=body)
     assert answer.status_code == 413 and "300 images" in answer.json()["error"], answer.text
     assert decoded == []
+
+
+# -- the client against servers that never end, flood or garble -----------------------------------------------------
+
+FAKE_ANSWERS = {  # what a fake server sends after the headers of a 200 (ndjson) answer, or of an error
+    "heartbeats": (200, lambda write: [write(b'{"event": "alive"}\n') or time.sleep(0.2) for _ in iter(int, 1)]),
+    "trickle": (200, lambda write: [write(b"{") or time.sleep(0.3) for _ in iter(int, 1)]),
+    "long line": (200, lambda write: [write(b"x" * 2**20) for _ in range(400)]),
+    "huge error": (500, lambda write: [write(b"x" * 2**20) for _ in range(400)]),
+    "malformed": (200, lambda write: write(b'{"event": "record", "record": {"bogus": 1}}\n{"event": "end"}\n')),
+}
+CLIENT = (  # bt's CLI, then its peak memory (VmHWM: this process's own, unlike ru_maxrss, which keeps the parent's
+    # memory at fork across exec) on stderr
+    "import atexit, re, sys\n"
+    "atexit.register(lambda: print('PEAK_KIB=' + re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read())[1], "
+    "file=sys.stderr))\n"
+    "from bridgetower_cli.cli import main\n"
+    "main(sys.argv[1:])\n"
+)
+
+
+@contextlib.contextmanager
+def fake_server(mode: str):
+    status, send = FAKE_ANSWERS[mode]
+
+    class Fake(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self):
+            self.rfile.read(int(self.headers.get("content-length", 0)))
+            self.send_response(status)
+            self.send_header("content-type", "application/x-ndjson" if status == 200 else "application/json")
+            self.send_header("connection", "close")
+            self.end_headers()
+            with contextlib.suppress(OSError):  # (the client went away)
+                send(self.wfile.write)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Fake)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize("mode, said", [
+    ("heartbeats", "no answer within 2 s"), ("trickle", "no answer within 2 s"),
+    ("long line", "sent a line over 16 MiB"), ("huge error", "sent an answer over 16 MiB"),
+    ("malformed", "sent a malformed record"),
+])  # fmt: skip
+def test_the_client_ends_within_its_bounds_whatever_a_server_sends(samples, mode, said):
+    """Tries: a fake server that sends heartbeats forever, one byte every 0.3 s, a 400 MiB line, a 400 MiB error
+    body, or a record that is not one. Asserts: the client ends in one line naming the server within its deadline
+    (--timeout 2: under 20 s) and under 100 MiB of memory."""
+    with fake_server(mode) as url:
+        args = ["score", samples / "cat.jpg", "a cat", "--server", url, "--timeout", "2", "-f", "json"]
+        start = time.monotonic()
+        result = subprocess.run([sys.executable, "-c", CLIENT, *map(str, args)], capture_output=True, text=True,
+                                timeout=60, env={**os.environ, "BT_API_KEY": ""})  # fmt: skip
+        took = time.monotonic() - start
+    lines, peak = result.stderr.splitlines()[:-1], int(result.stderr.rsplit("PEAK_KIB=", 1)[1]) / 1024
+    assert result.returncode == 1 and len(lines) == 1 and said in lines[0], result.stderr
+    assert took < 20 and peak < 100, (took, peak)

@@ -115,7 +115,13 @@ class Remote(Backend):
 
     def _record(self, kind: type, data: dict, shown: dict):
         """A record as this side names it: its model as the client named it, its image path as typed."""
-        record = kind.from_dict(data)
+        try:
+            record = kind.from_dict(data)
+        except (TypeError, ValueError, KeyError, AttributeError):
+            url = self.client.url
+            raise BtError(
+                f"the bt server at {url} sent a malformed record", "does it run this version of bt?"
+            ) from None
         if isinstance(record, EmbeddingRecord):
             return replace(record, model=self.options.model)
         if isinstance(record, RetrievalRecord) and shown:
