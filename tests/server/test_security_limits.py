@@ -153,7 +153,7 @@ def test_work_stops_when_the_client_goes_away(full_checkpoint, samples):
     payload = json.dumps(body).encode()
     raw = socket.create_connection(listener.getsockname())
     raw.sendall(
-        b"POST /v1/score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"POST /v1/score HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
         + f"Content-Length: {len(payload)}\r\n\r\n".encode()
         + payload
     )

@@ -107,16 +107,15 @@ class Guard:
         self.app, self.settings = app, settings
 
     def _refusal(self, scope) -> BtError | None:
-        refusal = _foreign(scope, self.settings)
-        if refusal is not None:
-            return refusal
-        if scope["path"] in PUBLIC or scope["path"].startswith("/static/"):
-            return None  # (the page holds no data: it asks for the key itself)
-        if self.settings.api_key is not None:
+        public = scope["path"] in PUBLIC or scope["path"].startswith("/static/")  # (the page asks for the key itself)
+        if not public and self.settings.api_key is not None:
             if not _key_matches(scope, self.settings.api_key):
                 return Unauthorized("missing or wrong API key", "send Authorization: Bearer KEY")
-        elif not _local(scope):
+        elif not public and not _local(scope):
             return Forbidden("this server has no API key and answers on loopback only", "restart it with --api-key KEY")
+        refusal = _foreign(scope, self.settings)
+        if refusal is not None or public:
+            return refusal
         declared = dict(scope.get("headers", [])).get(b"content-length", b"")
         if declared.isdigit() and int(declared) > self.settings.max_body_bytes:
             return TooLarge(f"request body over {self.settings.max_body_bytes // 2**20} MiB", "send less per request")
