@@ -30,6 +30,7 @@ from .records import Record
 DEFAULT_KEEP_ALIVE = "10m"
 START_TIMEOUT_S = 60.0  # for a new server to answer (it imports the server stack; models load on first use)
 STOP_TIMEOUT_S = 10.0  # for a replaced server to stop listening
+PROBE_S = 2.0  # for a health probe's answer: a server silent that long (three probes in a row) is wedged
 LOG_BYTES = 2**20
 LOCK_TIMEOUT_S = START_TIMEOUT_S + STOP_TIMEOUT_S + 5  # another call starting one holds the lock this long at most
 
@@ -185,6 +186,8 @@ def connect(options: ServerOptions, timeout_s: float | None = None):
             return client
         if _answers(client):
             stop(place, client)
+        else:
+            _end_wedged(place)
         _start(place, options, identity)
         deadline = time.monotonic() + START_TIMEOUT_S
         while not _answers(client):
@@ -223,13 +226,52 @@ def _start(place: Place, options: ServerOptions, identity: str) -> None:
 
 
 def _answers(client) -> bool:
-    """Whether a bt server answers on the client's socket (a stale socket file refuses at once)."""
+    """Whether a bt server answers on the client's socket within ``PROBE_S`` (a stale socket file refuses at once; a
+    wedged server, stopped or stuck, accepts and never answers)."""
     if not os.path.exists(client.socket):
         return False
     try:
-        return client.get("/health", connect_s=2.0).get("status") == "ok"
+        return client.get("/health", connect_s=PROBE_S, read_s=PROBE_S).get("status") == "ok"
     except BtError:
         return False
+
+
+def wedged(place: Place | None = None) -> int | None:
+    """The pid of the automatic server if it runs (its record's pid, serving on this socket) but does not answer."""
+    from .client import Client
+
+    place = place or Place(runtime_folder())
+    pid = place.started().get("pid")
+    if not _alive(pid) or not _serves(pid, place.socket):
+        return None
+    client = Client(f"unix:{place.socket}", socket=str(place.socket), own=True)
+    return None if _answers(client) else pid
+
+
+def _serves(pid: int, socket: Path) -> bool:
+    """Whether process ``pid`` is a bt server on ``socket`` (its command line says so: not a reused pid)."""
+    try:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return b"--uds" in command and str(socket).encode() in command
+
+
+def _end_wedged(place: Place) -> int | None:
+    """End a server that does not answer: SIGTERM (and SIGCONT, for a stopped one), then SIGKILL; its pid."""
+    pid = wedged(place)
+    if pid is None:
+        return None
+    for ending, wait_s in ((signal.SIGTERM, 2.0), (signal.SIGKILL, 5.0)):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, ending)
+            os.kill(pid, signal.SIGCONT)
+        deadline = time.monotonic() + wait_s
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if not _alive(pid):
+            break
+    return pid
 
 
 def _alive(pid) -> bool:
@@ -268,7 +310,7 @@ def stop(place: Place | None = None, client=None) -> int | None:
     place = place or Place(runtime_folder())
     found = status(place)
     if found is None:
-        return None
+        return _end_wedged(place)
     pid = found.pid
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + STOP_TIMEOUT_S

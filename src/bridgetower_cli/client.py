@@ -41,9 +41,9 @@ class Client:
         """(done, total) of the last request's progress bar open last, while it is open."""
         return self.shown.counted if self.shown is not None else None
 
-    def get(self, path: str, connect_s: float = 10.0) -> dict:
-        """A small GET (status, health), as JSON."""
-        with self._exchange("GET", path, None, connect_s) as answer:
+    def get(self, path: str, connect_s: float = 10.0, read_s: float | None = None) -> dict:
+        """A small GET (status, health), as JSON; ``read_s``: its own wait for the answer (a health probe's short)."""
+        with self._exchange("GET", path, None, connect_s, read_s) as answer:
             return self._checked(answer, answer.read())
 
     def stream(self, path: str, payload: dict, outcome: Outcome, reporter: Reporter) -> Iterator[dict]:
@@ -66,12 +66,12 @@ class Client:
                         return
             raise BtError(f"the bt server at {self.url} closed the connection mid-answer", "see its log")
 
-    def _exchange(self, method: str, path: str, payload: dict | None, connect_s: float = 10.0):
+    def _exchange(self, method: str, path: str, payload: dict | None, connect_s: float = 10.0, read_s=None):
         headers = {"Accept": "application/x-ndjson"} | (
             {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
         )
         exchange = _over_socket if self.socket else _over_http
-        return exchange(self, method, path, payload, headers, connect_s)
+        return exchange(self, method, path, payload, headers, connect_s, read_s or self.timeout_s or DEFAULT_TIMEOUT_S)
 
     def _event(self, line: str) -> dict:
         try:
@@ -164,11 +164,10 @@ def _bounded(chunks: Iterator[bytes], url: str) -> bytes:
 
 
 @contextlib.contextmanager
-def _over_http(client: Client, method: str, path: str, payload, headers: dict, connect_s: float):
+def _over_http(client: Client, method: str, path: str, payload, headers: dict, connect_s: float, read_s: float):
     """An exchange over HTTP(S) (httpx: TLS, proxies, the system's certificates), transport errors named."""
     import httpx
 
-    read_s = client.timeout_s or DEFAULT_TIMEOUT_S
     timeout = httpx.Timeout(read_s, connect=min(connect_s, client.timeout_s or 10.0))
     try:
         with httpx.Client(timeout=timeout) as session:
@@ -197,9 +196,8 @@ class _UnixConnection(http.client.HTTPConnection):
 
 
 @contextlib.contextmanager
-def _over_socket(client: Client, method: str, path: str, payload, headers: dict, connect_s: float):
+def _over_socket(client: Client, method: str, path: str, payload, headers: dict, connect_s: float, read_s: float):
     """An exchange over the automatic server's Unix socket, transport errors named."""
-    read_s = client.timeout_s or DEFAULT_TIMEOUT_S
     connection = _UnixConnection(client.socket, min(connect_s, read_s), read_s)
 
     def failure(error: Exception) -> BtError:

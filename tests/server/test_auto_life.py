@@ -4,12 +4,14 @@ process, a runtime folder open to others is refused."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import stat
 import subprocess
 import sys
+import time
 
 import pytest
 from conftest import BT_ENV
@@ -81,6 +83,27 @@ def test_a_stale_socket_of_a_killed_server_is_replaced(bt, runtime, full_checkpo
     second = bt(*args, env=auto_env(runtime))
     assert second.code == 0 and second.stdout == first.stdout and "running in this process" not in second.stderr
     assert server_pids(place(runtime).socket) not in ([], [pid])
+
+
+def test_a_wedged_server_is_said_and_replaced(bt, runtime, full_checkpoint, samples):
+    """Tries (issue 31): the automatic server stopped with SIGSTOP (it accepts connections and never answers).
+    Asserts: --status says it is not answering, with its pid; the next call ends it and answers correctly within
+    30 s (not the 660 s read timeout)."""
+    args = ["score", samples / "cat.jpg", "a cat", "-m", full_checkpoint, "-f", "json"]
+    first = bt(*args, env=auto_env(runtime))
+    (pid,) = server_pids(place(runtime).socket)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        status = bt("serve", "--status", env={"XDG_RUNTIME_DIR": str(runtime)})
+        assert status.code == 1 and f"not answering (pid {pid})" in status.stderr, status.stderr
+        start = time.monotonic()
+        second = bt(*args, env=auto_env(runtime))
+        assert time.monotonic() - start < 30 and second.code == 0 and second.stdout == first.stdout, second.stderr
+        assert "running in this process" not in second.stderr
+        assert pid not in server_pids(place(runtime).socket)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def test_a_server_that_cannot_start_is_one_warning_and_the_call_runs_in_process(bt, runtime, full_checkpoint, samples):

@@ -133,15 +133,9 @@ def serve(
         raise BtError("bt serve needs the server packages", 'pip install "bridgetower-cli[serve]"') from None
     settings.check_models()
     listener, address, cleanup = _unix_listener(uds) if uds is not None else _tcp_listener(settings.host, port)
-    # uvicorn waits for the requests in flight a little longer than the app lets them run, so that a request cut
-    # at the graceful timeout still answers (503) before its connection closes.
-    config = uvicorn.Config(
-        create_app(settings),
-        log_level="warning",
-        timeout_graceful_shutdown=settings.graceful_timeout_s + 5,
-        limit_concurrency=settings.max_waiting * settings.max_models + 32,  # connections past it: 503 unread
-    )
-    server = uvicorn.Server(config)
+    from ..server.connections import uvicorn_config
+
+    server = uvicorn.Server(uvicorn_config(create_app(settings), settings.graceful_timeout_s))
     print(address, flush=True)
     from .console import stderr_console
 
@@ -249,6 +243,12 @@ def _automatic(show: bool, fmt: Format) -> None:
 
     if show:
         found = autoserver.status()
+        silent = autoserver.wedged() if found is None else None
+        if silent is not None:
+            raise BtError(
+                f"the automatic bt server is not answering (pid {silent})",
+                "bt serve --stop ends it; the next call with --server auto replaces it",
+            )
         if found is None:
             raise BtError("no automatic bt server is running", "the first call with --server auto starts one")
         return render_object(found, fmt.value)
