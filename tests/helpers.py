@@ -94,14 +94,17 @@ def held_answer(body: bytes):
 
 @contextlib.contextmanager
 def served(app, ready_s: float = 120.0):
-    """A real server (uvicorn in a thread) for an ASGI app on a free loopback port: its URL, stopped on exit."""
+    """A real server (uvicorn in a thread, configured as ``bt serve`` configures it) for an ASGI app on a free
+    loopback port: its URL, stopped on exit."""
     import time
 
     import uvicorn
 
+    from bridgetower_cli.server.connections import uvicorn_config
+
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    server = uvicorn.Server(uvicorn_config(app, app.state.settings.graceful_timeout_s))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + ready_s

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import http.server
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -15,7 +16,7 @@ import tracemalloc
 
 import pytest
 from conftest import DEVICE
-from helpers import DOT
+from helpers import DOT, served
 
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
@@ -72,7 +73,7 @@ def test_the_page_itself_may_post(keyless):
 
 
 @pytest.fixture
-def served(tmp_path, full_checkpoint):
+def modelled(tmp_path, full_checkpoint):
     """A keyless loopback server with the test checkpoint."""
     settings = Settings(models=[str(full_checkpoint)], device=DEVICE, index_dir=tmp_path / "indexes", no_pull=True)
     with TestClient(create_app(settings), base_url=LOCAL) as client:
@@ -89,18 +90,18 @@ def _peak_mib(call) -> float:
         tracemalloc.stop()
 
 
-def test_prompts_are_counted_by_their_characters_before_they_are_built(served, full_checkpoint):
+def test_prompts_are_counted_by_their_characters_before_they_are_built(modelled, full_checkpoint):
     """Tries: /v1/classify with 1,000 labels (within max_texts) and one 2 MB template: 1,000 prompts of 2 MB each
     would be built (2 GB). Asserts: 413 naming the prompts' characters, and the request peaks under 100 MiB."""
     body = {"model": str(full_checkpoint), "images": [DOT], "method": "itc",
             "labels": [f"label {k}" for k in range(1000)], "templates": ["x" * 2_000_000 + " {}"]}  # fmt: skip
     answers = []
-    peak = _peak_mib(lambda: answers.append(served.post("/v1/classify", json=body)))
+    peak = _peak_mib(lambda: answers.append(modelled.post("/v1/classify", json=body)))
     assert answers[0].status_code == 413 and "characters of prompts" in answers[0].json()["error"], answers[0].text
     assert peak < 100, peak
 
 
-def test_a_request_over_its_counts_is_refused_before_its_images_are_decoded(served, full_checkpoint, monkeypatch):
+def test_a_request_over_its_counts_is_refused_before_its_images_are_decoded(modelled, full_checkpoint, monkeypatch):
     """Tries: /v1/score with 300 images (max 256), each a valid base64 photo. Asserts: 413 before any image's
     base64 is decoded (decoding is work the count should have spared)."""
     from bridgetower_cli.server.dispatch import Dispatcher
@@ -113,7 +114,7 @@ def test_a_request_over_its_counts_is_refused_before_its_images_are_decoded(serv
         "texts": ["a dot"],
         "images": [{**DOT, "name": f"{k}.png"} for k in range(300)],
     }
-    answer = served.post("/v1/score", json=body)
+    answer = modelled.post("/v1/score", json=body)
     assert answer.status_code == 413 and "300 images" in answer.json()["error"], answer.text
     assert decoded == []
 
@@ -184,3 +185,48 @@ def test_the_client_ends_within_its_bounds_whatever_a_server_sends(samples, mode
     lines, peak = result.stderr.splitlines()[:-1], int(result.stderr.rsplit("PEAK_KIB=", 1)[1]) / 1024
     assert result.returncode == 1 and len(lines) == 1 and said in lines[0], result.stderr
     assert took < 20 and peak < 100, (took, peak)
+
+
+# -- connections held, bodies sent without a key ------------------------------------------------------------------
+
+
+def _status_line(connection: socket.socket, timeout_s: float = 5.0) -> bytes:
+    connection.settimeout(timeout_s)
+    return connection.recv(4096).split(b"\r\n", 1)[0]
+
+
+def test_connections_that_never_finish_their_headers_hold_nothing(tmp_path, monkeypatch):
+    """Tries: 165 connections from one address that send half a request's headers and then nothing (slowloris; it
+    filled uvicorn's connection limit: every request, /health included, got 503 for as long as they were held).
+    Asserts: /health answers 200 within 1 s while they are held, and each is closed once the headers deadline
+    passes (1 s here)."""
+    from bridgetower_cli.server import connections
+
+    monkeypatch.setattr(connections, "HEADERS_S", 1.0)
+    app = create_app(Settings(index_dir=tmp_path / "indexes", no_pull=True))
+    with served(app, ready_s=60) as url:
+        address = ("127.0.0.1", int(url.rsplit(":", 1)[1]))
+        held = []
+        for _ in range(165):
+            slow = socket.create_connection(address)
+            slow.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+            held.append(slow)
+        start = time.monotonic()
+        with socket.create_connection(address) as probe:
+            probe.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            assert _status_line(probe) == b"HTTP/1.1 200 OK" and time.monotonic() - start < 1.0
+        for slow in held:
+            slow.settimeout(10)
+            assert slow.recv(4096) == b""  # (closed by the server: never answered)
+            slow.close()
+
+
+@pytest.mark.parametrize("path", ["/health", "/", "/static/page.js"])
+def test_a_body_sent_to_a_page_is_never_read(tmp_path, path):
+    """Tries: a client without the key POSTs 60 MiB to the paths anyone may reach (they were read whole before the
+    405: six such bodies cost +355 MB). Asserts: 405 while the body is still unsent (it is never waited for)."""
+    app = create_app(Settings(index_dir=tmp_path / "indexes", no_pull=True, api_key="s3cret"))
+    with served(app, ready_s=60) as url, socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1]))) as client:
+        client.sendall(f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {60 * 2**20}\r\n\r\n".encode())
+        client.sendall(b"x" * 1024)
+        assert _status_line(client) == b"HTTP/1.1 405 Method Not Allowed"

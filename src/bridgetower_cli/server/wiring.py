@@ -75,6 +75,17 @@ def _served_name(host: str, allowed: list[str]) -> bool:
 
 
 PUBLIC = ("/health", "/")
+
+
+def _public(scope) -> bool:
+    """The paths anyone may GET: health, the page and its files (they hold no data; the page asks for the key)."""
+    return scope["path"] in PUBLIC or scope["path"].startswith("/static/")
+
+
+async def _no_body():
+    return {"type": "http.request", "body": b"", "more_body": False}
+
+
 # Every answer: scripts, styles, images and connections from this server only (the page's thumbnails are blob: URLs
 # of fetched bytes, its overlays data: URLs), no framing, no sniffing, no referrer.
 SECURITY_HEADERS = [
@@ -107,7 +118,7 @@ class Guard:
         self.app, self.settings = app, settings
 
     def _refusal(self, scope) -> BtError | None:
-        public = scope["path"] in PUBLIC or scope["path"].startswith("/static/")  # (the page asks for the key itself)
+        public = _public(scope)
         if not public and self.settings.api_key is not None:
             if not _key_matches(scope, self.settings.api_key):
                 return Unauthorized("missing or wrong API key", "send Authorization: Bearer KEY")
@@ -128,6 +139,12 @@ class Guard:
         refusal = self._refusal(scope)
         if refusal is not None:
             return await render_error(refusal)(scope, receive, send)
+        if _public(scope):  # (pages and /health take no body: one sent is never read)
+            if scope["method"] not in ("GET", "HEAD"):
+                wrong = BtError(f"{scope['method']} is not allowed on {scope['path']}", "use GET")
+                wrong.status = 405
+                return await render_error(wrong)(scope, receive, send)
+            return await self.app(scope, _no_body, send)
         messages, size, limit = [], 0, self.settings.max_body_bytes
         deadline = time.monotonic() + self.settings.body_timeout_s  # for the whole body, however it trickles in
         while True:
