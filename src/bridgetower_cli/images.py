@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import io
+import math
 import os
 import threading
 from collections.abc import Iterator
@@ -85,13 +86,33 @@ def _scale(image, limit: int) -> int:
     return scale
 
 
+BUDGETED_PIXEL_BYTES = 14  # what decoding and preprocessing hold per decoded pixel, measured: the budget's unit
+
+
 def decoded_pixels(data: bytes, max_pixels: int | None = None) -> int:
-    """How many pixels decoding ``data`` allocates (after any reduced-scale JPEG decoding); refuses what
-    ``decode_image`` would refuse, from the header alone."""
+    """How many pixels decoding ``data`` costs (after any reduced-scale JPEG decoding), from the header alone; refuses
+    what ``decode_image`` would refuse. A progressive JPEG also holds its whole-image DCT coefficients while it
+    decodes (libjpeg's buffer, at full resolution whatever the scale): charged as the pixels that many bytes are."""
     image = _open(data)
     scale = _scale(image, max_pixels or max_image_pixels())
     width, height = image.size
-    return -(-width // scale) * -(-height // scale)
+    pixels = -(-width // scale) * -(-height // scale)
+    if image.format == "JPEG" and image.info.get("progressive"):
+        pixels += -(-_coefficient_bytes(image) // BUDGETED_PIXEL_BYTES)
+    return pixels
+
+
+def _coefficient_bytes(image) -> int:
+    """A JPEG's DCT coefficients, all components at full resolution: 64 of 2 bytes per 8x8 block of each component
+    (sampled by its factors; a component without them counted at full resolution)."""
+    width, height = image.size
+    layers = getattr(image, "layer", None) or [(0, 1, 1, 0)] * len(image.getbands())
+    h_max, v_max = max(layer[1] for layer in layers), max(layer[2] for layer in layers)
+    blocks = sum(
+        math.ceil(math.ceil(width * h / h_max) / 8) * math.ceil(math.ceil(height * v / v_max) / 8)
+        for _, h, v, *_ in layers
+    )
+    return blocks * 64 * 2
 
 
 def _reduction(image, short_side: int) -> int:
