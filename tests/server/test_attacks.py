@@ -206,7 +206,7 @@ def test_the_index_folder_must_be_private(tmp_path):
     folder = tmp_path / "shared-indexes"
     folder.mkdir()
     folder.chmod(0o777)
-    with pytest.raises(BtError, match="not private"):
+    with pytest.raises(BtError, match="is not its own"):
         create_app(Settings(device=DEVICE, index_dir=folder))
 
 

@@ -4,15 +4,18 @@ against the code before its fix and seen to succeed there."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import http.server
 import os
+import shutil
 import socket
 import subprocess
 import sys
 import threading
 import time
 import tracemalloc
+from pathlib import Path
 
 import pytest
 from conftest import DEVICE
@@ -21,6 +24,7 @@ from helpers import DOT, served
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
+from bridgetower_cli.errors import BtError  # noqa: E402
 from bridgetower_cli.server import Settings, create_app  # noqa: E402
 
 LOCAL = "http://127.0.0.1:8000"
@@ -230,3 +234,96 @@ def test_a_body_sent_to_a_page_is_never_read(tmp_path, path):
         client.sendall(f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {60 * 2**20}\r\n\r\n".encode())
         client.sendall(b"x" * 1024)
         assert _status_line(client) == b"HTTP/1.1 405 Method Not Allowed"
+
+
+# -- the files the server owns --------------------------------------------------------------------------------------
+
+ATTACKER = 12345  # another local user's uid (the tests run as root, which may hand a folder to it)
+
+
+def _planted(indexes: Path, tag: str, secret: Path) -> Path:
+    """The attacker's folder where the server's index folder goes: the thumbnail the server will look for (``tag``:
+    its ETag) is a link to ``secret``, and so is the index the test asks for."""
+    (indexes / "thumbnails" / "256").mkdir(parents=True)
+    (indexes / "thumbnails" / "256" / f"{tag}.jpg").symlink_to(secret)
+    (indexes / "photos.sqlite").symlink_to(secret)
+    for path in [indexes, *indexes.rglob("*")]:
+        os.chown(path, ATTACKER, ATTACKER, follow_symlinks=False)
+    return indexes
+
+
+@pytest.fixture
+def shared_tmp(tmp_path, samples):
+    """A shared 1777 folder (as /tmp), a photo under the server's root, and a root-only secret."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to hand a folder to another user")
+    shared, photos = tmp_path / "shared", tmp_path / "photos"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    photos.mkdir()
+    shutil.copy(samples / "cat.jpg", photos / "cat.jpg")
+    secret = tmp_path / "secret"
+    secret.write_text("root only")
+    secret.chmod(0o600)
+    return shared, photos, secret
+
+
+def test_an_index_folder_another_user_made_first_is_refused_at_start(shared_tmp):
+    """Tries: another user creates the server's --index-dir first, under a shared 1777 folder, with links where the
+    server's files go. Asserts: the server refuses to start, naming the folder."""
+    shared, photos, secret = shared_tmp
+    indexes = _planted(shared / "indexes", "0" * 32, secret)
+    with pytest.raises(BtError, match="is not its own"):
+        create_app(Settings(index_dir=indexes, allow_paths=[photos], no_pull=True))
+
+
+def test_the_index_folder_is_verified_at_every_use(shared_tmp, full_checkpoint):
+    """Tries: the server starts with its own folder, which is then replaced by another user's (as a folder made
+    while the server runs, or one handed over), with the next thumbnail and an index as links to a root-only file.
+    Asserts: thumbnails and indexes are refused (500, naming the folder), the secret is neither read nor
+    overwritten."""
+    shared, photos, secret = shared_tmp
+    indexes = shared / "indexes"
+    settings = Settings(models=[str(full_checkpoint)], device=DEVICE, index_dir=indexes, allow_paths=[photos],
+                        no_pull=True)  # fmt: skip
+    with TestClient(create_app(settings), base_url=LOCAL) as client:
+        first = client.get("/v1/thumbnail", params={"path": str(photos / "cat.jpg")})
+        assert first.status_code == 200
+        shutil.rmtree(indexes)
+        indexes.mkdir()
+        _planted(indexes, first.headers["etag"].strip('"'), secret)
+        thumbnail = client.get("/v1/thumbnail", params={"path": str(photos / "cat.jpg")})
+        assert thumbnail.status_code == 500 and "is not its own" in thumbnail.json()["error"], thumbnail.text
+        found = client.post("/v1/retrieve", json={"model": str(full_checkpoint), "query": "a cat", "index": "photos",
+                                                  "sources": [str(photos)]})  # fmt: skip
+        assert found.status_code == 500 and "is not its own" in found.json()["error"], found.text
+    assert secret.read_text() == "root only"
+
+
+def _sized_jpeg(side: int, progressive: bool) -> str:
+    """A small JPEG whose header says ``side`` x ``side`` (its frame header patched): base64, as a client sends it."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), "red").save(buffer, "JPEG", progressive=progressive)
+    data = bytearray(buffer.getvalue())
+    frame = data.find(b"\xff\xc2" if progressive else b"\xff\xc0")
+    data[frame + 5 : frame + 9] = side.to_bytes(2, "big") * 2
+    return base64.b64encode(bytes(data)).decode()
+
+
+def test_a_progressive_jpeg_is_charged_its_coefficients(modelled, full_checkpoint):
+    """Tries: a 2 MB progressive JPEG of 32768 x 32768 was charged 67 MP (its reduced-scale output) but libjpeg holds
+    every DCT coefficient at full resolution while decoding it (+2.1 GB). Asserts: skipped as over the decode budget
+    from its header, before any decoding (it was decoded); a baseline JPEG of that size is still charged its
+    reduced output."""
+    from bridgetower_cli.images import decoded_pixels
+
+    body = {"model": str(full_checkpoint), "texts": ["a dot"]}
+    answer = modelled.post("/v1/score", json={**body, "images": [{"name": "p.jpg", "data": _sized_jpeg(32768, True)}]})
+    (skipped,) = answer.json()["skipped"]  # (one image of a batch: a named skip)
+    assert answer.json()["records"] == [] and "over its decode budget" in skipped["reason"], answer.text
+    baseline = base64.b64decode(_sized_jpeg(32768, False))
+    assert decoded_pixels(baseline) == (32768 // 4) ** 2  # (read at a quarter scale, as before)

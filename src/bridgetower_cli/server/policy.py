@@ -14,10 +14,11 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import BtError, Forbidden, InputError
+from ..errors import Forbidden, InputError
 from ..model.catalog import KNOWN_CHECKPOINTS
 from ..reading import inside
 from ..sources import Expansion, Found, add_found, folder_files, glob_files, split_glob
+from .owned import OwnedFolder
 from .settings import Settings
 
 INDEX_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*(\.[A-Za-z0-9_-]+)*")
@@ -30,7 +31,8 @@ class Policy:
         self.own = settings.own
         self.roots = [os.sep] if self.own else [os.path.realpath(root) for root in settings.allow_paths]
         self.models = _allowed_models(settings)
-        _private(settings.index_dir)
+        self.owned = OwnedFolder(settings.index_dir)
+        self.owned.verify()  # (said at start-up, and again at every use)
 
     # -- paths ------------------------------------------------------------------------------------------------
 
@@ -93,9 +95,7 @@ class Policy:
             raise InputError(
                 f"the index {name!r} is not a plain name", "letters, digits, '.', '_' and '-', as in photos-2024"
             )
-        folder = self.settings.index_dir
-        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-        path = folder / f"{name}.sqlite"
+        path = self.owned.verify() / f"{name}.sqlite"
         for own in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
             if own.is_symlink():
                 raise Forbidden(f"the index {name} is a symlink", "the server opens only index files it created")
@@ -129,20 +129,6 @@ class Allowed:
     shown: str
     hub: bool
     path: str | None = None  # the folder it loads from (a hub id: looked up in the hub cache)
-
-
-def _private(folder: Path) -> None:
-    """The server's index folder must be its own: owned by it and writable by nobody else, so that nobody can plant
-    links or files there for it to follow or delete."""
-    try:
-        found = os.stat(folder)
-    except FileNotFoundError:
-        return  # made 0700 on first use
-    if found.st_uid != os.geteuid() or found.st_mode & 0o022:
-        raise BtError(
-            f"the index folder {folder} is not private (owned by someone else, or writable by others)",
-            f"chmod 700 {folder}, or pass another --index-dir",
-        )
 
 
 def _allowed_models(settings: Settings) -> dict[str, Allowed]:

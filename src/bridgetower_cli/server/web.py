@@ -10,7 +10,6 @@ import io
 import os
 import re
 from importlib import resources
-from pathlib import Path
 
 from fastapi import APIRouter, Request, Response
 
@@ -63,11 +62,11 @@ def router(dispatch: Dispatcher) -> APIRouter:
         if side not in THUMBNAIL_SIDES:
             raise InputError(f"side must be one of {', '.join(map(str, THUMBNAIL_SIDES))}")
         real = policy.check(path, "image")
-        tag, file = await asyncio.to_thread(_thumbnail, settings.index_dir, real, side, dispatch.reading)
+        tag, picture = await asyncio.to_thread(_thumbnail, policy.owned, real, side, dispatch.reading)
         headers = {"ETag": f'"{tag}"', **_cached(86400)}
         if request.headers.get("if-none-match") == f'"{tag}"':
             return Response(status_code=304, headers=headers)
-        return Response(file.read_bytes(), media_type="image/jpeg", headers=headers)
+        return Response(picture, media_type="image/jpeg", headers=headers)
 
     return routes
 
@@ -95,9 +94,10 @@ def _folder(policy, root: str) -> dict:
     return {"root": root, "index": name, "images": images, "last_refresh": last}
 
 
-def _thumbnail(index_dir: Path, real: str, side: int, reading) -> tuple[str, Path]:
-    """(its ETag, the cached file): keyed by the file's real path, size and modification time, and the side, so an
-    edited photo gets a new one; written to a temporary name and renamed (no half-written thumbnail)."""
+def _thumbnail(owned, real: str, side: int, reading) -> tuple[str, bytes]:
+    """(its ETag, the JPEG): cached in the server's own folder (``thumbnails/SIDE/``, reached through verified
+    descriptors), keyed by the file's real path, size and modification time, and the side, so an edited photo gets
+    a new one; written to a new file and renamed (no half-written thumbnail, no link followed)."""
     from PIL import Image
 
     from ..images import decode_image, decoding
@@ -105,21 +105,18 @@ def _thumbnail(index_dir: Path, real: str, side: int, reading) -> tuple[str, Pat
 
     found = os.stat(real)
     tag = hashlib.sha256(f"{real}\0{found.st_size}\0{found.st_mtime_ns}\0{side}".encode()).hexdigest()[:32]
-    folder = index_dir / "thumbnails" / str(side)
-    file = folder / f"{tag}.jpg"
-    if file.is_file():
-        return tag, file
-    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-    with restricted(reading):  # (the file actually opened is checked against the roots too)
-        data = read_file(real)
-    with decoding(data):
-        image = decode_image(data)
-        if image.width * image.height > THUMBNAIL_PIXELS:
-            raise InputError(f"{real} is too large for a thumbnail")
-        image.thumbnail((side, side), Image.Resampling.LANCZOS)
-        buffer = io.BytesIO()
-        image.save(buffer, "JPEG", quality=85)
-    partial = folder / f".{tag}.{os.getpid()}.partial"
-    partial.write_bytes(buffer.getvalue())
-    partial.replace(file)
-    return tag, file
+    with owned.opened("thumbnails", str(side)) as folder:
+        cached = owned.read(folder, f"{tag}.jpg")
+        if cached is not None:
+            return tag, cached
+        with restricted(reading):  # (the file actually opened is checked against the roots too)
+            data = read_file(real)
+        with decoding(data):
+            image = decode_image(data)
+            if image.width * image.height > THUMBNAIL_PIXELS:
+                raise InputError(f"{real} is too large for a thumbnail")
+            image.thumbnail((side, side), Image.Resampling.LANCZOS)
+            buffer = io.BytesIO()
+            image.save(buffer, "JPEG", quality=85)
+        owned.write(folder, f"{tag}.jpg", buffer.getvalue())
+    return tag, buffer.getvalue()
