@@ -26,8 +26,8 @@ MAX_BODY_BYTES = 16 * 2**20  # a JSON answer (status, an error)
 @dataclass
 class Client:
     """A bt server at ``url`` (http or https) with its API key, or on the Unix socket ``socket`` (the automatic
-    server: one's ``own``, reading paths as bt in process does); ``timeout_s``: how long to wait for the server's
-    next byte (env BT_TIMEOUT; it sends a heartbeat every few seconds while it works)."""
+    server: one's ``own``, reading paths as bt in process does); ``timeout_s``: how long to wait for the work to move
+    (env BT_TIMEOUT; heartbeats keep the connection open, not the wait)."""
 
     url: str
     api_key: str | None = None

@@ -357,7 +357,7 @@ ClientTimeout = Annotated[
         "--timeout",
         envvar="BT_TIMEOUT",
         min=0.1,
-        help="With --server: seconds to wait for the server's next byte. Default: 660.",
+        help="With --server: seconds to wait for the work to move (a record, a skip, a progress step). Default: 660.",
         metavar="SECONDS",
         show_default=False,
     ),

@@ -45,9 +45,19 @@ class Policy:
             raise InputError(f"the {what} {given!r} is not an absolute path", "send absolute paths")
         if not self.roots:
             raise Forbidden(f"this server opens no paths (the {what} {given})", "start it with --allow-path DIR")
-        real = os.path.realpath(given)
+        if any(len(part.encode("utf-8", "surrogatepass")) > 255 for part in given.split(os.sep)):
+            raise InputError(f"the {what} {given[:60]}… has a name over 255 bytes", "no file system holds one")
+        # Resolved a component at a time, as the kernel does (links, then ".."), and refused as soon as the path
+        # leaves the roots and what lies above them: nothing outside is resolved further, so whether an outside
+        # name is a link or a folder never changes the answer.
+        outside = Forbidden(f"the {what} {given} is not under the server's --allow-path roots", "see bt serve --help")
+        real = os.sep
+        for part in Path(given).parts[1:]:
+            real = os.path.realpath(os.path.join(real, part))
+            if not inside(real, self.roots) and not any(inside(root, [real]) for root in self.roots):
+                raise outside
         if not inside(real, self.roots):
-            raise Forbidden(f"the {what} {given} is not under the server's --allow-path roots", "see bt serve --help")
+            raise outside
         return real
 
     def sources(self, given: list[str], walk: bool = True) -> Found:

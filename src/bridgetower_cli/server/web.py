@@ -103,7 +103,12 @@ def _thumbnail(owned, real: str, side: int, reading) -> tuple[str, bytes]:
     from ..images import decode_image, decoding
     from ..reading import read_file, restricted
 
-    found = os.stat(real)
+    try:
+        found = os.stat(real)
+    except FileNotFoundError:
+        raise NotFound(f"no image at {real}", "check the path") from None
+    except OSError as error:
+        raise InputError(f"cannot read {real}: {(error.strerror or str(error)).lower()}") from None
     tag = hashlib.sha256(f"{real}\0{found.st_size}\0{found.st_mtime_ns}\0{side}".encode()).hexdigest()[:32]
     with owned.opened("thumbnails", str(side)) as folder:
         cached = owned.read(folder, f"{tag}.jpg")
