@@ -367,3 +367,18 @@ def test_a_thumbnail_of_a_missing_or_impossible_name_is_a_typed_error(rooted, na
     client, root, _ = rooted
     answer = client.get("/v1/thumbnail", params={"path": f"{root}/{name}"})
     assert answer.status_code in (404, 422) and answer.json()["error"], answer.text
+
+
+def test_an_eval_past_max_pairs_is_refused_before_any_work(tmp_path, samples, full_checkpoint):
+    """Tries: /v1/eval whose images x captions pass --max-pairs (it admitted 262,144 pairs over a limit of
+    100,000). Asserts: 413 naming the pairs, before any image is read."""
+    root = tmp_path / "root"
+    root.mkdir()
+    shutil.copy(samples / "cat.jpg", root / "cat.jpg")
+    settings = Settings(models=[str(full_checkpoint)], device=DEVICE, index_dir=tmp_path / "indexes",
+                        allow_paths=[root], no_pull=True, max_pairs=5)  # fmt: skip
+    images = [{"name": f"{k}.jpg", "path": str(root / "cat.jpg")} for k in range(3)]
+    body = {"model": str(full_checkpoint), "images": images, "texts": ["a", "b"], "text_image": [0, 1]}
+    with TestClient(create_app(settings), base_url=LOCAL) as client:
+        answer = client.post("/v1/eval", json=body)
+    assert answer.status_code == 413 and "6 image-text pairs" in answer.json()["error"], answer.text
