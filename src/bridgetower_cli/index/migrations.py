@@ -1,5 +1,8 @@
 """Index upgrades, step by step (as rclip's ``DB.ensure_version``): each step one write transaction, so a kill leaves
 the index at the step before and the next open resumes. Results are unchanged: the embeddings move, never change.
+Each step decides inside its transaction, from the schema and generation it reads there: another process may have
+done it while this one waited for the lock (then it does nothing). The files a step writes are the next
+generation's, which only its commit publishes.
 
     1 -> 2   embeddings as SQLite blobs (bt 0.1) -> a vector file beside the catalog (content hashes unknown: '')
     2 -> 3   the vector file gets a header and the catalog a CRC-32 per row, a claims table and bt's application id
@@ -54,9 +57,11 @@ def _raw_rows(path: Path, dim: int) -> np.ndarray:
 
 def _v1_to_v2(catalog: Catalog) -> None:
     """Embeddings out of SQLite blobs into a headerless vector file (schema 2's format), one transaction."""
-    dim = int(catalog.meta()["dim"])
     target = Path(f"{catalog.path}.vectors-0")
     with catalog.transaction() as db:
+        if schema_of(catalog) != 1:
+            return  # (upgraded by another process meanwhile)
+        dim = int(catalog.meta()["dim"])
         rows = db.execute("SELECT path, size, mtime_ns, embedding FROM images ORDER BY path").fetchall()
         made = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)  # (never another's)
         with os.fdopen(made, "wb") as file:
@@ -81,12 +86,13 @@ def _v2_to_v3(catalog: Catalog) -> None:
     """The next generation written with a header and only the rows referenced (a compaction), a CRC-32 per row,
     claims, the application id. Rows whose slot lies past the end of a damaged file are dropped (never guessed):
     the next refresh embeds those files again."""
-    meta = catalog.meta()
-    dim, generation = int(meta["dim"]), int(meta.get("generation", "0"))
-    old_path = Path(f"{catalog.path}.vectors-{generation}")
-    new = [VectorFile(catalog.path, generation + 1, dim, half) for half in (False, True)]
     with catalog.transaction() as db:
-        old = _raw_rows(old_path, dim)
+        if schema_of(catalog) != 2:
+            return  # (upgraded by another process meanwhile: nothing of its files is touched)
+        meta = catalog.meta()
+        dim, generation = int(meta["dim"]), int(meta.get("generation", "0"))
+        new = [VectorFile(catalog.path, generation + 1, dim, half) for half in (False, True)]
+        old = _raw_rows(Path(f"{catalog.path}.vectors-{generation}"), dim)
         db.execute("DELETE FROM images WHERE slot >= ? OR slot < 0", (len(old),))
         slots = [slot for (slot,) in db.execute("SELECT DISTINCT slot FROM images ORDER BY slot")]
         rows = np.asarray(old[slots], dtype=np.float32) if slots else np.zeros((0, dim), dtype=np.float32)
