@@ -9,6 +9,8 @@ import os
 import shutil
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -168,3 +170,12 @@ def stop_all(folder: Path) -> None:
     _autoserver().stop(place(folder))
     for pid in server_pids(socket):
         os.kill(pid, signal.SIGKILL)
+
+
+def as_nobody(*args, env: dict | None = None) -> subprocess.CompletedProcess:
+    """bt run as the user nobody (the test runs as root, which bypasses every permission): needs setpriv."""
+    command = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-m", "bridgetower_cli"]
+    return subprocess.run([*command, *map(str, args)], capture_output=True, text=True, env=env, timeout=300)
+
+
+NOBODY = os.geteuid() == 0 and shutil.which("setpriv") is not None  # (whether as_nobody can run)

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import as_nobody
 
 
 @pytest.fixture
@@ -54,11 +55,6 @@ def test_a_hard_linked_photo_is_one_image(bt, fake, tree):
     assert named.code == 0 and len(named.json()) == 1
     listed = bt("embed", "-", "-f", "json", input=f"{tree / 'cat.jpg'}\n{tree / 'same-cat.jpg'}\n")
     assert listed.code == 0 and len(listed.json()) == 1
-
-
-def as_nobody(*args, env: dict) -> subprocess.CompletedProcess:
-    command = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-m", "bridgetower_cli"]
-    return subprocess.run([*command, *map(str, args)], capture_output=True, text=True, env=env, timeout=300)
 
 
 @pytest.mark.slow

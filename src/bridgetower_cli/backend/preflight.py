@@ -20,7 +20,7 @@ def preflight(request, options: ModelOptions, loaded: bool = False) -> None:
     (the loaded model answers those questions itself, at no cost)."""
     index = _index_of(request)
     if index is not None:
-        from ..index.catalog import refuse_foreign
+        from ..index.guard import refuse_foreign
 
         refuse_foreign(index)
     operation = operation_of(request)

@@ -23,6 +23,7 @@ from ..errors import BtError, IndexDamaged
 from ..records import IndexStats
 from .catalog import Catalog
 from .files import FileState, RefreshPlan
+from .guard import refuse_foreign
 from .migrations import known_schema, schema_of, upgrade
 from .search import Reading, vector_file
 from .vectors import VectorFile, checksums, no_space, vector_files
@@ -55,6 +56,7 @@ class EmbeddingIndex(Reading):
     ) -> EmbeddingIndex:
         """Open (creating, or with ``rebuild`` starting afresh, or upgrading) the index for ``fingerprint``; None:
         an existing index, whatever its model (``--prune``, ``--repair``)."""
+        refuse_foreign(Path(path))  # (what is not an index, or cannot be looked at, is said in one line first)
         if fingerprint is None and not Path(path).is_file():
             raise BtError(f"no index at {path}", "build one with bt index DIR, or pass --index FILE")
         catalog = Catalog(path, write=True, wait_s=options.get("wait_s", 60.0))
@@ -80,6 +82,7 @@ class EmbeddingIndex(Reading):
     ) -> EmbeddingIndex:
         """Open an existing index read-only (``fingerprint`` None: whatever its model). An index of an older bt is
         upgraded first, where it can be written."""
+        refuse_foreign(Path(path))  # (what is not an index, or cannot be looked at, is said in one line first)
         if not Path(path).is_file():
             raise BtError(f"no index at {path}", "build one with bt index DIR, or pass --index FILE")
         catalog = Catalog(path, write=False)
