@@ -12,6 +12,7 @@ import torch
 from .. import cancel
 from ..errors import BtError, InputError
 from ..images import decode_workers, decoding
+from ..index.files import bytes_hash
 from ..model.runtime import Fused, ImageStates, Runtime, TextStates
 from ..reading import current_policy, read_bytes, restricted
 from ..records import Outcome, Reporter
@@ -40,18 +41,26 @@ def warn_padded(reporter: Reporter, name: str, padded: str) -> None:
 
 
 def read_images(
-    runtime: Runtime, sources: Sequence[ImageSource], outcome: Outcome, reporter: Reporter, keep: dict | None = None
+    runtime: Runtime,
+    sources: Sequence[ImageSource],
+    outcome: Outcome,
+    reporter: Reporter,
+    keep: dict | None = None,
+    digests: dict | None = None,
 ) -> Iterator[tuple[ImageSource, torch.Tensor]]:
     """Pixel values per readable source, in order; unreadable ones are reported and recorded as skipped, whatever
     fails on the way (reading, decoding, converting, preprocessing). ``decode_workers()`` threads read and decode
     ahead of the model while it runs (Pillow decodes and resizes without holding the GIL), each image within the
-    process's decode budget (a server's). ``keep`` collects the RGB image the model sees, by ``id(source)``."""
+    process's decode budget (a server's). ``keep`` collects the RGB image the model sees, ``digests`` the content
+    hash of the very bytes decoded (an index binds a row's hash to what it embedded), both by ``id(source)``."""
 
     policy, token = current_policy(), cancel.current()  # (per thread: the decode threads work under this one's)
 
     def prepare(source: ImageSource):
         with restricted(policy), cancel.watching(token):
             data = read_bytes(source)
+            if digests is not None:
+                digests[id(source)] = bytes_hash(data)
             with decoding(data):
                 return runtime.prepare_image(data)
 
@@ -93,16 +102,17 @@ def encode_image_batches(
     outcome: Outcome,
     reporter: Reporter,
     keep_images: dict | None = None,
+    digests: dict | None = None,
 ) -> Iterator[list[tuple[ImageSource, ImageStates]]]:
-    """Read, preprocess and encode images, ``batch_size`` at a time; bad images are skipped (``keep_images``: see
-    ``read_images``)."""
+    """Read, preprocess and encode images, ``batch_size`` at a time; bad images are skipped (``keep_images``,
+    ``digests``: see ``read_images``)."""
     batch: list[tuple[ImageSource, torch.Tensor]] = []
 
     def flush():
         states = runtime.encode_images(torch.stack([pixels for _, pixels in batch]))
         return [(source, state) for (source, _), state in zip(batch, states)]
 
-    for item in read_images(runtime, sources, outcome, reporter, keep_images):
+    for item in read_images(runtime, sources, outcome, reporter, keep_images, digests):
         batch.append(item)
         if len(batch) == batch_size:
             yield flush()

@@ -18,17 +18,17 @@ from ..sources import ImageSource
 from .batching import chunks, encode_image_batches, warn_padded
 
 
-def _embedded_locally(runtime, todo, hashes: dict, batch_size: int, outcome: Outcome, reporter: Reporter):
-    """Batches of (rows, failures) for the index, embedded in this process."""
+def _embedded_locally(runtime, todo, batch_size: int, outcome: Outcome, reporter: Reporter):
+    """Batches of (rows, failures) for the index, embedded in this process; each row's content hash is that of the
+    bytes its embedding was made from (a photo replaced since it was planned is indexed as what was embedded)."""
     for chunk in chunks(todo, batch_size):
         state_of = {source.name: state for source, state in chunk}
         skipped_before = len(outcome.skipped)
-        rows = []
-        for batch in encode_image_batches(runtime, [s for s, _ in chunk], batch_size, outcome, reporter):
+        rows, digests = [], {}
+        sources = [s for s, _ in chunk]
+        for batch in encode_image_batches(runtime, sources, batch_size, outcome, reporter, digests=digests):
             for source, image in batch:
-                state = state_of[source.name]
-                digest = hashes.get(state.path, "")  # ("": unknown, never matched; it could not be read then)
-                rows.append((state, digest, image.itc_embedding.float().cpu().tolist()))
+                rows.append((state_of[source.name], digests[id(source)], image.itc_embedding.float().cpu().tolist()))
         yield rows, [(state_of[s.name], s.reason) for s in outcome.skipped[skipped_before:]]
 
 
@@ -119,7 +119,7 @@ def refresh_index(
         state_of = {state.path: state for state in plan.to_embed}
         todo = [(by_path[path], state_of[path]) for path in claimed]
         batches = (
-            _embedded_locally(runtime, todo, hashes, batch_size, outcome, reporter)
+            _embedded_locally(runtime, todo, batch_size, outcome, reporter)
             if engine is None
             else _embedded_by(engine, todo, batch_size, outcome, reporter)
         )
