@@ -67,6 +67,24 @@ def test_a_missing_vector_file_is_re_embedded_whole(bt, full_checkpoint, photos,
     assert bt("index", "--check", "--index", index).code == 0
 
 
+def test_one_repair_of_a_cut_vector_file_keeps_every_good_row(bt, full_checkpoint, photos, tmp_path):
+    """Issue 32: the vector file cut by one byte (its last row incomplete). One --repair re-embeds that row and keeps
+    the 11 good ones (it started an empty generation, so the good rows pointed past its end: "11 rows damaged")."""
+    index = tmp_path / "ix.sqlite"
+    model = ["-m", full_checkpoint, "--index", index]
+    assert bt("index", photos, *model).code == 0
+    before = bt("retrieve", "a photo", photos, *model, "-n", "-k", "12", "--no-rerank", "-f", "json").json()
+    with open(vector_file(index), "r+b") as file:
+        file.truncate(file.seek(0, 2) - 1)
+    repaired = bt("index", "--repair", *model, "-f", "json")
+    assert repaired.code == 0 and repaired.json()["damaged"] == 0, (repaired.stdout, repaired.stderr)
+    assert "repaired: index: 1 new" in repaired.stderr, repaired.stderr
+    after = bt("retrieve", "a photo", photos, *model, "-n", "-k", "12", "--no-rerank", "-f", "json").json()
+    assert [r["image"] for r in after] == [r["image"] for r in before]  # (the one row embedded again: within 1e-5)
+    assert all(abs(a["similarity"] - b["similarity"]) <= 1e-5 for a, b in zip(after, before))
+    assert len([p for p in tmp_path.iterdir() if ".vectors-" in p.name]) == 2  # one generation and its copy
+
+
 def test_queries_and_stats_do_not_wait_for_a_writer_and_a_refresh_says_busy(bt, full_checkpoint, photos, tmp_path):
     index = tmp_path / "ix.sqlite"
     model = ["-m", full_checkpoint, "--index", index]

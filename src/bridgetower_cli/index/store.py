@@ -186,34 +186,52 @@ class EmbeddingIndex(Reading):
         ``pause`` is called between steps (tests interleave other writers there)."""
         with self.catalog.transaction() as db:
             generation, rows = self._state()
-            old = vector_file(self.path, generation, self.dim)
-            slots = [slot for (slot,) in db.execute("SELECT DISTINCT slot FROM images ORDER BY slot")]
-            kept = old.rows(slots, rows)
-            written = [VectorFile(self.path, generation + 1, self.dim, half) for half in (False, True)]
-            try:
-                for new in written:
-                    new.write_all(kept)
-            except BaseException:
-                for new in written:
-                    new.path.unlink(missing_ok=True)
-                raise
-            pause("written")
-            db.executemany("UPDATE images SET slot = ? WHERE slot = ?", [(-1 - k, s) for k, s in enumerate(slots)])
-            db.execute("UPDATE images SET slot = -1 - slot")
-            self.catalog.set_meta(generation=generation + 1, rows=len(slots))
-        for half in (False, True):
-            VectorFile(self.path, generation, self.dim, half).path.unlink(missing_ok=True)
+            self._next_generation(db, generation, vector_file(self.path, generation, self.dim), rows, pause)
+        self._drop_generations_before(generation + 1)
+
+    def _next_generation(self, db, generation: int, old: VectorFile, rows: int, pause=lambda step: None) -> None:
+        """(Inside a write transaction.) The referenced rows (of the first ``rows``) written as the next generation,
+        the slots renumbered and the generation switched: published by the transaction's commit."""
+        slots = [slot for (slot,) in db.execute("SELECT DISTINCT slot FROM images ORDER BY slot")]
+        kept = old.rows(slots, rows)
+        written = [VectorFile(self.path, generation + 1, self.dim, half) for half in (False, True)]
+        try:
+            for new in written:
+                new.write_all(kept)
+        except BaseException:
+            for new in written:
+                new.path.unlink(missing_ok=True)
+            raise
+        pause("written")
+        db.executemany("UPDATE images SET slot = ? WHERE slot = ?", [(-1 - k, s) for k, s in enumerate(slots)])
+        db.execute("UPDATE images SET slot = -1 - slot")
+        self.catalog.set_meta(generation=generation + 1, rows=len(slots))
+
+    def _drop_generations_before(self, current: int) -> None:
+        """Once a new generation is committed: the older ones' files that are bt's."""
+        for generation in vector_files(self.path):
+            for half in (False, True):
+                older = VectorFile(self.path, generation, self.dim, half)
+                if generation < current and (older.is_bts() or not older.path.exists()):
+                    older.path.unlink(missing_ok=True)
 
     def forget(self, paths: list[str], new_vector_file: bool = False) -> None:
         """(``--repair``.) Drop the rows of damaged vectors so their files are embedded again; with
-        ``new_vector_file`` (the file is missing or not this index's) start a new generation of it."""
-        with self.catalog.transaction():
+        ``new_vector_file`` (the file is cut short, missing or not this index's) the rows left, all good, are copied
+        into the next generation in the same transaction (none if the file is missing or foreign)."""
+        with self.catalog.transaction() as db:
             self.catalog.drop(paths)
             if new_vector_file:
-                generation = self._state()[0] + 1
-                for half in (False, True):
-                    VectorFile(self.path, generation, self.dim, half).create()
-                self.catalog.set_meta(generation=generation, rows=0)
+                generation, rows = self._state()
+                old = vector_file(self.path, generation, self.dim)
+                try:
+                    old.header()
+                    readable = min(rows, old.rows_on_disk())
+                except IndexDamaged:
+                    readable = 0  # (missing or foreign: every row was damaged, and dropped above)
+                self._next_generation(db, generation, old, readable)
+        if new_vector_file:
+            self._drop_generations_before(generation + 1)
 
     def copy_to_half(self) -> None:
         """(``--repair``.) Write the float16 copy again from the vectors."""
