@@ -69,6 +69,12 @@ class DeadlineExceeded(Cancelled):
     status = 504
 
 
+class NoSpace(BtError):
+    """A disk (or a quota) full: said as such, never as damage; what was written before stays valid."""
+
+    status = 507
+
+
 class IndexDamaged(BtError):
     """An index whose files disagree with each other: named, with the safe repair."""
 

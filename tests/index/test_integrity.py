@@ -5,6 +5,7 @@ index and seen to fail there."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sqlite3
@@ -224,6 +225,34 @@ def test_a_compaction_on_a_full_disk_is_skipped_and_leaves_nothing_behind(small_
     free = shutil.disk_usage(small_disk).free
     filler.write_bytes(b"\0" * max(0, free - 4096))  # what is left cannot hold the next generation
     warning = index.maintain()
+    assert warning and "compaction skipped, no space left" in warning
+    assert sorted(p.name for p in small_disk.iterdir() if ".vectors-" in p.name) == [
+        "ix.sqlite.vectors-0",
+        "ix.sqlite.vectors-0.f16",
+    ]
+    assert index.search(unit(5000, 16), 1, folders=[Path("/p")])[0] == ["/p/5000.jpg"]
+
+
+def test_a_compaction_whose_commit_finds_the_disk_full_is_rolled_back_and_said(small_disk, monkeypatch):
+    """Issue 32: the next generation written, then the disk fills before the switch commits (SQLite: "database or
+    disk is full"). The query answers from the current generation, the new files are removed, one warning (the
+    query failed, exit 1, and vectors-1 stayed behind)."""
+    index = EmbeddingIndex.for_writing(small_disk / "ix.sqlite", "fp", 16)
+    files = [FileState(f"/p/{k}.jpg", k, k) for k in range(6000)]
+    index.store([(f, f"h{k}", unit(k, 16).tolist()) for k, f in enumerate(files)], [])
+    index.drop([f.path for f in files[:4000]])
+    real = EmbeddingIndex._next_generation
+
+    def then_full(self, *args, **kwargs):
+        real(self, *args, **kwargs)
+        filler = small_disk / "filler"
+        with open(filler, "wb") as file, contextlib.suppress(OSError):  # every byte taken: no room to commit
+            while True:
+                file.write(b"\0" * 4096)
+
+    monkeypatch.setattr(EmbeddingIndex, "_next_generation", then_full)
+    warning = index.maintain()
+    (small_disk / "filler").unlink()
     assert warning and "compaction skipped, no space left" in warning
     assert sorted(p.name for p in small_disk.iterdir() if ".vectors-" in p.name) == [
         "ix.sqlite.vectors-0",

@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from ..errors import BtError, Busy, IndexDamaged
+from ..errors import BtError, Busy, IndexDamaged, NoSpace
 from .files import FileState, RefreshPlan, chunks, under
 from .guard import APPLICATION_ID, FOREIGN_HINT, refuse_foreign
 
@@ -47,6 +47,15 @@ CREATE TABLE IF NOT EXISTS claims (path TEXT PRIMARY KEY, owner TEXT NOT NULL);
 
 
 _writers = itertools.count()
+
+
+def _nearly_full(path: Path) -> bool:
+    """Whether the file system holding ``path`` has (almost) no room left: SQLite says "disk I/O error" then."""
+    try:
+        found = os.statvfs(path.parent)
+    except OSError:
+        return False
+    return found.f_bavail * found.f_frsize < 2**20
 
 
 def _has_content(path: Path) -> bool:
@@ -148,8 +157,10 @@ class Catalog:
             )
         if "readonly" in text or "unable to open" in text:
             return BtError(f"cannot write the index {self.path}: {text}", "pass --index FILE on a writable path")
-        if "full" in text:
-            return BtError(f"no space left for the index {self.path}", "free some space, then run again")
+        if "full" in text or "disk I/O error" in text and _nearly_full(self.path):
+            return NoSpace(f"no space left for the index {self.path}", "free some space, then run again")
+        if "disk I/O error" in text:
+            return BtError(f"the disk failed to read or write the index {self.path} ({text})", "check the disk")
         return IndexDamaged(
             f"the index {self.path} is damaged ({text})",
             "rebuild it with --rebuild (its catalog itself is damaged: --repair cannot mend that)",

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import BtError, IndexDamaged
+from ..errors import BtError, IndexDamaged, NoSpace
 from ..records import IndexStats
 from .catalog import Catalog
 from .files import FileState, RefreshPlan
@@ -175,8 +175,8 @@ class EmbeddingIndex(Reading):
             return None
         try:
             self.compact()
-        except OSError as error:
-            if not no_space(error):
+        except (OSError, NoSpace) as error:
+            if isinstance(error, OSError) and not no_space(error):
                 raise
             return f"index: compaction skipped, no space left on {self.path.parent} ({rows - used} unused rows kept)"
         return None
@@ -184,10 +184,26 @@ class EmbeddingIndex(Reading):
     def compact(self, pause: Callable[[str], None] = lambda step: None) -> None:
         """Rewrite the vector file without unreferenced rows, as the next generation, switched in one commit.
         ``pause`` is called between steps (tests interleave other writers there)."""
-        with self.catalog.transaction() as db:
-            generation, rows = self._state()
+        with self._switching() as (db, generation):
+            rows = self._state()[1]
             self._next_generation(db, generation, vector_file(self.path, generation, self.dim), rows, pause)
         self._drop_generations_before(generation + 1)
+
+    @contextlib.contextmanager
+    def _switching(self):
+        """A write transaction that may switch to the next generation: (the connection, the current generation).
+        If it does not commit (a full disk at COMMIT, an error, Ctrl-C), the next generation's files are removed:
+        nothing references them."""
+        current = None
+        try:
+            with self.catalog.transaction() as db:
+                current = self._state()[0]
+                yield db, current
+        except BaseException:
+            if current is not None:
+                for half in (False, True):
+                    VectorFile(self.path, current + 1, self.dim, half).path.unlink(missing_ok=True)
+            raise
 
     def _next_generation(self, db, generation: int, old: VectorFile, rows: int, pause=lambda step: None) -> None:
         """(Inside a write transaction.) The referenced rows (of the first ``rows``) written as the next generation,
@@ -219,10 +235,10 @@ class EmbeddingIndex(Reading):
         """(``--repair``.) Drop the rows of damaged vectors so their files are embedded again; with
         ``new_vector_file`` (the file is cut short, missing or not this index's) the rows left, all good, are copied
         into the next generation in the same transaction (none if the file is missing or foreign)."""
-        with self.catalog.transaction() as db:
+        with self._switching() as (db, generation):
             self.catalog.drop(paths)
             if new_vector_file:
-                generation, rows = self._state()
+                rows = self._state()[1]
                 old = vector_file(self.path, generation, self.dim)
                 try:
                     old.header()

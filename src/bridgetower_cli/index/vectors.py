@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import BtError, IndexDamaged
+from ..errors import BtError, IndexDamaged, NoSpace
 
 MAGIC = b"BTVECS\x00\x01"
 HEADER = struct.Struct("<8sIIQQ")  # magic, dim, dtype (0: float32, 1: float16), generation, rows written
@@ -157,7 +157,7 @@ class VectorFile:
                 os.fsync(file.fileno())
         except OSError as error:
             if no_space(error):
-                raise BtError(
+                raise NoSpace(
                     f"no space left for the index's vectors on {self.path.parent}", "free some space"
                 ) from None
             raise
