@@ -92,7 +92,7 @@ def test_a_writer_during_a_compaction_waits_and_is_called_busy_not_corrupt(tmp_p
     thread = threading.Thread(target=compactor.compact, kwargs={"pause": pause})
     thread.start()
     assert written.wait(30)
-    with pytest.raises(Busy, match="is busy"):  # the compaction holds the write lock
+    with pytest.raises(Busy, match=f"is busy: bt \\(pid {os.getpid()}\\), compacting it"):  # (it holds the lock)
         writer.store([(FileState("/new.jpg", 1, 1), "new", unit(9999).tolist())], [])
     query = unit(77)
     paths, _ = reader.search(query, 5, folders=[Path("/photos")])  # a reader never waits for it
@@ -382,3 +382,14 @@ def test_two_processes_creating_one_index_see_it_whole(tmp_path, monkeypatch):
     assert errors == [] and len(opened) == 2
     opened[0].store([(FileState("/a.jpg", 1, 1), "ha", unit(1).tolist())], [])
     assert opened[1].verify().sound and opened[1].count() == 1
+
+
+def test_damage_is_said_once_never_nested(tmp_path):
+    """Issue 32: a row that is not an embedding (NaN) was said as "is damaged: the index … is damaged: …"."""
+    index, files = filled(tmp_path / "ix.sqlite", 50)
+    with open(index.vectors().path, "r+b") as file:
+        file.seek(64 + 7 * DIM * 4)
+        file.write(np.full(DIM, np.nan, dtype=np.float32).tobytes())
+    with pytest.raises(IndexDamaged) as damaged:
+        index.search(unit(1), 5, folders=[Path("/photos")])
+    assert str(damaged.value).count("is damaged") == 1, str(damaged.value)

@@ -81,8 +81,11 @@ class Reading:
                     vectors.check(rows)
                     return read(vectors, rows)
             except IndexDamaged as damage:
-                if attempt == 2 or "is missing" not in damage.message:
-                    raise IndexDamaged(f"the index {self.path} is damaged: {damage.message}", REPAIR) from None
+                if attempt < 2 and "is missing" in damage.message:
+                    continue  # (a compaction switched generations: the next snapshot has the new file)
+                if damage.message.startswith("the index "):
+                    raise  # (said whole already: never "is damaged: the index … is damaged")
+                raise IndexDamaged(f"the index {self.path} is damaged: {damage.message}", REPAIR) from None
         raise AssertionError("unreachable")
 
     # -- search -----------------------------------------------------------------------------------------------

@@ -184,9 +184,15 @@ class EmbeddingIndex(Reading):
     def compact(self, pause: Callable[[str], None] = lambda step: None) -> None:
         """Rewrite the vector file without unreferenced rows, as the next generation, switched in one commit.
         ``pause`` is called between steps (tests interleave other writers there)."""
-        with self._switching() as (db, generation):
-            rows = self._state()[1]
-            self._next_generation(db, generation, vector_file(self.path, generation, self.dim), rows, pause)
+        with self.catalog.transaction():  # (committed first: whoever waits meanwhile is told who holds the index)
+            self.catalog.set_meta(writer=f"bt (pid {os.getpid()}), compacting it")
+        try:
+            with self._switching() as (db, generation):
+                rows = self._state()[1]
+                self._next_generation(db, generation, vector_file(self.path, generation, self.dim), rows, pause)
+        finally:
+            with contextlib.suppress(BtError), self.catalog.transaction() as db:
+                db.execute("DELETE FROM meta WHERE key = 'writer'")
         self._drop_generations_before(generation + 1)
 
     @contextlib.contextmanager
