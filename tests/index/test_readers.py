@@ -65,3 +65,15 @@ def test_a_journal_a_reader_cannot_see_is_refused_never_read_past(library, home)
     said = (stats.stdout, stats.stderr)
     assert stats.returncode == 1 and "changes in its journal (ix.sqlite-wal)" in stats.stderr, said
     assert len(stats.stderr.strip().splitlines()) == 1
+
+
+def test_a_vector_file_the_user_cannot_read_is_said_as_such(library):
+    """Issue 32: chmod 000 on the vector file was "unexpected PermissionError" for every reader."""
+    vectors = library.parent / "ix.sqlite.vectors-0"
+    vectors.chmod(0o000)
+    for args in (["index", "--stats"], ["index", "--check"]):
+        result = as_nobody(*args, "--index", library, "-f", "json")
+        assert result.returncode == 1 and result.stderr == (
+            f"bt: error: cannot read the index's vector file {vectors}: permission denied (hint: check its "
+            "permissions)\n"
+        ), result.stderr

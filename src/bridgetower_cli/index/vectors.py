@@ -77,6 +77,8 @@ class VectorFile:
                 raw = file.read(HEADER_BYTES)
         except FileNotFoundError:
             raise IndexDamaged(f"its vector file {self.path.name} is missing") from None
+        except OSError as error:
+            raise self.unreadable(error) from None
         if len(raw) < HEADER.size or raw[:8] != MAGIC:
             raise IndexDamaged(f"its vector file {self.path.name} has no bt header")
         _, dim, dtype, generation, rows = HEADER.unpack(raw[: HEADER.size])
@@ -188,8 +190,20 @@ class VectorFile:
         if rows == 0:
             return np.zeros((0, self.dim), dtype=self.dtype)
         if self._map is None or self._map.shape[0] < rows:
-            self._map = np.memmap(self.path, dtype=self.dtype, mode="r", offset=HEADER_BYTES, shape=(rows, self.dim))
+            try:
+                self._map = np.memmap(
+                    self.path, dtype=self.dtype, mode="r", offset=HEADER_BYTES, shape=(rows, self.dim)
+                )
+            except FileNotFoundError:
+                raise IndexDamaged(f"its vector file {self.path.name} is missing") from None
+            except OSError as error:
+                raise self.unreadable(error) from None
         return self._map[:rows]
+
+    def unreadable(self, error: OSError) -> BtError:
+        """A vector file that is there but cannot be read (its permissions, the disk): said as such, not damage."""
+        reason = (error.strerror or str(error)).lower()
+        return BtError(f"cannot read the index's vector file {self.path}: {reason}", "check its permissions")
 
     def rows(self, slots: list[int], committed: int) -> np.ndarray:
         return np.array(self.matrix(committed)[slots]) if slots else np.zeros((0, self.dim), dtype=self.dtype)
