@@ -20,6 +20,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from ..errors import BtError, Busy, IndexDamaged, NoSpace
+from . import blocks
 from .files import FileState, RefreshPlan, chunks, under
 from .guard import APPLICATION_ID, FOREIGN_HINT, refuse_foreign
 
@@ -44,6 +45,7 @@ CREATE TABLE IF NOT EXISTS failures (
 );
 CREATE TABLE IF NOT EXISTS claims (path TEXT PRIMARY KEY, owner TEXT NOT NULL);
 """
+SCHEMA += blocks.TABLE + ";\n"  # (checksums by block of the vectors: index/blocks.py)
 
 
 _writers = itertools.count()

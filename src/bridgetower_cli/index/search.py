@@ -17,6 +17,7 @@ import numpy as np
 
 from ..errors import IndexDamaged
 from ..records import IndexCheck
+from . import blocks
 from .catalog import Catalog
 from .files import under
 from .vectors import VectorFile, checksum
@@ -102,7 +103,15 @@ class Reading:
             return path in files or any(low <= path < high for low, high in ranges)
 
         def read(vectors: VectorFile, rows: int):
-            matrix, half = vectors.matrix(rows), self._half_copy(rows)
+            matrix = vectors.matrix(rows)
+            damaged = self._damaged_blocks(vectors, matrix)
+            if damaged:  # (every row the ranking reads is checked first: a lowered score is never left out unseen)
+                raise IndexDamaged(
+                    f"the index {self.path} is damaged: {len(damaged)} blocks of its vectors do not match their "
+                    "checksums",
+                    REPAIR,
+                )
+            half = self._half_copy(rows)
             with np.errstate(all="ignore"):
                 similarities = matrix @ query if half is None else _half_scores(half.matrix(rows), query)
             self._refuse_damaged_similarities(similarities)
@@ -123,7 +132,17 @@ class Reading:
             half.check(rows)
         except IndexDamaged:  # (a cache: without it the search is the float32 pass)
             return None
-        return half
+        return half if self._damaged_blocks(half, half.matrix(rows)) == [] else None  # (checked, and sound)
+
+    def _damaged_blocks(self, copy: VectorFile, matrix: np.ndarray) -> list[int] | None:
+        """The blocks of ``copy`` (its first rows, ``matrix``) that do not match their checksums; None where none are
+        recorded yet (an index written before them: its hits' CRC-32 are still checked, and its next writer records
+        them)."""
+        generation = self._state()[0]
+        recorded = blocks.covered(self.catalog.db, generation, copy.code == 1, len(matrix))
+        if recorded is None:
+            return None
+        return blocks.damaged_blocks(copy.path, recorded, matrix, (str(self.path), generation, copy.code))
 
     def _rescored(self, found: list, approximate: np.ndarray, matrix, query, want: int, wanted) -> list:
         """The exact top ``want``: every wanted row whose float16 score lies within MARGIN of the ``want``-th

@@ -21,6 +21,7 @@ import numpy as np
 
 from ..errors import BtError, IndexDamaged, NoSpace
 from ..records import IndexStats
+from . import blocks
 from .catalog import Catalog
 from .files import FileState, RefreshPlan
 from .guard import refuse_foreign
@@ -69,6 +70,7 @@ class EmbeddingIndex(Reading):
                 _create(catalog, fingerprint, dim, label or fingerprint)
             upgrade(catalog)
             index = cls(catalog, fingerprint, dim, label or fingerprint)
+            index._record_blocks()
         except BaseException:
             catalog.close()
             raise
@@ -105,6 +107,18 @@ class EmbeddingIndex(Reading):
 
     def close(self) -> None:
         self.catalog.close()
+
+    def _record_blocks(self) -> None:
+        """(A writer's open.) An index written before checksums by block gets them for its current generation, from
+        its rows as they are now (the rows' own CRC-32 still says whether they are sound: ``--check``)."""
+        with self.catalog.transaction() as db:
+            generation, rows = self._state()
+            for half in (False, True):
+                copy = vector_file(self.path, generation, self.dim, half)
+                if rows and blocks.covered(db, generation, half, rows) is None and copy.rows_on_disk() >= rows:
+                    with contextlib.suppress(IndexDamaged):  # (a file that is not sound: said by whoever reads it)
+                        copy.check(rows)
+                        blocks.record(db, generation, half, copy.matrix(rows), 0, rows)
 
     def __enter__(self) -> EmbeddingIndex:
         return self
@@ -150,14 +164,18 @@ class EmbeddingIndex(Reading):
     def store(self, rows: list[tuple[FileState, str, list[float]]], failures: list[tuple[FileState, str]]) -> None:
         """Write a batch of embeddings (state, hash, vector) and of unreadable files: the vectors appended and on
         disk before the transaction that references them commits."""
-        with self.catalog.transaction():
+        with self.catalog.transaction() as db:
             generation, committed = self._state()
             if rows:
                 matrix = np.asarray([vector for _, _, vector in rows], dtype=np.float32)
-                first = vector_file(self.path, generation, self.dim).append(matrix, committed)
+                vectors = vector_file(self.path, generation, self.dim)
+                first = vectors.append(matrix, committed)
+                end = committed + len(rows)
+                blocks.record(db, generation, False, vectors.matrix(end), committed, end)
                 half = vector_file(self.path, generation, self.dim, half=True)
                 if half.rows_on_disk() >= committed:  # (a copy left behind stays so: searches use float32 alone)
                     half.append(matrix, committed)
+                    blocks.record(db, generation, True, half.matrix(end), committed, end)
                 crcs = checksums(matrix)
                 self.catalog.put([(s, h, first + k, crcs[k]) for k, (s, h, _) in enumerate(rows)])
                 self.catalog.set_meta(rows=committed + len(rows))
@@ -225,6 +243,9 @@ class EmbeddingIndex(Reading):
                 new.path.unlink(missing_ok=True)
             raise
         pause("written")
+        for new in written:
+            blocks.record(db, generation + 1, new.code == 1, new.matrix(len(slots)), 0, len(slots))
+        blocks.forget_before(db, generation + 1)
         db.executemany("UPDATE images SET slot = ? WHERE slot = ?", [(-1 - k, s) for k, s in enumerate(slots)])
         db.execute("UPDATE images SET slot = -1 - slot")
         self.catalog.set_meta(generation=generation + 1, rows=len(slots))
@@ -242,7 +263,14 @@ class EmbeddingIndex(Reading):
         ``new_vector_file`` (the file is cut short, missing or not this index's) the rows left, all good, are copied
         into the next generation in the same transaction (none if the file is missing or foreign)."""
         with self._switching() as (db, generation):
+            slots = [slot for slot, _ in self.catalog.slots_of(paths).values()]
             self.catalog.drop(paths)
+            if not new_vector_file:  # (the damaged bytes stay, unreferenced: their blocks summed again as they are)
+                rows = self._state()[1]
+                for half in (False, True):
+                    copy = vector_file(self.path, generation, self.dim, half)
+                    if copy.rows_on_disk() >= rows:
+                        blocks.record_slots(db, generation, half, copy.matrix(rows), slots)
             if new_vector_file:
                 rows = self._state()[1]
                 old = vector_file(self.path, generation, self.dim)
@@ -257,9 +285,11 @@ class EmbeddingIndex(Reading):
 
     def copy_to_half(self) -> None:
         """(``--repair``.) Write the float16 copy again from the vectors."""
-        with self.catalog.transaction():
+        with self.catalog.transaction() as db:
             generation, rows = self._state()
-            VectorFile(self.path, generation, self.dim, half=True).write_all(self.vectors().matrix(rows))
+            copy = VectorFile(self.path, generation, self.dim, half=True)
+            copy.write_all(self.vectors().matrix(rows))
+            blocks.record(db, generation, True, copy.matrix(rows), 0, rows)
 
     def count(self) -> int:
         return self.catalog.count()
