@@ -143,3 +143,29 @@ def test_check_and_repair_are_library_operations_through_the_api_and_a_server(bt
         assert record == found.to_dict() and app.state.pool.loaded() == []  # (checked without loading a model)
     mended = model.check_index(index, repair=True)
     assert mended.sound and mended.repair == "none" and model.check_index(index).sound
+
+
+def test_garbage_in_the_catalog_is_said_with_the_repair_that_mends_it(bt, tmp_path):
+    """Issue 32: SQLite garbage mid-file ended --check and --repair in "unexpected DatabaseError"."""
+    import os
+
+    from bridgetower_cli.index.files import FileState
+    from bridgetower_cli.index.store import EmbeddingIndex
+
+    index = tmp_path / "ix.sqlite"
+    with EmbeddingIndex.for_writing(index, "fp", 8) as opened:
+        rng = np.random.default_rng(0)
+        rows = rng.normal(size=(5000, 8)).astype(np.float32)
+        rows /= np.linalg.norm(rows, axis=1, keepdims=True)
+        opened.store([(FileState(f"/p/{k:05d}.jpg", k, k), f"h{k}", rows[k].tolist()) for k in range(5000)], [])
+    with sqlite3.connect(index) as db:
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    with open(index, "r+b") as file:  # garbage over a page in the middle of the catalog
+        file.seek(os.path.getsize(index) // 2 // 4096 * 4096)
+        file.write(np.random.default_rng(1).bytes(4096))
+    check = bt("index", "--check", "--index", index, "-f", "json")
+    assert check.code == 1 and check.json()["repair"] == "rebuild", check.stderr
+    assert (
+        check.stderr.startswith(f"bt: error: the index {index} is damaged: its catalog") and "--rebuild" in check.stderr
+    )
+    assert "unexpected" not in check.stderr

@@ -205,8 +205,10 @@ def _check(path: Path, repair: bool, wait: float, backend, fmt: Format, reporter
 
     report = backend.run(CheckIndex(path, repair, wait, named), Outcome(), reporter)
     render_object(report, fmt.value)
+    if report.repair == "rebuild":  # (the catalog itself: no repair reads it)
+        raise IndexDamaged(f"the index {path} is damaged: its catalog ({report.catalog})", "rebuild it with --rebuild")
     if not report.sound:
         raise IndexDamaged(
-            f"the index {path} is damaged: {report.damaged} rows ({report.vector_file}; catalog {report.catalog})",
+            f"the index {path} is damaged: {report.damaged} rows ({report.vector_file})",
             "bt index --repair re-embeds them" if not repair else "rebuild it with --rebuild",
         )

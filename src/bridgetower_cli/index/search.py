@@ -8,6 +8,7 @@ is scored again in float32: the hits and their similarities are the float32 ones
 from __future__ import annotations
 
 import os
+import sqlite3
 import sys
 import warnings
 from collections.abc import Callable, Iterable
@@ -211,7 +212,12 @@ class Reading:
         """Check everything (``bt index --check``): the catalog (SQLite's quick_check), the vector file's header
         and length, and each row: in range, finite, of unit length, matching its checksum, its float16 copy the
         row rounded."""
-        catalog = self.catalog.db.execute("PRAGMA quick_check").fetchone()[0]
+        try:
+            catalog = self.catalog.db.execute("PRAGMA quick_check").fetchone()[0]
+        except sqlite3.DatabaseError as error:  # (SQLite cannot even check it: garbage in its pages)
+            catalog = str(error)
+        if catalog != "ok":  # (its rows cannot be trusted, nor read: only a rebuild mends the catalog)
+            return IndexCheck(str(self.path), 0, 0, "not checked", catalog, [], "rebuild")
         with self.catalog.transaction() as db, np.errstate(all="ignore"):
             generation, rows = self._state()
             vectors = vector_file(self.path, generation, self.dim)
