@@ -36,11 +36,12 @@ def exact_top(files, query, k):
     return sorted(scores, key=lambda p: -scores[p])[:k]
 
 
-def lower(path: Path, row: int, dim: int, itemsize: int, header: int = 64) -> None:
-    """Negate the largest component of ``row`` in a vector file: its score against itself falls far."""
+def lower(path: Path, row: int, dim: int, itemsize: int, header: int = 64, whole: bool = False) -> None:
+    """Negate the largest component of ``row`` in a vector file (``whole``: every component): its score against
+    itself falls far."""
     dtype = np.float32 if itemsize == 4 else np.float16
     data = np.memmap(path, dtype=dtype, mode="r+", offset=header, shape=(row + 1, dim))
-    largest = int(np.argmax(np.abs(data[row])))
+    largest = slice(None) if whole else int(np.argmax(np.abs(data[row])))
     data[row, largest] = -data[row, largest]
     data.flush()
     del data
@@ -75,3 +76,14 @@ def test_a_repair_mends_what_the_blocks_found(tmp_path):
     index.store([(files[42], "h42", unit(42).tolist())], [])
     query = unit(42)
     assert index.search(query, 5, folders=[Path("/photos")])[0] == exact_top(files, query, 5)
+
+
+def test_with_the_float16_pass_a_lowered_float32_row_among_the_candidates_fails_the_query(tmp_path, monkeypatch):
+    """The float16 copy sound, the true best hit's float32 row lowered: the float32 blocks are not read whole on this
+    path, and the rows rescored (the candidates the sound copy picked) are checked by their CRC-32."""
+    pytest.importorskip("torch")
+    monkeypatch.setattr(search, "HALF_FROM", 1000)
+    index, files = filled(tmp_path / "ix.sqlite", 3000)
+    lower(index.vectors().path, 1234, DIM, 4, whole=True)  # (its exact score -1: rescored out of the top 5)
+    with pytest.raises(IndexDamaged, match="do not match their checksums"):
+        EmbeddingIndex.for_reading(tmp_path / "ix.sqlite").search(unit(1234), 5, folders=[Path("/photos")])

@@ -104,15 +104,17 @@ class Reading:
             return path in files or any(low <= path < high for low, high in ranges)
 
         def read(vectors: VectorFile, rows: int):
-            matrix = vectors.matrix(rows)
-            damaged = self._damaged_blocks(vectors, matrix)
-            if damaged:  # (every row the ranking reads is checked first: a lowered score is never left out unseen)
+            # Every row the ranking reads is checked first, so a lowered score is never left out unseen: the
+            # float32 file by its blocks, or (the float16 first pass) the copy by its blocks and each float32 row
+            # rescored by its CRC-32 (a sound copy's score is within MARGIN of the row's, so no other row can rank).
+            matrix, half = vectors.matrix(rows), self._half_copy(rows)
+            damaged = self._damaged_blocks(vectors, matrix) if half is None else []
+            if damaged:
                 raise IndexDamaged(
                     f"the index {self.path} is damaged: {len(damaged)} blocks of its vectors do not match their "
                     "checksums",
                     REPAIR,
                 )
-            half = self._half_copy(rows)
             with np.errstate(all="ignore"):
                 similarities = matrix @ query if half is None else _half_scores(half.matrix(rows), query)
             self._refuse_damaged_similarities(similarities)
@@ -152,6 +154,7 @@ class Reading:
         slots = np.flatnonzero(approximate >= threshold)
         exact = dict(zip(slots.tolist(), (matrix[slots] @ query).tolist()))
         rows = [(path, slot, crc) for path, slot, crc in self.catalog.paths_at(slots.tolist()) if wanted(path)]
+        self._verify(matrix, [(slot, crc) for _, slot, crc in rows])  # (each row rescored, not only those returned)
         rows.sort(key=lambda row: (-exact[row[1]], row[1], row[0]))
         return [(path, slot, crc, exact[slot]) for path, slot, crc in rows[:want]]
 
