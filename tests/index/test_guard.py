@@ -114,3 +114,18 @@ def test_a_refresh_counts_each_file_seen_once(bt, full_checkpoint, samples, tmp_
     (photos / "coffee.jpg").write_bytes((samples / "astronaut.jpg").read_bytes())
     again = bt(*args).json()[0]
     assert sum(again[k] for k in seen) == 5 and (again["changed"], again["new"]) == (1, 0), again
+
+
+def test_an_index_whose_header_is_overwritten_is_said_to_be_damaged_not_foreign(bt, full_checkpoint, samples, tmp_path):
+    """Issue 32: bt's own index with its SQLite header overwritten was "not a bt index … bt never overwrites it"."""
+    index = tmp_path / "ix.sqlite"
+    assert bt("index", samples, "-m", full_checkpoint, "--index", index).code == 0
+    with open(index, "r+b") as file:
+        file.write(b"x" * 100)
+    result = bt("index", "--check", "--index", index)
+    assert result.code == 1 and result.stderr == (
+        f"bt: error: the index {index} is damaged: its SQLite header is overwritten (hint: remove {index} and its "
+        "vector files (ix.sqlite.vectors-*), then index again)\n"
+    )
+    (tmp_path / "notes.sqlite").write_bytes(b"x" * 100)  # (a file that never was an index: still foreign)
+    assert "is not a bt index" in bt("index", "--check", "--index", tmp_path / "notes.sqlite").stderr

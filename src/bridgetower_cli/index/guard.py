@@ -10,8 +10,9 @@ import sqlite3
 import stat
 from pathlib import Path
 
-from ..errors import BtError
+from ..errors import BtError, IndexDamaged
 from ..reading import kind_of
+from .vectors import MAGIC, vector_files
 
 APPLICATION_ID = 0x62742069  # "bt i"
 SQLITE_MAGIC = b"SQLite format 3\x00"
@@ -59,6 +60,11 @@ def refuse_foreign(path: Path) -> None:
     if not header:
         return
     if header[:16] != SQLITE_MAGIC:
+        if _bt_vectors_beside(Path(path)):  # (bt's own index, its header overwritten: not someone else's file)
+            raise IndexDamaged(
+                f"the index {path} is damaged: its SQLite header is overwritten",
+                f"remove {path} and its vector files ({Path(path).name}.vectors-*), then index again",
+            )
         raise BtError(f"{path} is not a bt index (not an SQLite file)", FOREIGN_HINT)
     if int.from_bytes(header[68:72], "big") == APPLICATION_ID:
         return
@@ -82,3 +88,13 @@ def _identity(path: Path) -> tuple[int | None, dict[str, tuple[str, ...]] | None
             }
     except sqlite3.DatabaseError:
         return None, None
+
+
+def _bt_vectors_beside(path: Path) -> bool:
+    """Whether a vector file with bt's header sits beside ``path`` under its name (it was a bt index)."""
+    for vectors in vector_files(path).values():
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK
+        with contextlib.suppress(OSError), os.fdopen(os.open(vectors, flags), "rb") as file:
+            if file.read(len(MAGIC)) == MAGIC:
+                return True
+    return False
