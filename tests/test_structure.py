@@ -231,3 +231,13 @@ def test_no_test_module_imports_another():
             if isinstance(node, (ast.Import, ast.ImportFrom)):
                 names = [node.module or ""] if isinstance(node, ast.ImportFrom) else [a.name for a in node.names]
                 assert not any(n.split(".")[0].startswith("test_") for n in names), f"{path.name} imports {names}"
+
+
+def test_every_test_file_the_docs_name_exists():
+    """The README and the benchmarks' README name test files as evidence: each must be there (one was renamed)."""
+    import re
+
+    root = Path(__file__).resolve().parent.parent
+    for doc in (root / "README.md", root / "benchmarks" / "README.md"):
+        for named in set(re.findall(r"tests/[\w/]+\.py", doc.read_text())):
+            assert (root / named).is_file(), f"{doc.name} names {named}, which does not exist"
