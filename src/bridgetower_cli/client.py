@@ -37,8 +37,8 @@ class Client:
     meta: dict = field(default_factory=dict)  # the last request's facts beside its records (explain's image size)
     shown: _Shown | None = field(default=None, repr=False)  # the last request's events, as shown
 
-    def counted(self) -> tuple[int, int] | None:
-        """(done, total) of the last request's progress bar open last, while it is open."""
+    def counted(self) -> tuple[str, int, int] | None:
+        """(description, done, total) of the last request's progress bar open last, while it is open."""
         return self.shown.counted if self.shown is not None else None
 
     def get(self, path: str, connect_s: float = 10.0, read_s: float | None = None) -> dict:
@@ -236,8 +236,8 @@ class _Shown:
 
     def __init__(self, outcome: Outcome, reporter: Reporter, bars: contextlib.ExitStack, meta: dict):
         self.outcome, self.reporter, self.bars, self.meta = outcome, reporter, bars, meta
-        self.progress: dict = {}  # id -> [its context, advance, done so far, total]
-        self.counted: tuple[int, int] | None = None  # (done, total) of the bar open last, while it is open
+        self.progress: dict = {}  # id -> [its context, advance, done so far, total, description]
+        self.counted: tuple[str, int, int] | None = None  # (description, done, total) of the bar open last
         self.ended = False
 
     def event(self, event: dict) -> Iterator[dict]:
@@ -253,11 +253,12 @@ class _Shown:
         elif kind == "progress":
             context = self.reporter.progress(event["total"], event["description"])
             self.progress[event["id"]] = [context, self.bars.enter_context(context), 0, event["total"]]
-            self.counted = (0, event["total"])
+            self.progress[event["id"]].append(event["description"])
+            self.counted = (event["description"], 0, event["total"])
         elif kind == "advance" and event["id"] in self.progress:
             bar = self.progress[event["id"]]
             bar[2], advanced = event["done"], event["done"] - bar[2]
-            self.counted = (bar[2], bar[3])
+            self.counted = (bar[4], bar[2], bar[3])
             bar[1](advanced)
             if event.get("end"):
                 self.counted = None

@@ -89,6 +89,7 @@ class Interrupted(BtError):
     """Ctrl-C: what was done is said (and kept); exit status 130, as a shell reports SIGINT."""
 
     exit_code = 130
+    INDEXING = "indexing images"  # the progress bar whose count an interrupted refresh reports
 
     @classmethod
     def indexing(cls, done: int, total: int) -> Interrupted:

@@ -211,7 +211,7 @@ def test_progress_reaches_the_client_as_in_process(shared, full_checkpoint, monk
         reporter = Recording()
         backend.run(request, Outcome(), reporter)
         reports[mode] = reporter.bars
-    assert reports["auto"] == reports["local"] == [["indexing images", 5, 5]]
+    assert reports["auto"] == reports["local"] == [["hashing new and changed files", 5, 5], ["indexing images", 5, 5]]
 
 
 def test_ctrl_c_during_an_index_says_what_was_indexed_as_in_process(runtime, samples, full_checkpoint, monkeypatch):
@@ -231,7 +231,7 @@ def test_ctrl_c_during_an_index_says_what_was_indexed_as_in_process(runtime, sam
 
             def advance(n=1):
                 seen[0] += n
-                if seen[0] >= 4:
+                if seen[0] >= 4 and description == Interrupted.INDEXING:
                     raise KeyboardInterrupt
 
             return contextlib.nullcontext(advance)

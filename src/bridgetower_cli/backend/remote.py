@@ -65,8 +65,8 @@ class Remote(Backend):
                 (record,) = records
             except KeyboardInterrupt:  # said as in process: what the server committed, as far as it told
                 counted = self.client.counted()
-                if isinstance(request, Refresh) and counted is not None:
-                    raise Interrupted.indexing(*counted) from None
+                if isinstance(request, Refresh) and counted is not None and counted[0] == Interrupted.INDEXING:
+                    raise Interrupted.indexing(*counted[1:]) from None
                 raise
             return record
         return records if not isinstance(request, (Search, RankTexts)) else list(records)

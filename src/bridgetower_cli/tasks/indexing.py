@@ -104,9 +104,11 @@ def refresh_index(
     with index.writing():
         plan = index.plan(states, folders)
         hashes = {}
-        for state in plan.to_embed:
-            with contextlib.suppress(InputError):  # unreadable: embedding it fails and records why
-                hashes[state.path] = content_hash(state.path)
+        with reporter.progress(len(plan.to_embed), "hashing new and changed files") as advance:
+            for state in plan.to_embed:  # (a long read on a large library: its progress also tells a client it moves)
+                with contextlib.suppress(InputError):  # unreadable: embedding it fails and records why
+                    hashes[state.path] = content_hash(state.path)
+                advance(1)
         linked = set(index.link([(s, hashes[s.path]) for s in plan.to_embed if s.path in hashes]))
         index.drop(plan.to_drop, folders, plan.unseen)
         stats = RefreshStats(removed=len(plan.to_drop), unchanged=plan.unchanged, skipped=len(missing))
@@ -124,7 +126,7 @@ def refresh_index(
             else _embedded_by(engine, todo, batch_size, outcome, reporter)
         )
         done, stored = 0, set(linked)
-        with reporter.progress(len(todo), "indexing images") as advance:
+        with reporter.progress(len(todo), Interrupted.INDEXING) as advance:
             try:
                 for rows, failures in batches:
                     index.store(rows, failures)
