@@ -252,8 +252,8 @@ class _Shown:
             self.reporter.info(event["message"])
         elif kind == "progress":
             context = self.reporter.progress(event["total"], event["description"])
-            self.progress[event["id"]] = [context, self.bars.enter_context(context), 0, event["total"]]
-            self.progress[event["id"]].append(event["description"])
+            bar = [context, self.bars.enter_context(context), 0, event["total"], event["description"]]
+            self.progress[event["id"]] = bar
             self.counted = (event["description"], 0, event["total"])
         elif kind == "advance" and event["id"] in self.progress:
             bar = self.progress[event["id"]]

@@ -235,13 +235,8 @@ class EmbeddingIndex(Reading):
         slots = [slot for (slot,) in db.execute("SELECT DISTINCT slot FROM images ORDER BY slot")]
         kept = old.rows(slots, rows)
         written = [VectorFile(self.path, generation + 1, self.dim, half) for half in (False, True)]
-        try:
-            for new in written:
-                new.write_all(kept)
-        except BaseException:
-            for new in written:
-                new.path.unlink(missing_ok=True)
-            raise
+        for new in written:  # (on any failure ``_switching`` removes them: nothing references them yet)
+            new.write_all(kept)
         pause("written")
         for new in written:
             blocks.record(db, generation + 1, new.code == 1, new.matrix(len(slots)), 0, len(slots))
@@ -255,8 +250,8 @@ class EmbeddingIndex(Reading):
         for generation in vector_files(self.path):
             for half in (False, True):
                 older = VectorFile(self.path, generation, self.dim, half)
-                if generation < current and (older.is_bts() or not older.path.exists()):
-                    older.path.unlink(missing_ok=True)
+                if generation < current and older.is_bts():
+                    older.path.unlink(missing_ok=True)  # (another process may have removed it)
 
     def forget(self, paths: list[str], new_vector_file: bool = False) -> None:
         """(``--repair``.) Drop the rows of damaged vectors so their files are embedded again; with
@@ -265,14 +260,13 @@ class EmbeddingIndex(Reading):
         with self._switching() as (db, generation):
             slots = [slot for slot, _ in self.catalog.slots_of(paths).values()]
             self.catalog.drop(paths)
+            rows = self._state()[1]
             if not new_vector_file:  # (the damaged bytes stay, unreferenced: their blocks summed again as they are)
-                rows = self._state()[1]
                 for half in (False, True):
                     copy = vector_file(self.path, generation, self.dim, half)
                     if copy.rows_on_disk() >= rows:
                         blocks.record_slots(db, generation, half, copy.matrix(rows), slots)
-            if new_vector_file:
-                rows = self._state()[1]
+            else:
                 old = vector_file(self.path, generation, self.dim)
                 try:
                     old.header()
