@@ -86,6 +86,26 @@ def _scale(image, limit: int) -> int:
     return scale
 
 
+EXIF_DATE_TAGS = ((0x8769, 36867), (0x8769, 36868), (None, 306))  # DateTimeOriginal, DateTimeDigitized, DateTime
+
+
+def taken_at(data: bytes) -> int | None:
+    """When a photo was taken, as its EXIF says (the camera's clock, read as UTC: seconds since 1970), from the header
+    alone; None when it does not say, or says something that is not a date."""
+    import calendar
+    import time
+
+    try:
+        exif = _open(data).getexif()
+        for ifd, tag in EXIF_DATE_TAGS:
+            value = (exif.get_ifd(ifd) if ifd else exif).get(tag)
+            if isinstance(value, str) and value.strip("\x00 ").strip():
+                return calendar.timegm(time.strptime(value.strip("\x00 ")[:19], "%Y:%m:%d %H:%M:%S"))
+    except (InputError, OSError, SyntaxError, ValueError, EOFError, OverflowError):
+        pass  # (no date, or a damaged one: the photo is still indexed, and browsed by its modification time)
+    return None
+
+
 BUDGETED_PIXEL_BYTES = 14  # what decoding and preprocessing hold per decoded pixel, measured: the budget's unit
 
 

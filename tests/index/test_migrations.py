@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from bridgetower_cli.index.files import FileState
 from bridgetower_cli.index.store import EmbeddingIndex
 from bridgetower_cli.index.vectors import VectorFile
 
@@ -92,8 +93,9 @@ def test_an_older_index_opens_in_place_with_the_same_results(tmp_path, build):
     vectors = build(path, 40)
     same_results(path, vectors)
     with sqlite3.connect(path) as db:
-        assert dict(db.execute("SELECT key, value FROM meta"))["schema"] == "3"
+        assert dict(db.execute("SELECT key, value FROM meta"))["schema"] == "4"
         assert db.execute("PRAGMA application_id").fetchone()[0] == 0x62742069
+        assert db.execute("SELECT COUNT(*) FROM images WHERE taken IS NULL").fetchone()[0] == 40  # (unknown)
     left = sorted(p.name for p in tmp_path.iterdir() if ".vectors-" in p.name)
     new = "ix.sqlite.vectors-2" if build is schema_2 else "ix.sqlite.vectors-1"
     assert left == [new, f"{new}.f16"]  # the old one gone
@@ -176,3 +178,20 @@ def test_two_processes_upgrading_one_index_at_once_leave_it_exact(tmp_path, monk
     monkeypatch.undo()
     assert failures == []
     same_results(path, vectors)
+
+
+def test_a_bt_0_3_index_gains_the_date_taken_column_with_its_rows_unknown(tmp_path):
+    path = tmp_path / "ix.sqlite"
+    vectors = {f"/photos/{k}.jpg": unit(k) for k in range(12)}
+    with EmbeddingIndex.for_writing(path, "fp", DIM) as index:
+        index.store([(FileState(p, 1, 1), f"h{p}", v) for p, v in vectors.items()], [])
+    with sqlite3.connect(path) as db:  # (as bt 0.3 wrote it: schema 3, no taken column)
+        db.execute("ALTER TABLE images DROP COLUMN taken")
+        db.execute("UPDATE meta SET value = '3' WHERE key = 'schema'")
+    same_results(path, vectors)
+    with EmbeddingIndex.for_writing(path, "fp", DIM) as index:
+        index.store([(FileState("/photos/new.jpg", 1, 1), "hnew", unit(99))], [], {"/photos/new.jpg": 1_900_000_000})
+        assert sorted(index.listing([Path("/photos")]))[-1] == ("/photos/new.jpg", 1, 1_900_000_000)
+    with sqlite3.connect(path) as db:
+        assert dict(db.execute("SELECT key, value FROM meta"))["schema"] == "4"
+        assert db.execute("SELECT COUNT(*) FROM images WHERE taken IS NULL").fetchone()[0] == 12

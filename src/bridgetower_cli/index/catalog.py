@@ -24,7 +24,7 @@ from . import blocks
 from .files import FileState, RefreshPlan, chunks, under
 from .guard import APPLICATION_ID, FOREIGN_HINT, refuse_foreign
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS images (
@@ -33,7 +33,8 @@ CREATE TABLE IF NOT EXISTS images (
     mtime_ns INTEGER NOT NULL,
     hash TEXT NOT NULL,
     slot INTEGER NOT NULL,
-    checksum INTEGER NOT NULL
+    checksum INTEGER NOT NULL,
+    taken INTEGER
 );
 CREATE INDEX IF NOT EXISTS images_by_hash ON images (hash);
 CREATE INDEX IF NOT EXISTS images_by_slot ON images (slot);
@@ -295,11 +296,14 @@ class Catalog:
 
     # -- rows -------------------------------------------------------------------------------------------------
 
-    def put(self, rows: list[tuple[FileState, str, int, int]]) -> None:
-        """(Inside a write transaction.) Index files: (state, hash, slot, checksum)."""
+    def put(self, rows: list[tuple[FileState, str, int, int]], taken: dict[str, int] | None = None) -> None:
+        """(Inside a write transaction.) Index files: (state, hash, slot, checksum), and when each photo was taken
+        (``taken``, by path: seconds, as its EXIF says; unknown: none)."""
+        taken = taken or {}
         self.db.executemany(
-            "INSERT OR REPLACE INTO images VALUES (?, ?, ?, ?, ?, ?)",
-            [(s.path, s.size, s.mtime_ns, digest, slot, crc) for s, digest, slot, crc in rows],
+            "INSERT OR REPLACE INTO images (path, size, mtime_ns, hash, slot, checksum, taken) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [(s.path, s.size, s.mtime_ns, digest, slot, crc, taken.get(s.path)) for s, digest, slot, crc in rows],
         )
         self.db.executemany("DELETE FROM failures WHERE path = ?", [(s.path,) for s, _, _, _ in rows])
 
@@ -308,9 +312,10 @@ class Catalog:
         and checksum read in the same transaction that writes them. The paths linked."""
         linked = []
         for state, digest in files:
-            found = self.db.execute("SELECT slot, checksum FROM images WHERE hash = ? LIMIT 1", (digest,)).fetchone()
-            if found is not None and digest:
-                self.put([(state, digest, found[0], found[1])])
+            query = "SELECT slot, checksum, taken FROM images WHERE hash = ? LIMIT 1"
+            found = self.db.execute(query, (digest,)).fetchone()
+            if found is not None and digest:  # (the same bytes: the same EXIF date too)
+                self.put([(state, digest, found[0], found[1])], {state.path: found[2]})
                 linked.append(state.path)
         return linked
 
@@ -341,6 +346,12 @@ class Catalog:
             query = f"SELECT path, slot, checksum FROM images WHERE path IN ({marks})"
             found.update((p, (s, c)) for p, s, c in self.db.execute(query, chunk))
         return found
+
+    def listing(self, folders: Iterable[Path]) -> list[tuple[str, int, int | None]]:
+        """(path, modification time in ns, time taken in s or None) of every indexed file under ``folders``, in path
+        order."""
+        query = "SELECT path, mtime_ns, taken FROM images WHERE path >= ? AND path < ? ORDER BY path"
+        return [row for low, high in under(folders) for row in self.db.execute(query, (low, high))]
 
     def count(self) -> int:
         return self.db.execute("SELECT COUNT(*) FROM images").fetchone()[0]

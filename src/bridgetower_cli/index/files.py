@@ -72,6 +72,14 @@ def content_hash(path: str) -> str:
     return digest.hexdigest()
 
 
+@dataclass(frozen=True)
+class Content:
+    """What an index records of a file's bytes: their hash, and when the photo was taken (EXIF; None: unknown)."""
+
+    hash: str
+    taken: int | None
+
+
 def bytes_hash(data: bytes) -> str:
     """``content_hash`` of bytes already read."""
     return hashlib.blake2b(data, digest_size=16).hexdigest()

@@ -6,6 +6,7 @@ generation's, which only its commit publishes.
 
     1 -> 2   embeddings as SQLite blobs (bt 0.1) -> a vector file beside the catalog (content hashes unknown: '')
     2 -> 3   the vector file gets a header and the catalog a CRC-32 per row, a claims table and bt's application id
+    3 -> 4   a column for when each photo was taken (EXIF), unknown for the rows already there
 """
 
 from __future__ import annotations
@@ -112,4 +113,13 @@ def _v2_to_v3(catalog: Catalog) -> None:
             path.unlink(missing_ok=True)
 
 
-STEPS = {1: _v1_to_v2, 2: _v2_to_v3}
+def _v3_to_v4(catalog: Catalog) -> None:
+    """The ``taken`` column (rows indexed before: unknown, and browsed by their modification time)."""
+    with catalog.transaction() as db:
+        if schema_of(catalog) != 3:
+            return
+        db.execute("ALTER TABLE images ADD COLUMN taken INTEGER")
+        catalog.set_meta(schema=4)
+
+
+STEPS = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4}

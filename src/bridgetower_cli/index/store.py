@@ -161,9 +161,14 @@ class EmbeddingIndex(Reading):
         with self.catalog.transaction():
             return self.catalog.claim(files)
 
-    def store(self, rows: list[tuple[FileState, str, list[float]]], failures: list[tuple[FileState, str]]) -> None:
+    def store(
+        self,
+        rows: list[tuple[FileState, str, list[float]]],
+        failures: list[tuple[FileState, str]],
+        taken: dict[str, int] | None = None,
+    ) -> None:
         """Write a batch of embeddings (state, hash, vector) and of unreadable files: the vectors appended and on
-        disk before the transaction that references them commits."""
+        disk before the transaction that references them commits. ``taken``: when photos were taken (by path)."""
         with self.catalog.transaction() as db:
             generation, committed = self._state()
             if rows:
@@ -177,7 +182,7 @@ class EmbeddingIndex(Reading):
                     half.append(matrix, committed)
                     blocks.record(db, generation, True, half.matrix(end), committed, end)
                 crcs = checksums(matrix)
-                self.catalog.put([(s, h, first + k, crcs[k]) for k, (s, h, _) in enumerate(rows)])
+                self.catalog.put([(s, h, first + k, crcs[k]) for k, (s, h, _) in enumerate(rows)], taken)
                 self.catalog.set_meta(rows=committed + len(rows))
             self.catalog.fail(failures)
             self.catalog.unclaim([s.path for s, _, _ in rows] + [s.path for s, _ in failures])
@@ -287,6 +292,10 @@ class EmbeddingIndex(Reading):
 
     def count(self) -> int:
         return self.catalog.count()
+
+    def listing(self, folders: Iterable[Path]) -> list[tuple[str, int, int | None]]:
+        """(path, modification time in ns, time taken in s or None) of every indexed file under ``folders``."""
+        return self.catalog.listing(folders)
 
     def prune(self) -> int:
         """Drop the rows (and failures) of files that no longer exist, under any folder: how many."""

@@ -11,8 +11,8 @@ import torch
 
 from .. import cancel
 from ..errors import BtError, InputError
-from ..images import decode_workers, decoding
-from ..index.files import bytes_hash
+from ..images import decode_workers, decoding, taken_at
+from ..index.files import Content, bytes_hash
 from ..model.runtime import Fused, ImageStates, Runtime, TextStates
 from ..reading import current_policy, read_bytes, restricted
 from ..records import Outcome, Reporter
@@ -52,7 +52,8 @@ def read_images(
     fails on the way (reading, decoding, converting, preprocessing). ``decode_workers()`` threads read and decode
     ahead of the model while it runs (Pillow decodes and resizes without holding the GIL), each image within the
     process's decode budget (a server's). ``keep`` collects the RGB image the model sees, ``digests`` the content
-    hash of the very bytes decoded (an index binds a row's hash to what it embedded), both by ``id(source)``."""
+    (hash and EXIF date) of the very bytes decoded (an index binds a row to what it embedded), both by
+    ``id(source)``."""
 
     policy, token = current_policy(), cancel.current()  # (per thread: the decode threads work under this one's)
 
@@ -60,7 +61,7 @@ def read_images(
         with restricted(policy), cancel.watching(token):
             data = read_bytes(source)
             if digests is not None:
-                digests[id(source)] = bytes_hash(data)
+                digests[id(source)] = Content(bytes_hash(data), taken_at(data))
             with decoding(data):
                 return runtime.prepare_image(data)
 

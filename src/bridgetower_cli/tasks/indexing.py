@@ -19,21 +19,25 @@ from .batching import chunks, encode_image_batches, warn_padded
 
 
 def _embedded_locally(runtime, todo, batch_size: int, outcome: Outcome, reporter: Reporter):
-    """Batches of (rows, failures) for the index, embedded in this process; each row's content hash is that of the
-    bytes its embedding was made from (a photo replaced since it was planned is indexed as what was embedded)."""
+    """Batches of (rows, failures, when taken) for the index, embedded in this process; each row's content hash and
+    date are those of the bytes its embedding was made from (a photo replaced since it was planned is indexed as
+    what was embedded)."""
     for chunk in chunks(todo, batch_size):
         state_of = {source.name: state for source, state in chunk}
         skipped_before = len(outcome.skipped)
-        rows, digests = [], {}
+        rows, contents, taken = [], {}, {}
         sources = [s for s, _ in chunk]
-        for batch in encode_image_batches(runtime, sources, batch_size, outcome, reporter, digests=digests):
+        for batch in encode_image_batches(runtime, sources, batch_size, outcome, reporter, digests=contents):
             for source, image in batch:
-                rows.append((state_of[source.name], digests[id(source)], image.itc_embedding.float().cpu().tolist()))
-        yield rows, [(state_of[s.name], s.reason) for s in outcome.skipped[skipped_before:]]
+                state, content = state_of[source.name], contents[id(source)]
+                rows.append((state, content.hash, image.itc_embedding.float().cpu().tolist()))
+                taken[state.path] = content.taken
+        yield rows, [(state_of[s.name], s.reason) for s in outcome.skipped[skipped_before:]], taken
 
 
 def _embedded_by(engine, todo, batch_size: int, outcome: Outcome, reporter: Reporter):
-    """Batches of (rows, failures) for the index, embedded by ``engine`` (Ray), reported as the local engine does."""
+    """Batches of (rows, failures, when taken: unknown) for the index, embedded by ``engine`` (Ray), reported as the
+    local engine does."""
     state_of = {source.path: (source, state) for source, state in todo}
     for batch in engine.embed([source for source, _ in todo], batch_size):
         rows, failures = [], []
@@ -46,7 +50,7 @@ def _embedded_by(engine, todo, batch_size: int, outcome: Outcome, reporter: Repo
                 failures.append((state, item.error))
             else:
                 rows.append((state, item.hash, item.embedding.tolist()))
-        yield rows, failures
+        yield rows, failures, {}
 
 
 def open_index(
@@ -128,8 +132,8 @@ def refresh_index(
         done, stored = 0, set(linked)
         with reporter.progress(len(todo), Interrupted.INDEXING) as advance:
             try:
-                for rows, failures in batches:
-                    index.store(rows, failures)
+                for rows, failures, taken in batches:
+                    index.store(rows, failures, taken)
                     stats.failed += len(failures)
                     stored.update(state.path for state, *_ in rows)
                     done += len(rows) + len(failures)
