@@ -21,7 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from .errors import BtError
@@ -48,6 +48,7 @@ class ServerStatus(Record):
     cancelled: int  # stopped by their client (Ctrl-C), a deadline or a shutdown, since it started
     rss_mb: float | None
     idle_exit_s: float | None
+    rankings: int = 0  # searches ranked since it started (a page's later pages rank none)
 
 
 class AutoServerFailed(BtError):
@@ -301,7 +302,9 @@ def status(place: Place | None = None) -> ServerStatus | None:
     client = Client(f"unix:{place.socket}", timeout_s=10.0, socket=str(place.socket), own=True)
     if not _answers(client):
         return None
-    return ServerStatus(str(place.socket), str(place.log), **client.get("/v1/status"))
+    known = {f.name for f in fields(ServerStatus)}  # (what another bt's server adds is left out)
+    answer = {k: v for k, v in client.get("/v1/status").items() if k in known}
+    return ServerStatus(str(place.socket), str(place.log), **answer)
 
 
 def stop(place: Place | None = None, client=None) -> int | None:

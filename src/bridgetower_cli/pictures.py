@@ -92,9 +92,13 @@ def explained_picture(image: Image.Image, record, side: int, words: bool = False
     return picture
 
 
-def model_view(source, side: int) -> Image.Image:
-    """The image of ``source`` as the model saw it (decoded, and padded where too thin), for drawing its map over."""
+def model_view(source, side: int, longest: int | None = None) -> Image.Image:
+    """The image of ``source`` as the model saw it (decoded, and padded where too thin), for drawing its map over;
+    with ``longest``, at most that many pixels wide or high (a JPEG read at the reduced scale that allows)."""
     from .images import decode_image, fit_aspect
     from .reading import read_bytes
 
-    return fit_aspect(decode_image(read_bytes(source)), side)[0]
+    image = fit_aspect(decode_image(read_bytes(source), short_side=longest), side)[0]
+    if longest:
+        image.thumbnail((longest, longest), Image.Resampling.LANCZOS)
+    return image

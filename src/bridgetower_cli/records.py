@@ -205,10 +205,11 @@ class EvalRecord(Record):
 
 @dataclass
 class TokenMap(Record):
-    """One text token and its Grad-CAM on the patch grid."""
+    """One text token and its Grad-CAM on the patch grid (``picture``: its map drawn small, from a server)."""
 
     token: str
     grid: list[list[float]]
+    picture: str | None = None
 
 
 @dataclass

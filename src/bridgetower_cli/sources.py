@@ -104,7 +104,7 @@ def _suffix(name: str) -> str:
     return name[dot:].lower() if dot > name.rfind(os.sep) + 1 else ""
 
 
-def _is_image_name(name: str) -> bool:
+def is_image_name(name: str) -> bool:
     suffix = _suffix(name)
     return suffix in IMAGE_SUFFIXES or suffix in HEIF_SUFFIXES and heif_available()
 
@@ -198,7 +198,7 @@ def add_found(
     and, with ``within`` (a server's roots), whether it is admitted. How many image files were found."""
     root_real, cut, count = os.path.realpath(root), len(root), 0
     for name, path, is_link, identity in found:
-        if not _is_image_name(path):
+        if not is_image_name(path):
             if _suffix(path) in HEIF_SUFFIXES:
                 expansion.ignored[_suffix(path)] += 1
             continue

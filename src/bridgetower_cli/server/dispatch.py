@@ -26,6 +26,7 @@ from ..operations import Cost
 from ..reading import ReadPolicy, restricted
 from ..sources import ImageSource, check_texts
 from .events import Channel, Streamed, collected, emit_all, error_event, lines
+from .hits import HitLists
 from .policy import Policy
 from .settings import Settings
 from .workers import ModelPool
@@ -51,6 +52,7 @@ class Dispatcher:
 
     def __init__(self, settings: Settings, pool: ModelPool, policy: Policy):
         self.settings, self.pool, self.policy = settings, pool, policy
+        self.hits = HitLists()  # (a search's ranked hits, kept for the page's scrolling)
         # What request threads may open: under the roots, within the cap (a server of one's own: as bt in process).
         self.reading = ReadPolicy() if settings.own else ReadPolicy(tuple(policy.roots), settings.max_image_bytes)
 

@@ -19,6 +19,11 @@ from ..records import Outcome
 from ..sources import ImageSource
 from . import schemas
 from .dispatch import Dispatcher
+from .hits import KEPT_HITS, HitLists, owner_of
+from .web import make_thumbnails
+
+PICTURE_SIDE = 1280  # explain's pictures for the page: the text's map at display size, each word's small
+WORD_SIDE = 240
 
 # The wire shape of each route's body (documented in the OpenAPI schema).
 BODIES = {
@@ -77,10 +82,18 @@ def _operation_route(routes: APIRouter, dispatch: Dispatcher, route: str, operat
         operation = OPERATIONS[type(wanted)]
         needs, preferred = operation.heads(wanted)
 
+        owner = owner_of(request.headers.get("authorization"))
+
         def work(runtime, reporter):
             outcome, batch = Outcome(), dispatch.batch_size(runtime) if runtime is not None else 0
             located = dispatch.located(wanted, outcome, reporter)
             result = operation.run(runtime, located, outcome, reporter, batch)
+            if isinstance(wanted, Search):
+                dispatch.hits.ranked += 1
+                if body.keep:
+                    return _kept(dispatch.hits, owner, list(result), body.top_k, reporter)
+            if isinstance(wanted, Refresh) and not dispatch.settings.own:  # (the page's grid, ready when shown)
+                make_thumbnails(dispatch, located.files or [], reporter)
             if isinstance(wanted, Explain) and body.pictures:
                 return _pictured(result, wanted, reporter.facts["image_size"], body.words)
             return result
@@ -134,7 +147,8 @@ def _search(dispatch: Dispatcher, body: schemas.RetrieveIn):
     query = body.query if body.like is None else dispatch.images([body.like])[0]
     index = dispatch.policy.index(body.index, body.rebuild)
     files, folders = _own(dispatch, body)
-    return Search(query, list(body.sources), index, body.rebuild, body.refresh, body.top_k, body.rerank_k,
+    top_k = KEPT_HITS if body.keep else body.top_k  # (kept: every hit ranked once, pages cut from them)
+    return Search(query, list(body.sources), index, body.rebuild, body.refresh, top_k, body.rerank_k,
                   body.wait_s, files, folders)  # fmt: skip
 
 
@@ -151,22 +165,46 @@ def _own(dispatch: Dispatcher, body) -> tuple:
     return dispatch.images(body.files), dispatch.folders(body.folders)
 
 
-def _pictured(records, request, side: int, words: bool):
-    """Explain's records with their pictures (data URLs of PNGs), each image decoded once."""
-    import base64
-    import io
+def _kept(hits: HitLists, owner: str, records: list, first: int, reporter):
+    """A search's first ``first`` hits; all of them kept for paging, their id and count in the answer's meta."""
+    from dataclasses import asdict
 
-    from ..pictures import explained_picture, model_view
+    reporter.meta(hits=hits.keep(owner, [asdict(record) for record in records]), total=len(records))
+    return records[:first]
+
+
+def _pictured(records, request, side: int, words: bool):
+    """Explain's records with their pictures at display size (data URLs of PNGs): the text's map at most
+    ``PICTURE_SIDE`` pixels, with ``words`` each token's at most ``WORD_SIDE``; each image decoded once, at the
+    reduced scale its pictures allow."""
+    from ..pictures import model_view, overlay
 
     by_name, seen = {source.name: source for source in request.images}, {}
     for record in records:
         if record.image not in seen:
             seen.clear()
-            seen[record.image] = model_view(by_name[record.image], side)
-        buffer = io.BytesIO()
-        explained_picture(seen[record.image], record, side, words).save(buffer, "PNG")
-        record.picture = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+            large = model_view(by_name[record.image], side, PICTURE_SIDE)
+            seen[record.image] = large, large.resize(_within(large.size, WORD_SIDE))
+        large, small = seen[record.image]
+        caption = f"{record.text} | match {record.probability:.3f} | layer {record.layer}"
+        record.picture = _png(overlay(large, record.grid, side, caption))
+        for token in record.tokens if words else ():
+            token.picture = _png(overlay(small, token.grid, side, token.token))
         yield record
+
+
+def _within(size: tuple[int, int], longest: int) -> tuple[int, int]:
+    scale = min(1.0, longest / max(size))
+    return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
+
+
+def _png(picture) -> str:
+    import base64
+    import io
+
+    buffer = io.BytesIO()
+    picture.save(buffer, "PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
 def _about(routes: APIRouter, dispatch: Dispatcher) -> None:
@@ -189,6 +227,7 @@ def _about(routes: APIRouter, dispatch: Dispatcher) -> None:
             "models": [model.shown for model in dispatch.pool.loaded()],
             "requests": len(dispatch.pool.tokens),
             "cancelled": dispatch.pool.cancelled,
+            "rankings": dispatch.hits.ranked,
             "rss_mb": _rss_mb(),
             "idle_exit_s": settings.keep_alive_s if settings.idle_exit else None,
         }

@@ -73,6 +73,11 @@ class RetrieveIn(ModelRequest):
     top_k: int = Field(10, description="How many hits.")
     rerank_k: int = Field(5, description="ITM rescoring of the best ITC hits (0: ITC alone).")
     wait_s: float = Field(60.0, description="How long to wait for another writer of the index.")
+    keep: bool = Field(
+        False,
+        description="Rank up to 10,000 hits once and keep them a while for paging: the answer has the first "
+        "`top_k`, and `meta.hits` (for /v1/hits/{id}) and `meta.total`.",
+    )
 
 
 class IndexIn(ModelRequest):
@@ -121,8 +126,10 @@ class ExplainIn(ModelRequest):
     layer: int | None = Field(
         None, description="The fusion layer whose cross-attention is explained (default: middle)."
     )
-    pictures: bool = Field(False, description="Also draw each map over its photo: `picture`, a data:image/png URL.")
-    words: bool = Field(False, description="With pictures: a panel per word beside the text's map.")
+    pictures: bool = Field(
+        False, description="Also draw each map over its photo, at most 1280 pixels: `picture`, a data:image/png URL."
+    )
+    words: bool = Field(False, description="With pictures: each token's map too, small (the token's `picture`).")
 
 
 class EmbeddingsIn(BaseModel):
