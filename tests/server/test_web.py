@@ -3,62 +3,46 @@ scores and maps it shows are those of `bt retrieve`, `bt score` and `bt explain`
 
 from __future__ import annotations
 
+import io
 import json
+import os
 import shutil
-import socket
-import threading
-import time
 from pathlib import Path
 
 import pytest
 import requests
-from conftest import DEVICE
+from pages import MARKS, Served, opened, settings, sync_api, until  # (skips without Playwright)
 from PIL import Image
 
-pytest.importorskip("fastapi")
-sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright for Python is not installed")
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(CHROMIUM is None, reason="no system Chromium (apt-get install chromium)"),
-]
+from bridgetower_cli.server.web import root_index
 
-import uvicorn  # noqa: E402
-
-from bridgetower_cli.server import Settings, create_app  # noqa: E402
-from bridgetower_cli.server.web import root_index  # noqa: E402
-
+pytestmark = MARKS
 KEY = "a-key-for-the-page-test"
-
-
-def serve(settings: Settings):
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return server, thread, f"http://127.0.0.1:{listener.getsockname()[1]}"
+DOCS = Path(__file__).resolve().parents[2] / "docs"
 
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory, samples, full_checkpoint):
-    """A server over a copy of the sample photos (its only root), the tiny checkpoint its model: (URL, photos)."""
+    """A server over a copy of the sample photos (its only root, indexed), the tiny checkpoint its model:
+    (URL, photos, the server's index folder)."""
     root = tmp_path_factory.mktemp("site")
     photos = root / "photos"
     shutil.copytree(samples, photos, ignore=shutil.ignore_patterns("*.md", "*.json"))
-    settings = Settings(models=[str(full_checkpoint)], device=DEVICE, dtype="float32", allow_paths=[photos.resolve()],
-                        index_dir=root / "indexes")  # fmt: skip
-    server, thread, url = serve(settings)
-    yield url, photos.resolve(), root / "indexes"
-    server.should_exit = True
-    thread.join(timeout=30)
+    served = Served(settings(full_checkpoint, [photos], root / "indexes"))
+    body = {
+        "model": str(full_checkpoint),
+        "sources": [str(photos.resolve())],
+        "index": root_index(str(photos.resolve())),
+    }
+    assert requests.post(served.url + "/v1/index", json=body, timeout=300).status_code == 200
+    yield served.url, photos.resolve(), root / "indexes"
+    served.stop()
 
 
 @pytest.fixture(scope="module")
 def browser():
+    from pages import CHROMIUM
+
     with sync_api.sync_playwright() as playwright:
         launched = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
         yield launched
@@ -67,34 +51,24 @@ def browser():
 
 @pytest.fixture
 def page(browser):
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
-    opened = context.new_page()
-    yield opened
+    context, opened_page, errors = opened(browser)
+    yield opened_page
     context.close()
-
-
-def until(page, script: str, timeout_s: float = 60.0):
-    """Poll ``script`` in the page until it is truthy (Playwright's wait_for_function evaluates strings, which the
-    page's Content-Security-Policy rightly forbids)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = page.evaluate(script)
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"never true: {script}")
+    assert not errors, errors  # (no uncaught error in the page, ever)
 
 
 def loaded(page, url: str) -> None:
     page.goto(url)
-    sync_api.expect(page.locator("#status")).to_contain_text("images", timeout=60_000)
+    sync_api.expect(page.locator("#status")).to_contain_text("indexed", timeout=60_000)
 
 
 def searched(page, url: str, query: str) -> list[str]:
     loaded(page, url)
     page.fill("#query", query)
     page.press("#query", "Enter")
-    page.wait_for_selector(".card")
+    until(page, "document.querySelector('#chip-text').textContent.includes('" + query + "') && "
+                "document.querySelector('#results').getAttribute('aria-busy') === 'false' && "
+                "document.querySelector('.card')")  # fmt: skip
     return page.eval_on_selector_all(".card", "cards => cards.map(c => c.dataset.path)")
 
 
@@ -115,17 +89,18 @@ def test_a_text_query_shows_the_hits_of_bt_retrieve_in_order(bt, site, page, ful
     alts = page.eval_on_selector_all(".card img", "i => i.map(x => x.alt)")
     assert alts == [Path(p).name for p in shown]
     until(page, "[...document.querySelectorAll('.card img')].every(i => i.complete && i.naturalWidth > 0)")
+    if os.environ.get("BT_SCREENSHOTS") == "1":  # (docs/'s screenshots, made by the tests)
+        page.screenshot(path=str(DOCS / "search-page.png"))
 
 
 def test_a_dropped_image_shows_its_neighbours(bt, site, page, samples, full_checkpoint):
     url, photos, _ = site
     searched(page, url, "warm up")  # (the index exists after the first search)
     page.set_input_files("#picker", str(samples / "rocket.jpg"))
-    busy = "document.querySelector('#results').getAttribute('aria-busy')"
-    until(
-        page,
-        f"{busy} === 'false' && document.querySelector('.card') && !document.querySelector('#message').textContent",
-    )
+    until(page, "document.querySelector('#chip-text').textContent === 'like rocket.jpg' && "
+                "document.querySelector('#results').getAttribute('aria-busy') === 'false' && "
+                "document.querySelector('.card')")  # fmt: skip
+    assert page.input_value("#query") == "" and page.is_visible("#chip-image")  # (the query shown is the photo)
     shown = page.eval_on_selector_all(".card", "cards => cards.map(c => c.dataset.path)")
     expected = bt("retrieve", "--like", samples / "rocket.jpg", photos, "-n", "--index", index_of(site), "-k", "24",
                   "-m", full_checkpoint, "-f", "json").json()  # fmt: skip
@@ -149,31 +124,55 @@ def test_a_result_opens_with_its_path_its_scores_and_its_map(bt, site, page, ful
     page.click("#explain-form button")
     page.wait_for_selector("#overlay:not([hidden])")
     until(page, "document.querySelector('#overlay').naturalWidth > 0")
-    size = page.eval_on_selector("#overlay", "i => [i.naturalWidth, i.naturalHeight]")
-    assert size == list(Image.open(first).size)  # (the map drawn over the photo, at the photo's size)
+    width, height = page.eval_on_selector("#overlay", "i => [i.naturalWidth, i.naturalHeight]")
+    photo_width, photo_height = Image.open(first).size
+    assert max(width, height) <= 1280 and abs(width / height - photo_width / photo_height) < 0.01
+    boxes = page.evaluate(
+        "['#overlay', '#large'].map(s => JSON.stringify(document.querySelector(s).getBoundingClientRect()))"
+    )
+    assert boxes[0] == boxes[1]  # (drawn over the photo itself)
+    page.uncheck("#map-toggle")
+    assert not page.is_visible("#overlay")
     page.click("summary:has-text('Fill in')")
     page.click("#mask-form button")
     page.wait_for_selector("#masks tbody tr")
     assert page.eval_on_selector_all("#masks tbody tr", "r => r.length") == 5
 
 
-def test_the_keyboard_alone_searches_moves_opens_and_closes(site, page):
+def test_the_keyboard_alone_searches_moves_opens_scores_and_closes(bt, site, page, full_checkpoint):
     url, _, _ = site
     loaded(page, url)
     page.keyboard.press("/")
     assert page.evaluate("document.activeElement.id") == "query"
     page.keyboard.type("a cup of coffee")
     page.keyboard.press("Enter")
-    page.wait_for_selector(".card")
-    page.focus(".card")
+    until(
+        page, "document.querySelector('#chip-text').textContent.includes('coffee') && document.querySelector('.card')"
+    )
+    page.keyboard.press("ArrowDown")  # (from the search box into the grid)
+    first, second = page.eval_on_selector_all(".card", "c => [c[0].dataset.path, c[1].dataset.path]")
+    assert page.evaluate("document.activeElement.dataset.path") == first
     page.keyboard.press("ArrowRight")
-    second = page.eval_on_selector_all(".card", "c => c[1].dataset.path")
     assert page.evaluate("document.activeElement.dataset.path") == second
     page.keyboard.press("Enter")
     page.wait_for_selector("#viewer[open]")
     assert page.text_content("#viewer-path") == second
+    for _ in range(10):  # Tab to the captions (the first field of the first tool)
+        if page.evaluate("document.activeElement.id") == "captions":
+            break
+        page.keyboard.press("Tab")
+    page.keyboard.press("Control+A")
+    page.keyboard.type("a cup of coffee")
+    page.keyboard.press("Control+Enter")
+    page.wait_for_selector("#scores tbody tr")
+    expected = bt("score", second, "a cup of coffee", "-m", full_checkpoint, "-f", "json").json()[0]
+    assert abs(float(page.text_content("#scores tbody td.num")) - expected["probability"]) <= 5e-5
     page.keyboard.press("Escape")
     page.wait_for_selector("#viewer:not([open])", state="attached")
+    tab_stops = page.evaluate("[...document.querySelectorAll('input, button, select, textarea, [tabindex]')]"
+                              ".filter(e => e.tabIndex >= 0 && !e.disabled && e.offsetParent === null && "
+                              "!e.closest('dialog, [hidden]')).map(e => e.id)")  # fmt: skip
+    assert tab_stops == []  # (no invisible tab stop: the hidden file input is out of the order)
 
 
 def test_a_phone_wide_page_has_no_horizontal_scroll(site, browser, tmp_path):
@@ -182,7 +181,11 @@ def test_a_phone_wide_page_has_no_horizontal_scroll(site, browser, tmp_path):
     page = context.new_page()
     searched(page, url, "a photo")
     page.screenshot(path=str(tmp_path / "phone.png"), full_page=True)
+    if os.environ.get("BT_SCREENSHOTS") == "1":  # (docs/'s screenshots, made by this test)
+        page.screenshot(path=str(DOCS / "search-page-360.png"))
     assert page.evaluate("document.documentElement.scrollWidth") <= 360
+    header = page.eval_on_selector("header", "h => h.getBoundingClientRect().height")
+    assert header <= 120  # (the results start in the first screen)
     page.click(".card")
     assert page.evaluate("document.documentElement.scrollWidth") <= 360
     context.close()
@@ -190,34 +193,43 @@ def test_a_phone_wide_page_has_no_horizontal_scroll(site, browser, tmp_path):
 
 def test_the_page_is_its_own_asks_for_the_key_and_never_puts_it_in_a_url(site, browser, full_checkpoint, tmp_path):
     _, photos, _ = site
-    keyed = Settings(models=[str(full_checkpoint)], device=DEVICE, dtype="float32", allow_paths=[photos],
-                     index_dir=tmp_path / "indexes", api_key=KEY)  # fmt: skip
-    server, thread, url = serve(keyed)
+    served = Served(settings(full_checkpoint, [photos], tmp_path / "indexes", api_key=KEY))
     try:
+        url = served.url
         answer = requests.get(url + "/", timeout=10)
         policy = answer.headers["content-security-policy"]
         assert answer.status_code == 200 and "script-src 'self'" in policy and "default-src 'none'" in policy
         assert "http" not in answer.text.split("<body>")[0].replace('"/static/', "")  # (no CDN, nothing external)
         assert requests.get(url + "/v1/library", timeout=10).status_code == 401
-        context = browser.new_context()
-        page = context.new_page()
+        assert requests.get(url + "/static/favicon.svg", timeout=10).status_code == 200  # (no 401 per load)
+        context, page, errors = opened(browser)
         urls = []
         page.on("request", lambda request: urls.append(request.url))
         page.goto(url)
         page.wait_for_selector("#key:not([hidden])")
+        page.fill("#query", "a cat")
+        page.press("#query", "Enter")  # (before the key: said plainly, no page error)
+        sync_api.expect(page.locator("#message")).to_have_text("Enter the server's API key first.")
+        page.fill("#key-value", "not-the-key")
+        page.press("#key-value", "Enter")
+        sync_api.expect(page.locator("#key-message")).to_have_text("That key is not right.")
         page.fill("#key-value", KEY)
         page.press("#key-value", "Enter")
-        sync_api.expect(page.locator("#status")).to_contain_text("images", timeout=60_000)
+        sync_api.expect(page.locator("#build")).to_have_text("Build it (5 photos)", timeout=60_000)
+        assert not page.is_visible("#key") and page.text_content("#key-message") == ""
+        assert page.text_content("#message") == ""
+        page.click("#build")
+        sync_api.expect(page.locator("#status")).to_contain_text("indexed", timeout=120_000)
         page.fill("#query", "a cat")
         page.press("#query", "Enter")
         page.wait_for_selector(".card img[src^='blob:']")
         searched_paths = page.eval_on_selector_all(".card", "cards => cards.map(c => c.dataset.path)")
         assert searched_paths and all(KEY not in u for u in urls)
         assert page.evaluate("sessionStorage.getItem('bt-key')") == KEY
+        assert "favicon.ico" not in " ".join(urls) and not errors
         context.close()
     finally:
-        server.should_exit = True
-        thread.join(timeout=30)
+        served.stop()
 
 
 def test_thumbnails_come_from_the_roots_only_and_are_cached(site, tmp_path):
@@ -234,11 +246,12 @@ def test_thumbnails_come_from_the_roots_only_and_are_cached(site, tmp_path):
         link.unlink()
     first = requests.get(f"{url}/v1/thumbnail", params={"path": str(photos / "cat.jpg")}, timeout=30)
     assert first.status_code == 200 and first.headers["content-type"] == "image/jpeg"
-    assert max(Image.open(__import__("io").BytesIO(first.content)).size) == 256
+    assert max(Image.open(io.BytesIO(first.content)).size) == 256
     tag = first.headers["etag"]
     again = requests.get(f"{url}/v1/thumbnail", params={"path": str(photos / "cat.jpg")},
                          headers={"If-None-Match": tag}, timeout=10)  # fmt: skip
     assert again.status_code == 304 and "max-age" in first.headers["cache-control"]
     assert len(list((indexes / "thumbnails" / "256").glob("*.jpg"))) >= 1
     library = requests.get(f"{url}/v1/library", timeout=10).json()
-    assert [f["root"] for f in library["folders"]] == [str(photos)] and json.dumps(library)
+    assert [(f["root"], f["images"], f["photos"]) for f in library["folders"]] == [(str(photos), 5, 5)]
+    assert str(indexes) not in json.dumps(library)  # (no server path in what the page shows)
