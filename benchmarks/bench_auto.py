@@ -4,8 +4,9 @@
 
 1. a shell loop of one-pair `bt score` calls (a new process each), BT_SERVER=auto vs in process; the auto loop
    starts with no server, so its first call pays for starting one;
-2. one call to a warm automatic server, the whole process (median of 7), and the client's own start-up
-   (`python -X importtime`: the slowest imports);
+2. one call to a warm automatic server, the whole process, side by side (interleaved, medians) with `python -c pass`,
+   `import typer`, `bt --help` and `bt score --help`; the call's parts, timed inside it (imports, parsing and
+   connecting, the health probe, the request, rendering); the client's slowest imports (`python -X importtime`);
 3. `bt index` of distinct photos through the warm automatic server vs in process (fresh index each), whole command;
 4. the server's resident memory with the model loaded (the cost of keeping it for --keep-alive).
 Each side's output is checked equal to the other's.
@@ -48,17 +49,82 @@ def shell_loop(path: Path, calls: int, env: dict) -> tuple[float, str]:
     return time.perf_counter() - start, done.stdout
 
 
-def one_call(path: Path, env: dict) -> float:
-    start = time.perf_counter()
-    subprocess.run([*BT.split(), "score", str(CAT), "two cats", "-m", str(path), "-f", "json"], check=True, env=env,
-                   capture_output=True)  # fmt: skip
-    return time.perf_counter() - start
+# One warm call timed from inside: its imports, then main() with the probe, the request and the rendering timed.
+PARTS = r"""
+import json, sys, time
+start = time.perf_counter()
+import bridgetower_cli.cli.app, bridgetower_cli.cli.pairs, bridgetower_cli.cli.render as render
+from bridgetower_cli import autoserver, backend, client
+imported = time.perf_counter()
+spent = {"health probe": 0.0, "request": 0.0, "render": 0.0}
+def timed(owner, name, part):
+    original = getattr(owner, name)
+    def run(*args, **kwargs):
+        began = time.perf_counter()
+        try:
+            return original(*args, **kwargs)
+        finally:
+            spent[part] += time.perf_counter() - began
+    setattr(owner, name, run)
+timed(client.Client, "get", "health probe")
+timed(render, "render", "render")
+streamed = client.Client.stream
+def stream(self, *args):
+    records = streamed(self, *args)
+    while True:
+        began = time.perf_counter()
+        record = next(records, None)
+        spent["request"] += time.perf_counter() - began
+        if record is None:
+            return
+        yield record
+client.Client.stream = stream
+try:
+    bridgetower_cli.cli.app.main(sys.argv[1:])
+except SystemExit:
+    pass
+total = time.perf_counter() - imported
+parts = {"imports": imported - start, **spent, "arguments, options, connect": total - sum(spent.values())}
+print(json.dumps(parts), file=sys.stderr)
+"""
+
+
+def score_args(path: Path) -> list[str]:
+    return ["score", str(CAT), "two cats", "-m", str(path), "-f", "json"]
+
+
+def startup(path: Path, env: dict, runs: int = 11) -> dict[str, float]:
+    """Whole processes, interleaved (the machine's load hits every case alike): medians in seconds."""
+    cases = {
+        "python -c pass": [sys.executable, "-c", "pass"],
+        "python -c 'import typer'": [sys.executable, "-c", "import typer"],
+        "bt --help": [*BT.split(), "--help"],
+        "bt score --help": [*BT.split(), "score", "--help"],
+        "warm call (bt score, BT_SERVER=auto)": [*BT.split(), *score_args(path)],
+    }
+    times: dict[str, list[float]] = {name: [] for name in cases}
+    for _ in range(runs):
+        for name, command in cases.items():
+            start = time.perf_counter()
+            subprocess.run(command, env=env, capture_output=True, check=True)
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(measured) for name, measured in times.items()}
+
+
+def warm_parts(path: Path, env: dict, runs: int = 7) -> dict[str, float]:
+    """The parts of a warm call, timed inside it (``PARTS``): medians in seconds."""
+    found: dict[str, list[float]] = {}
+    for _ in range(runs):
+        done = subprocess.run([sys.executable, "-c", PARTS, *score_args(path)], env=env, capture_output=True,
+                              text=True, check=True)  # fmt: skip
+        for part, seconds in json.loads(done.stderr.strip().splitlines()[-1]).items():
+            found.setdefault(part, []).append(seconds)
+    return {part: statistics.median(measured) for part, measured in found.items()}
 
 
 def slowest_imports(path: Path, env: dict, count: int = 6) -> list[tuple[str, float]]:
     """The client's slowest imports (cumulative), from -X importtime."""
-    args = [sys.executable, "-X", "importtime", "-m", "bridgetower_cli", "score", str(CAT), "two cats", "-m",
-            str(path), "-f", "json"]  # fmt: skip
+    args = [sys.executable, "-X", "importtime", "-m", "bridgetower_cli", *score_args(path)]
     stderr = subprocess.run(args, env=env, capture_output=True, text=True, check=True).stderr
     found = {}
     for line in stderr.splitlines():
@@ -81,6 +147,15 @@ def server_rss_mib(runtime: Path) -> float:
     return json.loads(done.stdout)["rss_mb"]
 
 
+def print_startup(size: str, measured: dict) -> None:
+    print(f"\nstart-up, whole processes side by side ({size}; medians of 11, interleaved)")
+    print(table(["case", "median"], [[name, f"{s * 1000:.0f} ms"] for name, s in measured["startup_s"].items()]))
+    print(f"\nthe warm call's parts, timed inside it ({size}; medians of 7; before them the interpreter starts, as in "
+          "`python -c pass`)")  # fmt: skip
+    parts = measured["warm_call_parts_s"]
+    print(table(["part", "median"], [[part, f"{s * 1000:.1f} ms"] for part, s in parts.items()]))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", default="tiny,base")
@@ -100,7 +175,9 @@ def main() -> None:
             with_auto, auto_out = shell_loop(path, args.calls, auto)  # (its first call starts the server)
             in_process, local_out = shell_loop(path, args.calls, local)
             assert auto_out == local_out, "the outputs differ"
-            warm = statistics.median(one_call(path, auto) for _ in range(7))
+            side_by_side = startup(path, auto)
+            warm = side_by_side["warm call (bt score, BT_SERVER=auto)"]
+            parts = warm_parts(path, auto)
             folder = Path(tempfile.mkdtemp(prefix="bt-bench-index-"))
             index_auto, stats_auto = index_run(path, photos, folder / "auto.sqlite", auto)
             index_local, stats_local = index_run(path, photos, folder / "local.sqlite", local)
@@ -113,6 +190,8 @@ def main() -> None:
                 "index_in_process_s": index_local,
                 "index_auto_s": index_auto,
                 "server_rss_mib": rss,
+                "startup_s": side_by_side,
+                "warm_call_parts_s": parts,
             }
             if size == "tiny":
                 results["client_imports_s"] = slowest_imports(path, auto)
@@ -129,6 +208,8 @@ def main() -> None:
     print(table(["checkpoint", "in process", "BT_SERVER=auto", "speed-up", "one warm call"], loop_rows))
     print(f"\n`bt index` of {args.images} photos, whole command (auto: a warm server), and the server's memory")
     print(table(["checkpoint", "in process", "auto", "auto / in process", "server RSS"], index_rows))
+    for size in args.sizes.split(","):
+        print_startup(size, results[size])
     if "client_imports_s" in results:
         shown = ", ".join(f"{name} {seconds:.3f} s" for name, seconds in results["client_imports_s"])
         print(f"\nthe client's slowest imports (cumulative): {shown}")

@@ -1,12 +1,12 @@
 """The CLI as a client of ``bt serve``: over HTTP(S) (``--server URL``, env ``BT_SERVER``) or over the Unix socket of
 the automatic server (``--server auto``). Records, skips, warnings and progress arrive as events while the server
-makes them (NDJSON) and reach the same reporter and output module as in process. No torch, no transformers: httpx."""
+makes them (NDJSON) and reach the same reporter and output module as in process. No torch, no transformers: httpx
+over HTTP(S), the socket module alone over the Unix socket."""
 
 from __future__ import annotations
 
 import base64
 import contextlib
-import http.client
 import json
 import socket
 import time
@@ -180,55 +180,114 @@ def _over_http(client: Client, method: str, path: str, payload, headers: dict, c
         raise _failure(client.url, error, read_s) from None
 
 
-class _UnixConnection(http.client.HTTPConnection):
-    """HTTP over a Unix socket (the standard library's client: the automatic server's calls are short, and httpx
-    alone would take longer to import than one of them takes)."""
+MAX_HEAD_LINE = 65536  # a status or header line of the automatic server's answer (as http.client bounds them)
+MAX_HEADERS = 100
 
-    def __init__(self, socket_path: str, connect_s: float, read_s: float):
-        super().__init__("bt", timeout=connect_s)
-        self.socket_path, self.read_s = socket_path, read_s
 
-    def connect(self) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(self.timeout)
-        self.sock.connect(self.socket_path)
-        self.sock.settimeout(self.read_s)
+class _Malformed(Exception):
+    """An answer on the socket that is not HTTP as bt's server speaks it; ``kind`` as http.client would name it."""
+
+    def __init__(self, kind: str):
+        super().__init__(kind)
+        self.kind = kind
 
 
 @contextlib.contextmanager
 def _over_socket(client: Client, method: str, path: str, payload, headers: dict, connect_s: float, read_s: float):
-    """An exchange over the automatic server's Unix socket, transport errors named."""
-    connection = _UnixConnection(client.socket, min(connect_s, read_s), read_s)
+    """An exchange over the automatic server's Unix socket, in HTTP/1.1 spoken with the socket module (http.client
+    and httpx each take longer to import than such a call takes), transport errors named."""
 
     def failure(error: Exception) -> BtError:
         if isinstance(error, TimeoutError):
             return BtError(f"no answer within {read_s:g} s from {client.url}", "raise --timeout (env BT_TIMEOUT)")
         if isinstance(error, (FileNotFoundError, ConnectionRefusedError)):
             return BtError(f"no bt server answers at {client.url}", "bt serve --status says whether one runs")
-        return BtError(f"the bt server at {client.url} failed to answer ({type(error).__name__})", "see its log")
+        kind = error.kind if isinstance(error, _Malformed) else type(error).__name__
+        return BtError(f"the bt server at {client.url} failed to answer ({kind})", "see its log")
 
-    def chunks(response) -> Iterator[bytes]:
+    def chunks(reader, framing) -> Iterator[bytes]:
         try:
-            while chunk := response.read1(65536):
-                yield chunk
-        except (OSError, http.client.HTTPException) as error:
+            yield from _body(reader, *framing)
+        except (OSError, _Malformed) as error:
             raise failure(error) from None
 
-    body = None if payload is None else json.dumps(payload).encode()
-    if body is not None:
-        headers = {**headers, "Content-Type": "application/json"}
+    body = b"" if payload is None else json.dumps(payload).encode()
+    lines = [f"{method} {path} HTTP/1.1", "Host: bt", "Connection: close"]
+    lines += ["Content-Type: application/json", f"Content-Length: {len(body)}"] if payload is not None else []
+    request = "\r\n".join([*lines, *(f"{name}: {value}" for name, value in headers.items()), "", ""]).encode()
+    connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        connection.request(method, path, body=body, headers=headers)
-        response = connection.getresponse()
-    except (OSError, http.client.HTTPException) as error:
+        connection.settimeout(min(connect_s, read_s))
+        connection.connect(client.socket)
+        connection.settimeout(read_s)
+        connection.sendall(request + body)
+        reader = connection.makefile("rb")
+        status, found = _head(reader)
+    except (OSError, _Malformed) as error:
         connection.close()
         raise failure(error) from None
     try:
-        lines = _Lines(chunks(response), client.url, read_s)
-        whole = lambda: _bounded(chunks(response), client.url)  # noqa: E731
-        yield _Answer(response.status, response.getheader("content-type", ""), lines, whole)
+        framing = (found.get("transfer-encoding", "").lower() == "chunked", found.get("content-length"))
+        lines = _Lines(chunks(reader, framing), client.url, read_s)
+        whole = lambda: _bounded(chunks(reader, framing), client.url)  # noqa: E731
+        yield _Answer(status, found.get("content-type", ""), lines, whole)
     finally:
         connection.close()
+
+
+def _line(reader) -> bytes:
+    line = reader.readline(MAX_HEAD_LINE + 1)
+    if len(line) > MAX_HEAD_LINE:
+        raise _Malformed("LineTooLong")
+    return line
+
+
+def _head(reader) -> tuple[int, dict[str, str]]:
+    """The status and the headers (names in lower case) of an answer."""
+    status_line = _line(reader)
+    if not status_line:
+        raise _Malformed("RemoteDisconnected")
+    version, _, rest = status_line.decode("latin-1").partition(" ")
+    if not version.startswith("HTTP/1.") or not rest[:3].isdigit():
+        raise _Malformed("BadStatusLine")
+    found = {}
+    for _ in range(MAX_HEADERS + 1):
+        line = _line(reader).decode("latin-1").strip()
+        if not line:
+            return int(rest[:3]), found
+        name, _, value = line.partition(":")
+        found[name.strip().lower()] = value.strip()
+    raise _Malformed("HTTPException")
+
+
+def _body(reader, chunked: bool, length: str | None) -> Iterator[bytes]:
+    """An answer's body as it arrives: chunked, of a stated length, or up to the end of the connection."""
+    if not chunked:
+        left = int(length) if length is not None and length.isdigit() else None
+        while left is None or left > 0:
+            piece = reader.read1(65536 if left is None else min(left, 65536))
+            if not piece:
+                if left is not None:
+                    raise _Malformed("IncompleteRead")
+                return
+            left = None if left is None else left - len(piece)
+            yield piece
+        return
+    while size := _chunk_size(_line(reader)):
+        while size > 0:
+            piece = reader.read1(min(size, 65536))
+            if not piece:
+                raise _Malformed("IncompleteRead")
+            size -= len(piece)
+            yield piece
+        _line(reader)  # (the CRLF after a chunk)
+
+
+def _chunk_size(line: bytes) -> int:
+    try:
+        return int(line.split(b";", 1)[0].strip(), 16)
+    except ValueError:
+        raise _Malformed("IncompleteRead" if not line else "HTTPException") from None
 
 
 class _Shown:

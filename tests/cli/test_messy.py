@@ -252,11 +252,12 @@ def test_the_html_page_links_the_originals_and_never_stretches_thumbnails(bt, fu
 
 
 def test_every_help_renders_whole(bt):
-    from bridgetower_cli.cli.app import app
+    from bridgetower_cli.cli.app import COMMANDS, built
 
-    for command in app.registered_commands:  # the summary in `bt --help` is the docstring's first paragraph
-        first = (command.callback.__doc__ or "").split("\n\n")[0]
-        assert "\n" not in first.strip(), f"{command.name}: a summary that wraps leaves an orphan word"
+    for name, entry in COMMANDS.items():  # `bt --help` lists the summaries without building the commands
+        first = (built(name).help or "").split("\n\n")[0]
+        assert "\n" not in first.strip(), f"{name}: a summary that wraps leaves an orphan word"
+        assert first == entry.summary, f"{name}: the summary in COMMANDS is not its docstring's first line"
     for name in ("index", "embed"):
         shown = bt(name, "--help", env={"COLUMNS": "250"}).stdout
         assert 'pip install "bridgetower-cli[ray]"' in shown, name  # (rich markup would eat [ray])

@@ -8,11 +8,10 @@ import dataclasses
 from pathlib import Path
 
 import pytest
-import typer
 
 from bridgetower_cli import autoserver
 from bridgetower_cli.cli import serve as serve_command
-from bridgetower_cli.cli.app import app as bt_app
+from bridgetower_cli.cli.app import built
 from bridgetower_cli.errors import BtError, UsageError
 from bridgetower_cli.server.settings import OWN, SETTING, SETTINGS, Settings
 
@@ -51,7 +50,7 @@ SAMPLE = {
 
 def serve_context(*args: str):
     """``bt serve ARGS`` parsed as the command line does (nothing runs)."""
-    command = typer.main.get_command(bt_app).commands["serve"]
+    command = built("serve")
     return command.make_context("serve", list(args))
 
 
@@ -100,7 +99,7 @@ def test_a_bad_value_is_one_line_naming_its_variable(name, value):
 
 
 def test_bt_serve_has_an_option_for_every_setting():
-    options = {p.name: p for p in typer.main.get_command(bt_app).commands["serve"].params}
+    options = {p.name: p for p in built("serve").params}
     for setting in SETTINGS:
         option = options[setting.field]
         assert tuple(option.opts) + tuple(option.secondary_opts) == setting.flags, setting.field

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import os
 import signal
 import sys
+from typing import NamedTuple
 
 import typer
 from typer import Abort
@@ -13,7 +16,6 @@ from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 from .. import __version__
 from ..errors import BtError, Interrupted, PartialSuccess, StdoutClosed
 from ..errors import UsageError as BtUsageError
-from . import classify, embed, evaluate, info, pairs, retrieval, serve
 
 # Typer raises the usage errors of the click it runs on (its own copy in recent versions): their classes, reached
 # from the public typer.BadParameter, not from a private module.
@@ -23,14 +25,90 @@ assert (UsageError.__name__, ClickException.__name__) == ("UsageError", "ClickEx
 SHELLS = ("bash", "zsh", "fish", "powershell", "pwsh")
 
 
+class Entry(NamedTuple):
+    """A command as ``bt --help`` lists it (its docstring's first line, a test holds them equal) and where it lives:
+    ``module:function:EPILOG`` in this package, imported only when the command runs or shows its own help."""
+
+    summary: str
+    where: str
+
+
+COMMANDS = {
+    "score": Entry(
+        "Image-text matching (ITM head) for every image x text pair; per image, the best match probability first.",
+        "pairs:score:SCORE_EPILOG",
+    ),
+    "fill-mask": Entry(
+        "Predict the <mask> words of each text, conditioned on each image (MLM head).",
+        "pairs:fill_mask:FILL_MASK_EPILOG",
+    ),
+    "embed": Entry(
+        "L2-normalised ITC embeddings of images, texts, or (image, text) pairs (--kind cross).", "embed:embed:EPILOG"
+    ),
+    "retrieve": Entry(
+        "Rank images for a text or like an image (over a persistent index, ITM rerank), or texts for an image.",
+        "retrieval:retrieve:RETRIEVE_EPILOG",
+    ),
+    "index": Entry(
+        "Build or refresh the retrieval index of local images; --stats, --prune, --check, --repair.",
+        "retrieval:index:INDEX_EPILOG",
+    ),
+    "explain": Entry(
+        "Where in each image the model looks for each text: Grad-CAM heat maps (ITM head), as pictures and numbers.",
+        "pairs:explain:EXPLAIN_EPILOG",
+    ),
+    "classify": Entry(
+        "Zero-shot labels for images: the most probable of --labels for each, by ITC, ITM or both.",
+        "classify:classify:EPILOG",
+    ),
+    "serve": Entry(
+        "Keep models loaded and answer every command (--server URL, env BT_SERVER; or --server auto) over HTTP.",
+        "serve:serve:EPILOG",
+    ),
+    "eval": Entry(
+        "Retrieval recall on a caption set, or zero-shot accuracy on an ImageFolder (--task classification).",
+        "evaluate:evaluate:EPILOG",
+    ),
+    "models": Entry(
+        "The public BridgeTower checkpoints: their heads, image size, and whether they are in the local cache.",
+        "info:models:MODELS_EPILOG",
+    ),
+    "doctor": Entry(
+        "What bt runs on: versions, device and dtype, threads, the cache and index paths, the cached checkpoints.",
+        "info:doctor:DOCTOR_EPILOG",
+    ),
+}
+
+
+def _light(parameter):
+    """A parameter's runtime coercion: its value parsed without pydantic where it has a plain form (``coercion``).
+    (Typers that coerce with click's types never ask for one.)"""
+    if parameter._runtime_param is None:
+        from functools import partial
+
+        from typer._coercion import build_runtime_param
+
+        from .coercion import LightParam
+
+        described = parameter.type_descriptor
+        fallback = partial(build_runtime_param, described)
+        parameter._runtime_param = LightParam(described.parameter_info, described.annotation, fallback)
+    return parameter._runtime_param
+
+
 class _Option(TyperOption):
-    """An option whose help shows its metavar (N, FILE, ...), nothing for a flag: never a type placeholder."""
+    """An option whose help shows its metavar (N, FILE, ...), nothing for a flag: never a type placeholder; its
+    value parsed without pydantic where plain."""
+
+    get_runtime_param = _light
 
     def display_type_rich(self, ctx):
         return None if self.is_flag else super().display_type_rich(ctx)
 
 
 class _Argument(TyperArgument):
+    get_runtime_param = _light
+
     def display_type_rich(self, ctx):
         return None
 
@@ -50,10 +128,51 @@ class Command(TyperCommand):
 
 
 class Group(TyperGroup):
+    """bt's group: every command listed (help, completion, suggestions) from ``COMMANDS``, only the one invoked built:
+    its module imported and its parameters made when it runs or shows its own help."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.commands.update({name: Command(name, help=entry.summary) for name, entry in COMMANDS.items()})
+        self.built: set[str] = set()
+        self.listing = False
+
     def get_params(self, ctx):
         params = super().get_params(ctx)
         _plain_metavars(params)
         return params
+
+    def get_command(self, ctx, name: str):
+        if name in COMMANDS and name not in self.built and not self.listing:
+            self.commands[name] = built(name)
+            self.built.add(name)
+        return self.commands.get(name)
+
+    def format_help(self, ctx, formatter) -> None:
+        with self._listed():
+            super().format_help(ctx, formatter)
+
+    def shell_complete(self, ctx, incomplete: str):
+        with self._listed():
+            return super().shell_complete(ctx, incomplete)
+
+    @contextlib.contextmanager
+    def _listed(self):
+        """Commands named, not built: the summaries are all a listing shows."""
+        self.listing = True
+        try:
+            yield
+        finally:
+            self.listing = False
+
+
+def built(name: str) -> TyperCommand:
+    """The command ``bt NAME`` runs, made now from its function."""
+    module, function, epilog = COMMANDS[name].where.split(":")
+    found = importlib.import_module(f"{__package__}.{module}")
+    single = typer.Typer(rich_markup_mode="rich", pretty_exceptions_enable=False, add_completion=False)
+    single.command(name, epilog=getattr(found, epilog), cls=Command)(getattr(found, function))
+    return typer.main.get_command(single)
 
 
 app = typer.Typer(
@@ -79,22 +198,6 @@ def root(
     version: bool = typer.Option(False, "--version", "-V", callback=_version, is_eager=True, help="Show the version."),
 ) -> None:
     """BridgeTower vision-language model at the shell prompt."""
-
-
-for name, epilog, command in (
-    ("score", pairs.SCORE_EPILOG, pairs.score),
-    ("fill-mask", pairs.FILL_MASK_EPILOG, pairs.fill_mask),
-    ("embed", embed.EPILOG, embed.embed),
-    ("retrieve", retrieval.RETRIEVE_EPILOG, retrieval.retrieve),
-    ("index", retrieval.INDEX_EPILOG, retrieval.index),
-    ("explain", pairs.EXPLAIN_EPILOG, pairs.explain),
-    ("classify", classify.EPILOG, classify.classify),
-    ("serve", serve.EPILOG, serve.serve),
-    ("eval", evaluate.EPILOG, evaluate.evaluate),
-    ("models", info.MODELS_EPILOG, info.models),
-    ("doctor", info.DOCTOR_EPILOG, info.doctor),
-):
-    app.command(name, epilog=epilog, cls=Command)(command)
 
 
 def _report(error: BtError, label: str = "error: ") -> None:

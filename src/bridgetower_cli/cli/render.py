@@ -11,10 +11,7 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import asdict
 from pathlib import Path
-from typing import TextIO
-
-from rich.console import Console
-from rich.text import Text
+from typing import TYPE_CHECKING, TextIO
 
 from ..errors import BtError, PartialSuccess, StdoutClosed
 from ..records import (
@@ -25,6 +22,9 @@ from ..records import (
 )
 from .console import console, stderr_console  # noqa: F401  (the one console factory)
 from .options import Format  # noqa: F401  (the formats, declared with the options)
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 STREAMED = ("jsonl", "csv", "paths")  # formats written record by record, as the work goes on
 
@@ -188,10 +188,19 @@ class StderrReporter(Reporter):
 
     def __init__(self, quiet: bool = False, console: Console | None = None):
         self.quiet = quiet
-        self.console = console or stderr_console()
+        self._console = console
         self.repeats: Counter[str] = Counter()
 
+    @property
+    def console(self) -> Console:
+        """The stderr console, made when something is first shown (a call that shows nothing imports no rich)."""
+        if self._console is None:
+            self._console = stderr_console()
+        return self._console
+
     def _print(self, label: str, message: str) -> None:
+        from rich.text import Text
+
         self.console.print(Text.assemble((label, "yellow"), message), soft_wrap=True)
 
     def warn(self, message: str, kind: str | None = None) -> None:
@@ -216,7 +225,7 @@ class StderrReporter(Reporter):
 
     @contextlib.contextmanager
     def progress(self, total: int, description: str):
-        if not self._live or total < 2:
+        if total < 2 or not self._live:
             yield lambda n=1: None
             return
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn

@@ -1,0 +1,121 @@
+"""A call pays for its own command only (issue 34): help lists every command without importing one, a command's help
+imports that command alone, and a call to the automatic server imports none of the heavy libraries: no torch,
+transformers, numpy or PIL (the model's), no pydantic (Typer's value coercion: bt parses plain values itself), no
+rich (nothing is shown on the terminal) and no httpx (the socket is spoken to with the standard library). Not timed:
+the times are in benchmarks/bench_auto.py."""
+
+from __future__ import annotations
+
+import contextlib
+import http.server
+import json
+import os
+import socketserver
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from bridgetower_cli.cli.app import COMMANDS
+
+HEAVY = ("torch", "transformers", "numpy", "PIL", "pydantic")
+COMMAND_MODULES = {f"bridgetower_cli.cli.{entry.where.split(':')[0]}" for entry in COMMANDS.values()}
+
+# Runs bt's CLI (as the automatic server's client when its runtime folder holds a fake one, whose identity it
+# records first), then says on stderr which modules it imported.
+PROBE = (
+    "import json, os, sys\n"
+    "if os.environ.get('BT_SERVER') == 'auto':\n"
+    "    from bridgetower_cli import autoserver\n"
+    "    place = autoserver.Place(autoserver.runtime_folder())\n"
+    "    identity = autoserver.ServerOptions().identity()\n"
+    "    place.record.write_text(json.dumps({'pid': os.getpid(), 'identity': identity}))\n"
+    "from bridgetower_cli.cli import main\n"
+    "try:\n    main(sys.argv[1:])\nexcept SystemExit as end:\n    code = end.code\n"
+    "print('MODULES=' + json.dumps(sorted(sys.modules)), file=sys.stderr)\n"
+    "sys.exit(code)\n"
+)
+
+
+def probe(*args: str, env: dict | None = None) -> tuple[subprocess.CompletedProcess, set[str]]:
+    """``bt ARGS`` in a fresh interpreter (no BT_* setting of the caller's), and the modules it imported."""
+    clean = {name: value for name, value in os.environ.items() if not name.startswith("BT_")}
+    result = subprocess.run([sys.executable, "-c", PROBE, *args], capture_output=True, text=True,
+                            env=clean | (env or {}), timeout=60)  # fmt: skip
+    modules = json.loads(result.stderr.rsplit("MODULES=", 1)[1])
+    return result, {name.split(".")[0] for name in modules} | set(modules)
+
+
+def test_help_lists_every_command_and_imports_none():
+    result, modules = probe("--help")
+    assert result.returncode == 0 and all(name in result.stdout for name in COMMANDS)
+    assert not modules & COMMAND_MODULES, modules & COMMAND_MODULES
+    assert not (heavy := modules & set(HEAVY)), heavy
+
+
+def test_a_command_s_help_imports_that_command_alone():
+    result, modules = probe("score", "--help")
+    assert result.returncode == 0 and "--top-k" in result.stdout
+    assert modules & COMMAND_MODULES == {"bridgetower_cli.cli.pairs"}
+    assert not (heavy := modules & set(HEAVY)), heavy
+
+
+class _FakeServer(http.server.BaseHTTPRequestHandler):
+    """The automatic server's answers to one score call: healthy, one record."""
+
+    protocol_version = "HTTP/1.1"
+    record = {"image": "cat.jpg", "text": "two cats", "logit": 0.5, "probability": 0.62}
+
+    def do_GET(self):
+        self._answer(json.dumps({"status": "ok"}).encode(), "application/json")
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers["content-length"]))
+        events = [{"event": "record", "record": self.record}, {"event": "end"}]
+        self._answer("".join(json.dumps(event) + "\n" for event in events).encode(), "application/x-ndjson")
+
+    def _answer(self, body: bytes, kind: str) -> None:
+        self.send_response(200)
+        self.send_header("content-type", kind)
+        self.send_header("content-length", str(len(body)))
+        self.send_header("connection", "close")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def address_string(self) -> str:
+        return "unix"
+
+    def log_message(self, *args):
+        pass
+
+
+@contextlib.contextmanager
+def fake_automatic_server(runtime):
+    folder = runtime / "bt"
+    folder.mkdir(mode=0o700, parents=True)
+    server = socketserver.ThreadingUnixStreamServer(str(folder / "server.sock"), _FakeServer)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.skipif(not hasattr(socketserver, "ThreadingUnixStreamServer"), reason="needs Unix sockets")
+def test_a_call_to_the_automatic_server_imports_only_the_request(tmp_path, samples):
+    checkpoint = tmp_path / "checkpoint"
+    checkpoint.mkdir()
+    (checkpoint / "config.json").write_text(json.dumps({"model_type": "bridgetower"}))
+    runtime = tmp_path / "run"
+    runtime.mkdir(mode=0o700)
+    with fake_automatic_server(runtime):
+        env = {"XDG_RUNTIME_DIR": str(runtime), "BT_SERVER": "auto"}
+        args = ("score", str(samples / "cat.jpg"), "two cats", "-m", str(checkpoint), "-f", "json")
+        result, modules = probe(*args, env=env)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == [_FakeServer.record]
+    assert not (heavy := modules & {*HEAVY, "rich", "httpx"}), heavy
+    assert modules & COMMAND_MODULES == {"bridgetower_cli.cli.pairs"}
