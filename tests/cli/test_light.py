@@ -119,3 +119,14 @@ def test_a_call_to_the_automatic_server_imports_only_the_request(tmp_path, sampl
     assert json.loads(result.stdout) == [_FakeServer.record]
     assert not (heavy := modules & {*HEAVY, "rich", "httpx"}), heavy
     assert modules & COMMAND_MODULES == {"bridgetower_cli.cli.pairs"}
+
+
+def test_a_typer_whose_internals_moved_still_parses_with_its_own_coercion():
+    """bt's plain-value parsing leans on Typer internals: where they cannot be imported, Typer's coercion is used."""
+    script = (
+        "import sys; sys.modules['bridgetower_cli.cli.coercion'] = None\n"
+        "from bridgetower_cli.cli import main\n"
+        "main(['retrieve', 'a cat', '-n', '--top-k', 'x'])\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "top-k" in done.stderr and "valid integer" in done.stderr, done.stderr

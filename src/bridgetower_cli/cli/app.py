@@ -82,14 +82,16 @@ COMMANDS = {
 
 def _light(parameter):
     """A parameter's runtime coercion: its value parsed without pydantic where it has a plain form (``coercion``).
-    (Typers that coerce with click's types never ask for one.)"""
+    (Typers that coerce with click's types never ask for one; one whose internals moved gets its own coercion.)"""
     if parameter._runtime_param is None:
         from functools import partial
 
-        from typer._coercion import build_runtime_param
+        try:
+            from typer._coercion import build_runtime_param
 
-        from .coercion import LightParam
-
+            from .coercion import LightParam
+        except ImportError:
+            return super(type(parameter), parameter).get_runtime_param()
         described = parameter.type_descriptor
         fallback = partial(build_runtime_param, described)
         parameter._runtime_param = LightParam(described.parameter_info, described.annotation, fallback)
