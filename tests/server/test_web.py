@@ -255,3 +255,15 @@ def test_thumbnails_come_from_the_roots_only_and_are_cached(site, tmp_path):
     library = requests.get(f"{url}/v1/library", timeout=10).json()
     assert [(f["root"], f["images"], f["photos"]) for f in library["folders"]] == [(str(photos), 5, 5)]
     assert str(indexes) not in json.dumps(library)  # (no server path in what the page shows)
+
+
+def test_a_browse_says_as_many_photos_as_it_keeps(site, monkeypatch):
+    """A folder of more photos than a list keeps: the browse's total is what /v1/hits can page through (else the
+    page asks for pages past the end forever)."""
+    from bridgetower_cli.server import hits
+
+    url, photos, _ = site
+    monkeypatch.setattr(hits, "KEPT_HITS", 3)  # (of 5 photos)
+    answer = requests.post(f"{url}/v1/browse", json={"root": str(photos), "top_k": 2}, timeout=30).json()
+    kept = requests.get(f"{url}/v1/hits/{answer['meta']['hits']}", params={"offset": 2}, timeout=30).json()
+    assert answer["meta"]["total"] == kept["total"] == 3 and len(kept["records"]) == 1

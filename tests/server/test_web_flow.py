@@ -245,3 +245,51 @@ def test_explain_on_a_27_megapixel_photo_draws_at_display_size(site, samples, fu
         assert words and all(max(word.size) == 240 for word in words)
     finally:
         photo.unlink()
+
+
+def test_hits_no_longer_kept_are_ranked_again_and_scrolling_goes_on(site, page):
+    """The server restarted (or the tab was left ten minutes): the kept id is gone, and the next page comes from the
+    query asked once more, never a dead end; a page with nothing more kept ends the grid (never a loop)."""
+    url, many, _, _ = site
+    ready(page, url)
+    names = sorted(str(path) for path in many.iterdir())
+    page.select_option("#order", "folder")
+    until(page, "document.querySelectorAll('.card').length >= 24")
+    gone = '{"error": "these results are no longer kept", "hint": "search again"}'
+    answered: list = []
+    page.route("**/v1/hits/**", lambda route: answered.append(route.request.url) or route.fulfill(
+        status=404, content_type="application/json", body=gone) if not answered else route.continue_())  # fmt: skip
+    scroll_to_the_end(page, PHOTOS)
+    assert shown(page) == names and page.text_content("#message") == "" and page.is_visible("#end")
+    page.unroute("**/v1/hits/**")
+    page.route("**/v1/hits/**", lambda route: route.fulfill(content_type="application/json",
+                                                          body='{"records": [], "total": 1000}'))  # fmt: skip
+    page.select_option("#order", "date")
+    until(page, "document.querySelectorAll('.card').length >= 24")
+    page.evaluate("document.querySelector('#more').scrollIntoView()")
+    until(page, "!document.querySelector('#end').hidden")
+
+
+def test_a_photo_gone_since_it_was_indexed_is_said_by_each_tool_and_a_blank_query_browses(site, page):
+    url, _, few, _ = site
+    ready(page, url)
+    page.fill("#query", "   ")
+    page.press("#query", "Enter")
+    until(page, "document.querySelector('#results').getAttribute('aria-busy') === 'false' && "
+                "document.querySelectorAll('.card').length >= 24")  # fmt: skip
+    assert page.is_visible("#browse") and not page.is_visible("#chip") and page.text_content("#message") == ""
+    page.select_option("#folder", label=str(few))
+    until(page, "document.querySelectorAll('.card').length === 5")
+    photo = few / "coffee.jpg"
+    page.click(f".card[data-path='{photo}']")
+    photo.rename(few / "coffee.moved")
+    try:
+        page.fill("#captions", "a cup of coffee")
+        page.click("#score-form button")
+        sync_api.expect(page.locator("#score-form + .error")).to_contain_text("Cannot use coffee.jpg: ")
+        page.click("summary:has-text('Explain')")
+        page.fill("#explain-text", "a cup")
+        page.click("#explain-form button")
+        sync_api.expect(page.locator("#explain-form + .error")).to_contain_text("Cannot use coffee.jpg: ")
+    finally:
+        (few / "coffee.moved").rename(photo)

@@ -18,6 +18,7 @@ from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, Field
 
 from ..errors import BtError, InputError, NotFound
+from . import hits as kept
 from .dispatch import Dispatcher
 from .hits import owner_of
 
@@ -85,16 +86,16 @@ def router(dispatch: Dispatcher) -> APIRouter:
     @routes.post("/v1/browse")
     async def browse(body: BrowseIn, request: Request) -> dict:
         """A folder's indexed photos with no query, newest first (``date``) or by folder and name (``folder``):
-        the first ``top_k`` and the id of them all for /v1/hits."""
+        the first ``top_k`` and the id of them all (the first 10,000, as a search keeps) for /v1/hits."""
         if body.root not in policy.roots or policy.own:
             raise InputError("browse one of the folders the page lists", "see /v1/library")
-        listing = await asyncio.to_thread(_listing, policy, body.root, body.order)
+        listing = (await asyncio.to_thread(_listing, policy, body.root, body.order))[: kept.KEPT_HITS]
         name = dispatch.hits.keep(owner_of(request.headers.get("authorization")), listing)
         return {"records": listing[: body.top_k], "meta": {"hits": name, "total": len(listing)}}
 
     @routes.get("/v1/thumbnail")
     async def thumbnail(path: str, request: Request, side: int = 256) -> Response:
-        """A JPEG of the image at ``path`` (under the roots), at most ``side`` pixels wide or high (256 or 1280)."""
+        """A JPEG of the image at ``path`` (under the roots), at most ``side`` pixels wide or high (256 or 1600)."""
         if side not in THUMBNAIL_SIDES:
             raise InputError(f"side must be one of {', '.join(map(str, THUMBNAIL_SIDES))}")
         real = policy.check(path, "image")

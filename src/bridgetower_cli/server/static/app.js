@@ -10,7 +10,9 @@ const state = {
   open: null, openUrls: [],
 };
 
-class Shown extends Error {} // an error whose message is for the page as it is
+class Shown extends Error { // an error whose message is for the page as it is (and the server's status, if any)
+  constructor(message, status = 0) { super(message); this.status = status; }
+}
 
 // -- talking to the server --------------------------------------------------------------------------------------
 
@@ -40,7 +42,7 @@ async function request(path, { body, signal, accept } = {}) {
   if (!response.ok) {
     let answer = {};
     try { answer = await response.json(); } catch (_) { /* not bt's JSON */ }
-    throw new Shown(answer.error ? sentence(answer.error) : `The server answered ${response.status}.`);
+    throw new Shown(answer.error ? sentence(answer.error) : `The server answered ${response.status}.`, response.status);
   }
   return response;
 }
@@ -248,6 +250,7 @@ function rerun() {
 
 async function first(path, body) {
   const view = begin();
+  view.asked = { path, body };
   state.loading = true;
   busy($("results"), true); // (Search stays enabled: a new query replaces this one)
   try {
@@ -270,14 +273,31 @@ async function more() {
   if (!view || state.loading || !state.list || !state.list.hits || state.shown >= state.list.total) return;
   state.loading = true;
   try {
-    const answer = await api(`/v1/hits/${encodeURIComponent(state.list.hits)}?offset=${state.shown}&limit=${PAGE}`, undefined, view.controller.signal);
+    const answer = await slice(view);
     if (view !== state.view) return;
+    show($("message"));
+    if (!answer.records.length) state.list.total = state.shown; // (nothing more kept: the end, never a loop)
     append(answer.records, view);
   } catch (error) {
     if (view === state.view) show($("message"), error);
   } finally {
     if (view === state.view) state.loading = false;
   }
+}
+
+async function slice(view) {
+  // The next page of the kept hits; if the server no longer keeps them (restarted, or ten minutes unused), the
+  // query is asked once more for a new id and the page is cut from that.
+  const next = () => api(`/v1/hits/${encodeURIComponent(state.list.hits)}?offset=${state.shown}&limit=${PAGE}`, undefined, view.controller.signal);
+  try {
+    return await next();
+  } catch (error) {
+    if (!(error instanceof Shown) || error.status !== 404) throw error;
+  }
+  const again = await api(view.asked.path, view.asked.body, view.controller.signal);
+  if (view !== state.view || !again.meta) return { records: [] };
+  state.list = again.meta;
+  return next();
 }
 
 function append(records, view) {
@@ -372,6 +392,13 @@ function closeUrls() {
   state.openUrls = [];
 }
 
+function used(answer) {
+  // A tool's answer: its records, or why the server could not use the photo (moved, deleted, unreadable).
+  const skipped = answer.skipped || [];
+  if (!answer.records.length && skipped.length) throw new Shown(sentence(`cannot use ${fileName(skipped[0].name)}: ${skipped[0].reason}`));
+  return answer.records;
+}
+
 function photo() {
   return [{ name: state.open.image, path: state.open.image }];
 }
@@ -424,7 +451,7 @@ async function scoreCaptions(record) {
   const texts = $("captions").value.split("\n").map((t) => t.trim()).filter(Boolean);
   const answer = await api("/v1/score", { model: state.library.model, images: photo(), texts });
   if (state.open !== record) return;
-  const scored = answer.records.map((r) => [r.text, r.probability.toFixed(4), r.logit.toFixed(4)]);
+  const scored = used(answer).map((r) => [r.text, r.probability.toFixed(4), r.logit.toFixed(4)]);
   rows($("scores"), ["", "match probability", "logit"], scored);
 }
 
@@ -432,7 +459,7 @@ async function explain(record) {
   const body = { model: state.library.model, images: photo(), texts: [$("explain-text").value] };
   const answer = await api("/v1/explain", { ...body, pictures: true, words: $("words").checked });
   if (state.open !== record) return;
-  const explained = answer.records[0];
+  const explained = used(answer)[0];
   $("overlay").src = explained.picture;
   $("overlay").alt = `where the model looks for “${explained.text}”`;
   $("overlay").hidden = !$("map-toggle").checked;
@@ -453,7 +480,7 @@ async function fillMask(record) {
   const text = $("mask-text").value;
   const answer = await api("/v1/fill-mask", { model: state.library.model, images: photo(), texts: [text], top_k: 5 });
   if (state.open !== record) return;
-  const masks = answer.records.length ? answer.records[0].masks : [];
+  const masks = used(answer).length ? answer.records[0].masks : [];
   const words = masks.flatMap((mask, m) => mask.map((c) => [`<mask> ${m + 1}: ${c.token_str}`, c.score.toFixed(4)]));
   rows($("masks"), ["", "probability"], words);
 }
@@ -538,7 +565,8 @@ function start() {
   $("search").addEventListener("submit", (event) => {
     event.preventDefault();
     if (!state.library) return show($("message"), new Shown("Enter the server's API key first."));
-    search({ query: $("query").value });
+    const text = $("query").value.trim();
+    search(text ? { query: text } : null);
   });
   $("clear").addEventListener("click", () => { $("query").value = ""; search(null); $("query").focus(); });
   $("order").addEventListener("change", rerun);
