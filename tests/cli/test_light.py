@@ -32,7 +32,7 @@ PROBE = (
     "    identity = autoserver.ServerOptions().identity()\n"
     "    place.record.write_text(json.dumps({'pid': os.getpid(), 'identity': identity}))\n"
     "from bridgetower_cli.cli import main\n"
-    "try:\n    main(sys.argv[1:])\nexcept SystemExit as end:\n    code = end.code\n"
+    "code = 0\ntry:\n    main(sys.argv[1:])\nexcept SystemExit as end:\n    code = end.code\n"
     "print('MODULES=' + json.dumps(sorted(sys.modules)), file=sys.stderr)\n"
     "sys.exit(code)\n"
 )
@@ -52,6 +52,20 @@ def test_help_lists_every_command_and_imports_none():
     assert result.returncode == 0 and all(name in result.stdout for name in COMMANDS)
     assert not modules & COMMAND_MODULES, modules & COMMAND_MODULES
     assert not (heavy := modules & set(HEAVY)), heavy
+    assert "typer" not in modules  # (drawn by cli/listing.py; the next test holds it to Typer's own drawing)
+
+
+@pytest.mark.parametrize("width", [40, 100, 200])
+@pytest.mark.parametrize("colour", [False, True])
+def test_the_light_help_is_byte_for_byte_typer_s(width, colour):
+    """``bt --help`` without Typer draws exactly what Typer's rich help draws for the app, at any width, in colour
+    or not (the summaries, options and styles it shows are held here, not trusted)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("NO_COLOR", "FORCE_COLOR")} | {"COLUMNS": str(width)}
+    env |= {"FORCE_COLOR": "1"} if colour else {"NO_COLOR": "1"}
+    typer_s = "from bridgetower_cli.cli.app import main; main(['--help'])"
+    light, drawn = (subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+                    for code in ("from bridgetower_cli.cli import main; main(['--help'])", typer_s))  # fmt: skip
+    assert light.returncode == drawn.returncode == 0 and light.stdout == drawn.stdout and "score" in light.stdout
 
 
 def test_a_command_s_help_imports_that_command_alone():

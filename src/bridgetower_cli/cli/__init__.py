@@ -1,5 +1,20 @@
 """The ``bt`` command line: a thin Typer layer over the library."""
 
-from .app import main
+from __future__ import annotations
+
+import sys
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``bt``: the top-level help printed without Typer (``listing``); anything else by the Typer app."""
+    arguments = sys.argv[1:] if argv is None else argv
+    if arguments in (["--help"], ["-h"]):
+        from .listing import print_help
+
+        return print_help()
+    from .app import main as run
+
+    return run(arguments)
+
 
 __all__ = ["main"]

@@ -7,7 +7,6 @@ import importlib
 import os
 import signal
 import sys
-from typing import NamedTuple
 
 import typer
 from typer import Abort
@@ -16,6 +15,7 @@ from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 from .. import __version__
 from ..errors import BtError, Interrupted, PartialSuccess, StdoutClosed
 from ..errors import UsageError as BtUsageError
+from .listing import COMMANDS, HELP
 
 # Typer raises the usage errors of the click it runs on (its own copy in recent versions): their classes, reached
 # from the public typer.BadParameter, not from a private module.
@@ -23,61 +23,6 @@ UsageError = typer.BadParameter.__mro__[1]
 ClickException = UsageError.__mro__[1]
 assert (UsageError.__name__, ClickException.__name__) == ("UsageError", "ClickException")
 SHELLS = ("bash", "zsh", "fish", "powershell", "pwsh")
-
-
-class Entry(NamedTuple):
-    """A command as ``bt --help`` lists it (its docstring's first line, a test holds them equal) and where it lives:
-    ``module:function:EPILOG`` in this package, imported only when the command runs or shows its own help."""
-
-    summary: str
-    where: str
-
-
-COMMANDS = {
-    "score": Entry(
-        "Image-text matching (ITM head) for every image x text pair; per image, the best match probability first.",
-        "pairs:score:SCORE_EPILOG",
-    ),
-    "fill-mask": Entry(
-        "Predict the <mask> words of each text, conditioned on each image (MLM head).",
-        "pairs:fill_mask:FILL_MASK_EPILOG",
-    ),
-    "embed": Entry(
-        "L2-normalised ITC embeddings of images, texts, or (image, text) pairs (--kind cross).", "embed:embed:EPILOG"
-    ),
-    "retrieve": Entry(
-        "Rank images for a text or like an image (over a persistent index, ITM rerank), or texts for an image.",
-        "retrieval:retrieve:RETRIEVE_EPILOG",
-    ),
-    "index": Entry(
-        "Build or refresh the retrieval index of local images; --stats, --prune, --check, --repair.",
-        "retrieval:index:INDEX_EPILOG",
-    ),
-    "explain": Entry(
-        "Where in each image the model looks for each text: Grad-CAM heat maps (ITM head), as pictures and numbers.",
-        "pairs:explain:EXPLAIN_EPILOG",
-    ),
-    "classify": Entry(
-        "Zero-shot labels for images: the most probable of --labels for each, by ITC, ITM or both.",
-        "classify:classify:EPILOG",
-    ),
-    "serve": Entry(
-        "Keep models loaded and answer every command (--server URL, env BT_SERVER; or --server auto) over HTTP.",
-        "serve:serve:EPILOG",
-    ),
-    "eval": Entry(
-        "Retrieval recall on a caption set, or zero-shot accuracy on an ImageFolder (--task classification).",
-        "evaluate:evaluate:EPILOG",
-    ),
-    "models": Entry(
-        "The public BridgeTower checkpoints: their heads, image size, and whether they are in the local cache.",
-        "info:models:MODELS_EPILOG",
-    ),
-    "doctor": Entry(
-        "What bt runs on: versions, device and dtype, threads, the cache and index paths, the cached checkpoints.",
-        "info:doctor:DOCTOR_EPILOG",
-    ),
-}
 
 
 def _light(parameter):
@@ -180,7 +125,7 @@ def built(name: str) -> TyperCommand:
 app = typer.Typer(
     name="bt",
     cls=Group,
-    help="BridgeTower vision-language model at the shell prompt: score, fill-mask, embed, retrieve, classify.",
+    help=HELP,
     no_args_is_help=True,
     add_completion=True,
     pretty_exceptions_enable=False,
