@@ -91,14 +91,17 @@ class Model:
         top_k: int = 10,
         rerank_k: int = 5,
         refresh: bool = True,
+        exact: bool = False,
     ) -> list[RetrievalRecord]:
         """Images for a text (or like an image: a path, a ``PIL.Image`` or bytes) among ``images`` (paths, folders,
         globs), over the index ``index`` (refreshed first unless ``refresh`` is off; then, with no ``images``, the
-        whole index is searched): the ITC shortlist reranked by the ITM head, as ``bt retrieve``."""
+        whole index is searched): the ITC shortlist reranked by the ITM head, as ``bt retrieve``; ``exact``: every
+        row, past a large index's approximate tier."""
         specs = [str(spec) for spec in images]
         if not isinstance(query, str) or Path(query).is_file():
             (query,) = self._sources([query])
-        return self.run(Search(query, specs, Path(index) if index else None, False, refresh, top_k, rerank_k))
+        path = Path(index) if index else None
+        return self.run(Search(query, specs, path, False, refresh, top_k, rerank_k, exact=exact))
 
     def rank_texts(self, image, texts: Iterable[str], top_k: int = 10, rerank_k: int = 5) -> list[RetrievalRecord]:
         """Texts for an image, as ``bt retrieve --image``."""

@@ -272,6 +272,12 @@ class IndexStats(Record):
     vector_bytes: int
     vector_rows: int
     last_refresh: str | None
+    tier: str | None = None  # the approximate tier (the faiss index it is), if the index has one
+    tier_rows: int = 0  # the rows it covers (those added since are searched exactly beside it)
+    tier_bytes: int = 0
+    tier_build_s: float | None = None
+    tier_recall: float | None = None  # recall@10 of held-out queries against exact search, at its build
+    tier_from: int = 0  # the rows from which the index has a tier (0: never)
 
 
 @dataclass
@@ -285,7 +291,8 @@ class IndexCheck(Record):
     vector_file: str
     catalog: str
     damaged_paths: list[str]
-    repair: str = "none"  # what mends it: none, re-embed (the damaged rows), new vector file, float16 copy, rebuild
+    # What mends it: none, re-embed (the damaged rows), new vector file, float16 copy, tier, rebuild.
+    repair: str = "none"
 
     @property
     def sound(self) -> bool:

@@ -95,6 +95,12 @@ def test_retrieve_text_image_like_and_paths(bt, fake, photos, tmp_path):
     assert [h["image"] for h in whole] and fake[-1].calls[-1][1].specs == []
     paths = bt("retrieve", "a cat", photos, *index, "-f", "paths", "-0").stdout
     assert paths.count("\0") == 5 and "\n" not in paths
+    assert not fake[-1].calls[-1][1].exact
+    assert bt("retrieve", "a cat", "-n", *index, "--exact", "-f", "json").code == 0 and fake[-1].calls[-1][1].exact
+    assert bt("index", photos, *index, "--tier-from", "5000", "-f", "json").code == 0
+    assert fake[-1].calls[-1][1].tier_from == 5000
+    refused = bt("index", photos, *index, "--tier-from", "-1")
+    assert refused.code == 2 and "tier-from must be a whole number of 0 or more" in refused.stderr
 
 
 def test_index_and_eval(bt, fake, photos, samples, tmp_path):

@@ -94,8 +94,10 @@ class Remote(Backend):
         """A search or a refresh: one's own server gets the files and folders found here and the index file;
         another, the specs (found there, under its --allow-path roots) and one of its indexes by name."""
         payload = {"rebuild": q.rebuild, "wait_s": q.wait_s}
+        if isinstance(q, Refresh) and q.tier_from is not None:
+            payload["tier_from"] = q.tier_from
         if isinstance(q, Search):
-            payload |= {"refresh": q.refresh, "top_k": q.top_k, "rerank_k": q.rerank_k}
+            payload |= {"refresh": q.refresh, "top_k": q.top_k, "rerank_k": q.rerank_k, "exact": q.exact}
             if q.by_image:
                 (payload["like"],) = self._images([q.query], outcome, reporter) or [None]
                 if payload["like"] is None:

@@ -329,6 +329,17 @@ NoRefresh = Annotated[
     bool,
     typer.Option("--no-refresh", "-n", help="Query the index as it is: no walk, no stat, no embedding of new files."),
 ]
+ExactSearch = Annotated[
+    bool, typer.Option("--exact", help="Search every row exactly, past a large index's approximate tier.")
+]
+TierFrom = Annotated[
+    int | None,
+    typer.Option(
+        "--tier-from",
+        metavar="ROWS",
+        help="Keep an approximate search tier from this many rows on (default 200000; 0: never). Kept in the index.",
+    ),
+]
 StatsFlag = Annotated[
     bool, typer.Option("--stats", help="Report the index: images, model, size on disk, last refresh.")
 ]

@@ -13,6 +13,7 @@ from .options import (
     CheckFlag,
     Engine,
     EngineOpt,
+    ExactSearch,
     Format,
     HitsK,
     IndexFile,
@@ -35,6 +36,7 @@ from .options import (
     StatsFlag,
     TextOpt,
     TextsFile,
+    TierFrom,
     Wait,
     format_option,
 )
@@ -66,6 +68,7 @@ def retrieve(
     index_file: IndexFile = None,
     rebuild: Rebuild = False,
     no_refresh: NoRefresh = False,
+    exact: ExactSearch = False,
     wait: Wait = 60.0,
     top_k: HitsK = 10,
     rerank_k: RerankK = None,
@@ -102,7 +105,7 @@ def retrieve(
     query, specs, title = _query_of(inputs, query_text, like, no_refresh)
     if "-" in specs:  # (the paths on stdin, expanded here: a server gets them as paths too)
         specs = [s for s in specs if s != "-"] + [s.path for s in image_sources(["-"], null, reporter, outcome)]
-    request = Search(query, specs, index_file, rebuild, not no_refresh, top_k, rerank_k, wait)
+    request = Search(query, specs, index_file, rebuild, not no_refresh, top_k, rerank_k, wait, exact=exact)
     emit(backend.run(request, outcome, reporter), fmt, outcome, reporter, separator, title)
 
 
@@ -159,6 +162,7 @@ def index(
     check: CheckFlag = False,
     repair: RepairFlag = False,
     wait: Wait = 60.0,
+    tier_from: TierFrom = None,
     engine: EngineOpt = Engine.local,
     ray_address: RayAddress = None,
     fmt: IndexFormat = Format.auto,
@@ -192,7 +196,8 @@ def index(
     specs, outcome = only_images(images, "file or folder", "bt index takes images and folders"), Outcome()
     if "-" in specs:
         specs = [s for s in specs if s != "-"] + [s.path for s in image_sources(["-"], null, reporter, outcome)]
-    request = Refresh(specs, path, rebuild, wait, engine.value, ray_address, named=index_file is not None)
+    request = Refresh(specs, path, rebuild, wait, engine.value, ray_address, named=index_file is not None,
+                      tier_from=tier_from)  # fmt: skip
     emit([backend.run(request, outcome, reporter)], fmt, outcome, reporter)
 
 

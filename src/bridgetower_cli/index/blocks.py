@@ -78,17 +78,19 @@ def covered(db: sqlite3.Connection, generation: int, half: bool, rows: int) -> d
     return found
 
 
-def damaged_blocks(path, recorded: dict[int, tuple[int, int]], matrix: np.ndarray, key: tuple) -> list[int]:
-    """The blocks of ``matrix`` (a file's first rows) whose bytes no longer sum to what was recorded; none if this
-    process already verified the file as it is (``key``: which file, generation and copy)."""
+def damaged_blocks(
+    path, recorded: dict[int, tuple[int, int]], matrix: np.ndarray, key: tuple, first: int = 0
+) -> list[int]:
+    """The blocks of ``matrix`` (a file's first rows) from block ``first`` on whose bytes no longer sum to what was
+    recorded; none if this process already verified the file as it is (``key``: which file, generation and copy)."""
     try:
         found = os.stat(path)
     except OSError:
         return []  # (said by whatever reads it next)
-    remembered = (*key, len(matrix), found.st_size, found.st_mtime_ns)
-    if remembered in _verified:
+    remembered = (*key, first, len(matrix), found.st_size, found.st_mtime_ns)
+    if remembered in _verified or (*key, 0, *remembered[-3:]) in _verified:  # (this range, or the whole file)
         return []
-    damaged = [block for block, _, total in _sums(matrix, 0, len(matrix)) if recorded[block][1] != total]
+    damaged = [block for block, _, total in _sums(matrix, first, len(matrix)) if recorded[block][1] != total]
     if not damaged:
         _verified[remembered] = None
         while len(_verified) > 256:

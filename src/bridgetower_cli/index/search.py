@@ -93,10 +93,16 @@ class Reading:
     # -- search -----------------------------------------------------------------------------------------------
 
     def search(
-        self, query: np.ndarray, want: int, folders: Iterable[Path] = (), files: Iterable[str] = ()
+        self,
+        query: np.ndarray,
+        want: int,
+        folders: Iterable[Path] = (),
+        files: Iterable[str] = (),
+        exact: bool = False,
     ) -> tuple[list[str], np.ndarray]:
-        """The ``want`` indexed images most similar to ``query`` (exact float32 cosines, best first) among those
-        under ``folders`` and the ``files`` named."""
+        """The ``want`` indexed images most similar to ``query`` (float32 cosines, best first) among those under
+        ``folders`` and the ``files`` named: over the approximate tier where the index has one (every candidate
+        scored in float32), unless ``exact``."""
         ranges, files = under(folders), set(files)
         query = np.asarray(query, dtype=np.float32)
 
@@ -104,6 +110,10 @@ class Reading:
             return path in files or any(low <= path < high for low, high in ranges)
 
         def read(vectors: VectorFile, rows: int):
+            usable = None if exact else self._usable_tier(self._state()[0], rows)
+            found = self._approximate(usable, vectors, vectors.matrix(rows), query, want, wanted) if usable else None
+            if found is not None:
+                return [path for path, _, _, _ in found], np.asarray([s for _, _, _, s in found], dtype=np.float32)
             # Every row the ranking reads is checked first, so a lowered score is never left out unseen: the
             # float32 file by its blocks, or (the float16 first pass) the copy by its blocks and each float32 row
             # rescored by its CRC-32 (a sound copy's score is within MARGIN of the row's, so no other row can rank).
@@ -126,6 +136,18 @@ class Reading:
 
         return self._snapshot(read)
 
+    # (An index with an approximate tier, ``tiered.py``, says here when a search may use it, whether it replaces
+    # the float16 copy, and what is wrong with it.)
+
+    def _usable_tier(self, generation: int, rows: int):
+        return None
+
+    def _tier_of(self, generation: int):
+        return None
+
+    def _tier_problem(self, generation: int) -> str:
+        return ""
+
     def _half_copy(self, rows: int) -> VectorFile | None:
         """The float16 copy, when it pays and can be used: torch loaded, enough rows, and the copy whole."""
         if rows < HALF_FROM or "torch" not in sys.modules:
@@ -137,15 +159,16 @@ class Reading:
             return None
         return half if self._damaged_blocks(half, half.matrix(rows)) == [] else None  # (checked, and sound)
 
-    def _damaged_blocks(self, copy: VectorFile, matrix: np.ndarray) -> list[int] | None:
-        """The blocks of ``copy`` (its first rows, ``matrix``) that do not match their checksums; None where none are
-        recorded yet (an index written before them: its hits' CRC-32 are still checked, and its next writer records
-        them)."""
+    def _damaged_blocks(self, copy: VectorFile, matrix: np.ndarray, first: int = 0) -> list[int] | None:
+        """The blocks of ``copy`` (its first rows, ``matrix``) from block ``first`` on that do not match their
+        checksums; None where none are recorded yet (an index written before them: its hits' CRC-32 are still
+        checked, and its next writer records them)."""
         generation = self._state()[0]
         recorded = blocks.covered(self.catalog.db, generation, copy.code == 1, len(matrix))
         if recorded is None:
             return None
-        return blocks.damaged_blocks(copy.path, recorded, matrix, (str(self.path), generation, copy.code))
+        key = (str(self.path), generation, copy.code)
+        return blocks.damaged_blocks(copy.path, recorded, matrix, key, first)
 
     def _rescored(self, found: list, approximate: np.ndarray, matrix, query, want: int, wanted) -> list:
         """The exact top ``want``: every wanted row whose float16 score lies within MARGIN of the ``want``-th
@@ -176,7 +199,7 @@ class Reading:
             if order is None:  # the next best slots, without sorting the whole file
                 bound = min(len(similarities), start + step)
                 part = np.argpartition(-similarities, bound - 1)[:bound]
-                block = part[np.argsort(-similarities[part], kind="stable")][start:bound]
+                block = part[np.lexsort((part, -similarities[part]))][start:bound]  # (ties: by slot)
             else:
                 block = order[start : start + step]
             start += len(block)
@@ -230,7 +253,7 @@ class Reading:
             except IndexDamaged as damage:
                 usable, problem = 0, damage.message
             matrix = vectors.matrix(usable) if usable else None
-            half, half_problem = self._half_rows(generation, rows)
+            half, half_problem = self._half_rows(generation, rows) if not self._tier_of(generation) else (None, "")
             damaged, mismatched, total = [], 0, self.catalog.count()
             cursor = db.execute("SELECT path, slot, checksum FROM images ORDER BY slot")
             while block := cursor.fetchmany(4096):
@@ -245,9 +268,12 @@ class Reading:
             problem = f"it holds {vectors.rows_on_disk()} rows where the catalog references {rows}"
         if problem == "ok" and (half_problem or mismatched):
             problem, half_only = f"its float16 copy {half_problem or f'differs from {mismatched} of its rows'}", True
+        tier_only = problem == "ok" and bool(tier_problem := self._tier_problem(generation))
+        problem = tier_problem if tier_only else problem
         repair = (
             "rebuild" if catalog != "ok"
             else "float16 copy" if half_only
+            else "tier" if tier_only
             else "new vector file" if problem != "ok"
             else "re-embed" if damaged
             else "none"

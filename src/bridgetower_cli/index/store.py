@@ -26,11 +26,13 @@ from .catalog import Catalog
 from .files import FileState, RefreshPlan
 from .guard import refuse_foreign
 from .migrations import known_schema, schema_of, upgrade
-from .search import Reading, vector_file
+from .search import vector_file
+from .tier import files_of
+from .tiered import Tiered
 from .vectors import VectorFile, checksums, no_space, vector_files
 
 
-class EmbeddingIndex(Reading):
+class EmbeddingIndex(Tiered):
     """An open index. ``for_writing`` may create, upgrade and change it; ``for_reading`` only reads a snapshot."""
 
     def __init__(self, catalog: Catalog, fingerprint: str | None, dim: int | None, label: str | None):
@@ -322,6 +324,7 @@ class EmbeddingIndex(Reading):
             vector_bytes=vectors.path.stat().st_size if vectors.path.exists() else 0,
             vector_rows=vectors.rows_on_disk(),
             last_refresh=time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(float(refreshed))) if refreshed else None,
+            **self.tier_stats(),
         )
 
 
@@ -353,6 +356,8 @@ def _start_afresh(catalog: Catalog) -> None:
         for suffix in ("", "-wal", "-shm"):
             Path(f"{catalog.path}{suffix}").unlink(missing_ok=True)
         catalog.__init__(catalog.path, write=True, wait_s=catalog.wait_s)
+    for tier in files_of(catalog.path):
+        tier.unlink(missing_ok=True)
     for generation, path in vector_files(catalog.path).items():
         if VectorFile(catalog.path, generation, dim).is_bts() or str(generation) == current:
             path.unlink(missing_ok=True)

@@ -190,6 +190,7 @@ class Search:
     wait_s: float = 60.0
     files: list[ImageSource] | None = None
     folders: list[Path] | None = None
+    exact: bool = False  # every row, past an approximate tier
 
     def __post_init__(self):
         if isinstance(self.query, str):
@@ -233,8 +234,10 @@ class Refresh:
     named: bool = False
     files: list[ImageSource] | None = None
     folders: list[Path] | None = None
+    tier_from: int | None = None  # kept in the index: the rows from which it has an approximate tier (0: never)
 
     def __post_init__(self):
+        count("tier-from", self.tier_from, least=0, optional=True)
         if not (self.specs or self.files or self.folders):
             raise UsageError("bt index needs images or folders to index", "e.g. bt index ~/Pictures")
         one_of("engine", self.engine, ("local", "ray"))

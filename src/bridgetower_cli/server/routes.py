@@ -149,13 +149,14 @@ def _search(dispatch: Dispatcher, body: schemas.RetrieveIn):
     files, folders = _own(dispatch, body)
     top_k = KEPT_HITS if body.keep else body.top_k  # (kept: every hit ranked once, pages cut from them)
     return Search(query, list(body.sources), index, body.rebuild, body.refresh, top_k, body.rerank_k,
-                  body.wait_s, files, folders)  # fmt: skip
+                  body.wait_s, files, folders, body.exact)  # fmt: skip
 
 
 def _refresh(dispatch: Dispatcher, body: schemas.IndexIn) -> Refresh:
     index = dispatch.policy.index(body.index, body.rebuild)
     files, folders = _own(dispatch, body)
-    return Refresh(list(body.sources), index, body.rebuild, body.wait_s, files=files, folders=folders)
+    return Refresh(list(body.sources), index, body.rebuild, body.wait_s, files=files, folders=folders,
+                   tier_from=body.tier_from)  # fmt: skip
 
 
 def _own(dispatch: Dispatcher, body) -> tuple:

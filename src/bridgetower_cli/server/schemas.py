@@ -73,6 +73,7 @@ class RetrieveIn(ModelRequest):
     top_k: int = Field(10, description="How many hits.")
     rerank_k: int = Field(5, description="ITM rescoring of the best ITC hits (0: ITC alone).")
     wait_s: float = Field(60.0, description="How long to wait for another writer of the index.")
+    exact: bool = Field(False, description="Search every row exactly, past a large index's approximate tier.")
     keep: bool = Field(
         False,
         description="Rank up to 10,000 hits once and keep them a while for paging: the answer has the first "
@@ -87,6 +88,9 @@ class IndexIn(ModelRequest):
     folders: list[str] = Field(default_factory=list, description=OWN_FOLDERS)
     index: str | None = Field(None, description="As in /v1/retrieve (a server of your own: the index file's path).")
     rebuild: bool = Field(False, description="Start the named index afresh (needs `index`).")
+    tier_from: int | None = Field(
+        None, description="Keep an approximate search tier from this many rows on (0: never); kept in the index."
+    )
     wait_s: float = Field(60.0, description="How long to wait for another writer of the index.")
 
 

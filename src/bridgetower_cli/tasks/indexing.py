@@ -8,7 +8,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..errors import InputError, Interrupted
+from ..errors import InputError, Interrupted, NoSpace
 from ..index.files import content_hash, default_index_path, file_states
 from ..index.store import EmbeddingIndex
 from ..model.hub import embedding_identity
@@ -146,10 +146,19 @@ def refresh_index(
     warning = index.maintain()
     if warning:
         reporter.warn(warning)
+    if index.tier_wanted():  # (a large index: its approximate tier, built anew once it lags)
+        with reporter.progress(1, "building the search tier") as advance:
+            try:
+                index.build_tier()
+            except NoSpace as full:  # (searches stay exact meanwhile: slower, never wrong)
+                reporter.warn(f"index: {full.message}; searches are exact until it can be built")
+            advance(1)
     return stats
 
 
 def run_refresh(runtime: Runtime, q, outcome: Outcome, reporter: Reporter, batch_size: int) -> RefreshStats:
     """The ``index`` operation (``operations.Refresh``, its files and folders found): open, refresh, close."""
     opened = open_index(runtime, q.path, q.rebuild, wait_s=q.wait_s)
+    if q.tier_from is not None:
+        opened.set_tier_from(q.tier_from)
     return index_images(runtime, opened, q.files, outcome, q.folders, batch_size, reporter)

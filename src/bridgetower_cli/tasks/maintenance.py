@@ -35,6 +35,9 @@ def _repair(runtime, index: EmbeddingIndex, report: IndexCheck, batch_size: int,
     from the vectors), embed their files again."""
     if report.repair == "rebuild":
         return report  # the catalog itself: only --rebuild can mend that
+    if report.repair == "tier":
+        index.build_tier()  # (from the vectors: nothing to embed, no model)
+        return index.verify()
     loaded = runtime.loaded
     if embedding_identity(loaded.path, loaded.name, loaded.precision)[0] != index.fingerprint:
         hint = f"repair it with the model (and --dtype) it was built with: {index.label}"

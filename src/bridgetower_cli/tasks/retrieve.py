@@ -85,7 +85,7 @@ def retrieve_images(runtime: Runtime, q, outcome: Outcome, reporter: Reporter, b
                 reporter.info(refresh_index(runtime, index, sources, outcome, folders, batch_size, reporter).line())
             query_vector = query_embedding.float().cpu().numpy()
             want = max(top_k, rerank_k)
-            paths, similarities = index.search(query_vector, want, folders, [source.path for source in sources])
+            paths, similarities = index.search(query_vector, want, folders, [s.path for s in sources], q.exact)
         if not paths and refresh:
             raise BtError("none of the images could be indexed", "see the warnings above")
         if not paths:

@@ -1,0 +1,199 @@
+"""The approximate tier of a large index: a faiss IVF-PQ index of one generation's vectors, built beside the vector
+file like a compaction, published by one commit (the catalog's ``tier`` meta names its file and checksum) and used
+by searches from ``TIER_FROM`` rows on. It only proposes candidates: each is scored again in float32 from the vector
+file (its CRC-32 checked), rows added since the build are searched exactly beside it, and ``exact`` searches
+everything. A damaged tier is detected by its checksum and passed over (the search is exact) until a repair or the
+next refresh builds it again.
+
+File: the faiss index as faiss writes it, then a trailer (bt's magic, the generation and rows it covers, the
+payload's length and CRC-32): a leftover of a killed build is recognised as bt's by it."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import struct
+import time
+import zlib
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import IndexDamaged
+
+TIER_FROM = 200_000  # rows from which a tier is built and used (measured: benchmarks/bench_tier.py)
+MIN_ROWS = 1000  # whatever --tier-from says: fewer rows cannot train one (and exact search is instant there)
+MAGIC = b"BTTIER\x00\x01"
+TRAILER = struct.Struct("<8sQQQI")  # magic, generation, rows, payload bytes, payload CRC-32
+NPROBE = 64  # inverted lists visited per query
+QUANTIZER_EF = 128  # the HNSW coarse quantizer's search breadth (its default, 16, misses lists: measured)
+CANDIDATES = 512  # candidates rescored exactly per query (at least 8 x the hits wanted)
+RECALL_QUERIES = 100
+MAX_LISTS = 4096  # (k-means over more lists costs minutes more on a few cores; 4096 suit 10M rows: measured)
+TRAIN_PER_LIST = 40  # training rows per list (faiss warns under 39)
+_LOADED: dict[tuple, object] = {}  # tiers read by this process: (path, inode, size, mtime) -> faiss index
+
+
+@dataclass
+class Tier:
+    """A published tier, as the catalog's ``tier`` meta records it."""
+
+    file: str  # its name, beside the catalog
+    generation: int
+    rows: int  # it covers the vector file's first ``rows`` rows
+    bytes: int
+    crc: int
+    spec: str  # the faiss index factory string
+    build_s: float
+    recall: float  # recall@10 of held-out queries against exact search, measured at its build
+    built_at: float
+
+    @classmethod
+    def of(cls, meta: dict[str, str]) -> Tier | None:
+        return cls(**json.loads(meta["tier"])) if meta.get("tier") else None
+
+    def dumps(self) -> str:
+        return json.dumps(asdict(self))
+
+
+def available() -> bool:
+    """faiss is installed (the ``[tier]`` extra): without it, every search is exact."""
+    import importlib.util
+
+    return importlib.util.find_spec("faiss") is not None
+
+
+def spec_for(rows: int, dim: int) -> str:
+    """IVF lists about 4 x sqrt(rows), at most ``MAX_LISTS`` (a power of two, at least ``TRAIN_PER_LIST`` training
+    rows each), an HNSW coarse quantizer (fast assignment), 4-bit fast-scan PQ codes of half a byte per sub-vector,
+    64 sub-vectors (fewer for a narrower model)."""
+    lists = 1 << max(2, int(np.log2(max(4.0, min(4 * np.sqrt(rows), rows / TRAIN_PER_LIST, MAX_LISTS)))))
+    codes = next(m for m in (64, 32, 16, 8, 4, 2, 1) if dim % m == 0)
+    return f"IVF{lists}_HNSW32,PQ{codes}x4fs"
+
+
+def build(matrix: np.ndarray, seed: int = 0):
+    """A trained and filled faiss index of ``matrix``'s rows (inner product), and its factory string."""
+    import faiss
+
+    rows, dim = matrix.shape
+    spec = spec_for(rows, dim)
+    index = faiss.index_factory(dim, spec, faiss.METRIC_INNER_PRODUCT)
+    rng = np.random.default_rng(seed)
+    lists = faiss.extract_index_ivf(index).nlist
+    sample = np.sort(rng.choice(rows, size=min(rows, TRAIN_PER_LIST * lists), replace=False))
+    index.train(np.ascontiguousarray(matrix[sample], dtype=np.float32))
+    _tuned(index)  # (before the rows are added: each is assigned to its list through the quantizer too)
+    for start in range(0, rows, 100_000):
+        index.add(np.ascontiguousarray(matrix[start : start + 100_000], dtype=np.float32))
+    return index, spec
+
+
+def candidates(index, query: np.ndarray, count: int) -> np.ndarray:
+    """The slots the tier proposes for ``query`` (best first by its approximate score)."""
+    _tuned(index)
+    _, found = index.search(np.asarray(query, dtype=np.float32)[None, :], count)
+    return found[0][found[0] >= 0]
+
+
+def _tuned(index) -> None:
+    import faiss
+
+    ivf = faiss.extract_index_ivf(index)
+    ivf.nprobe = NPROBE
+    faiss.downcast_index(ivf.quantizer).hnsw.efSearch = max(QUANTIZER_EF, NPROBE)
+
+
+def measured_recall(index, matrix: np.ndarray, seed: int = 1) -> float:
+    """Recall@10 of held-out queries (rows of the index moved a little off themselves) against exact search, each
+    query's candidates rescored exactly as a search rescores them."""
+    rng = np.random.default_rng(seed)
+    rows, dim = matrix.shape
+    picked = np.sort(rng.choice(rows, size=min(rows, RECALL_QUERIES), replace=False))
+    queries = matrix[picked] + 0.5 / np.sqrt(dim) * rng.standard_normal((len(picked), dim), dtype=np.float32)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    exact = np.full((len(queries), 10), -np.inf, dtype=np.float32)
+    for start in range(0, rows, 200_000):  # the exact top-10 scores, a slice of the file at a time
+        scores = queries @ np.asarray(matrix[start : start + 200_000], dtype=np.float32).T
+        exact = -np.sort(-np.concatenate([exact, scores], axis=1), axis=1)[:, :10]
+    found = 0
+    for query, best in zip(queries, exact):
+        slots = candidates(index, query, CANDIDATES)
+        scores = np.sort(np.asarray(matrix[np.sort(slots)], dtype=np.float32) @ query)[::-1][:10]
+        found += int(np.sum(scores >= best[-1] - 1e-6)) if len(scores) else 0
+    return found / (10 * len(queries))
+
+
+def write(folder: Path, catalog_name: str, index, generation: int, rows: int) -> tuple[str, int, int]:
+    """The tier written to a new file (never another's: ``O_EXCL``, an unguessable name), synced: (name, bytes,
+    payload CRC-32)."""
+    import faiss
+
+    payload = faiss.serialize_index(index).tobytes()
+    crc = zlib.crc32(payload)
+    name = f"{catalog_name}.tier-{generation}-{secrets.token_hex(4)}"
+    made = os.open(folder / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    with os.fdopen(made, "wb") as file:
+        file.write(payload)
+        file.write(TRAILER.pack(MAGIC, generation, rows, len(payload), crc))
+        file.flush()
+        os.fsync(file.fileno())
+    return name, len(payload) + TRAILER.size, crc
+
+
+def files_of(catalog: Path) -> list[Path]:
+    """The tier files beside ``catalog`` that are bt's (named after it, with bt's trailer)."""
+    prefix = f"{catalog.name}.tier-"
+    with os.scandir(catalog.parent) as entries:
+        named = [Path(entry.path) for entry in entries if entry.name.startswith(prefix)]
+    return [path for path in named if is_bts(path)]
+
+
+def is_bts(path: Path) -> bool:
+    """The file ends with a tier trailer (bt wrote it): one bt may remove."""
+    try:
+        with open(path, "rb", opener=lambda p, f: os.open(p, f | os.O_NOFOLLOW)) as file:
+            file.seek(-TRAILER.size, os.SEEK_END)
+            return TRAILER.unpack(file.read(TRAILER.size))[0] == MAGIC
+    except (OSError, struct.error):
+        return False
+
+
+def load(folder: Path, tier: Tier):
+    """The faiss index of a published tier, its trailer and checksum verified (once per process and file state);
+    ``IndexDamaged`` if they do not match what the catalog recorded."""
+    import faiss
+
+    path = folder / tier.file
+    try:
+        found = os.stat(path, follow_symlinks=False)
+    except OSError as error:
+        raise IndexDamaged(f"its tier {tier.file} cannot be read ({error.strerror or error})") from None
+    key = (str(path), found.st_ino, found.st_size, found.st_mtime_ns)
+    if key not in _LOADED:
+        data = _read(path)
+        magic, generation, rows, length, crc = TRAILER.unpack(data[-TRAILER.size :] or bytes(TRAILER.size))
+        payload = memoryview(data)[:length]
+        if (magic, generation, rows, length, crc) != (MAGIC, tier.generation, tier.rows, len(data) - TRAILER.size,
+                                                      tier.crc) or zlib.crc32(payload) != crc:  # fmt: skip
+            raise IndexDamaged(f"its tier {tier.file} does not match its checksum")
+        for stale in [k for k in _LOADED if k[0] == key[0] or not os.path.exists(k[0])]:
+            del _LOADED[stale]
+        _LOADED[key] = faiss.deserialize_index(np.frombuffer(payload, dtype=np.uint8))
+    return _LOADED[key]
+
+
+def _read(path: Path) -> bytes:
+    with open(path, "rb", opener=lambda p, f: os.open(p, f | os.O_NOFOLLOW)) as file:
+        data = file.read()
+    if len(data) < TRAILER.size:
+        raise IndexDamaged(f"its tier {path.name} is cut short")
+    return data
+
+
+def built_now(name: str, size: int, crc: int, spec: str, generation: int, rows: int, started: float, recall: float):
+    """The record of a tier just written."""
+    return Tier(name, generation, rows, size, crc, spec, round(time.monotonic() - started, 1), round(recall, 4),
+                time.time())  # fmt: skip
