@@ -188,6 +188,8 @@ def test_a_bt_0_3_index_gains_the_date_taken_column_with_its_rows_unknown(tmp_pa
     with sqlite3.connect(path) as db:  # (as bt 0.3 wrote it: schema 3, no taken column)
         db.execute("ALTER TABLE images DROP COLUMN taken")
         db.execute("UPDATE meta SET value = '3' WHERE key = 'schema'")
+    with EmbeddingIndex.for_reading(path) as reader:  # (readable as it is: its dates unknown)
+        assert reader.listing([Path("/photos")])[0] == ("/photos/0.jpg", 1, None)
     same_results(path, vectors)
     with EmbeddingIndex.for_writing(path, "fp", DIM) as index:
         index.store([(FileState("/photos/new.jpg", 1, 1), "hnew", unit(99))], [], {"/photos/new.jpg": 1_900_000_000})

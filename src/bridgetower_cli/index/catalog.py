@@ -350,7 +350,9 @@ class Catalog:
     def listing(self, folders: Iterable[Path]) -> list[tuple[str, int, int | None]]:
         """(path, modification time in ns, time taken in s or None) of every indexed file under ``folders``, in path
         order."""
-        query = "SELECT path, mtime_ns, taken FROM images WHERE path >= ? AND path < ? ORDER BY path"
+        columns = {row[1] for row in self.db.execute("PRAGMA table_info(images)")}
+        taken = "taken" if "taken" in columns else "NULL"  # (a schema 3 index, read where it cannot be upgraded)
+        query = f"SELECT path, mtime_ns, {taken} FROM images WHERE path >= ? AND path < ? ORDER BY path"
         return [row for low, high in under(folders) for row in self.db.execute(query, (low, high))]
 
     def count(self) -> int:

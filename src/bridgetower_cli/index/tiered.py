@@ -15,7 +15,7 @@ from ..errors import IndexDamaged, NoSpace
 from . import tier as tiers
 from .blocks import BLOCK_ROWS
 from .search import REPAIR, Reading, vector_file
-from .vectors import VectorFile, no_space
+from .vectors import VectorFile, checksum, no_space
 
 
 class Tiered(Reading):
@@ -144,10 +144,15 @@ class Tiered(Reading):
             )
             proposed.append(made.rows + best)
         slots = np.unique(np.concatenate(proposed))
+        gathered = vectors.read_rows(slots)  # (read, not mapped: a query process stays small at any size)
+        at = dict(zip(slots.tolist(), range(len(slots))))
         with np.errstate(all="ignore"):
-            exact = dict(zip(slots.tolist(), (np.asarray(matrix[slots]) @ query).tolist()))
+            exact = dict(zip(slots.tolist(), (gathered @ query).tolist()))
         rows = [(path, slot, crc) for path, slot, crc in self.catalog.paths_at(slots.tolist()) if wanted(path)]
-        self._verify(matrix, [(slot, crc) for _, slot, crc in rows])
+        if any(checksum(gathered[at[slot]]) != crc for _, slot, crc in rows):
+            raise IndexDamaged(
+                f"the index {self.path} is damaged: some of the vectors found do not match their checksums", REPAIR
+            )
         if any(not abs(exact[slot]) <= 1.01 for _, slot, _ in rows):  # (as written, yet not an embedding)
             raise IndexDamaged(f"the index {self.path} is damaged: some vectors are not embeddings", REPAIR)
         rows.sort(key=lambda row: (-exact[row[1]], row[1], row[0]))

@@ -59,6 +59,11 @@ class VectorFile:
         self.dtype = DTYPES[self.code]
         self.row_bytes = np.dtype(self.dtype).itemsize * dim
         self._map: np.memmap | None = None
+        self._reader: int | None = None  # (a descriptor kept for ``read_rows``, closed with the object)
+
+    def __del__(self):
+        if getattr(self, "_reader", None) is not None:
+            os.close(self._reader)
 
     # -- the header -------------------------------------------------------------------------------------------
 
@@ -204,6 +209,25 @@ class VectorFile:
         """A vector file that is there but cannot be read (its permissions, the disk): said as such, not damage."""
         reason = (error.strerror or str(error)).lower()
         return BtError(f"cannot read the index's vector file {self.path}: {reason}", "check its permissions")
+
+    def read_rows(self, slots: np.ndarray) -> np.ndarray:
+        """Rows by slot, read rather than mapped: a few scattered rows cost their own bytes, never a mapping's
+        readahead (a fault in a large file can map megabytes around it into the process)."""
+        if self._reader is None:
+            try:
+                self._reader = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            except FileNotFoundError:
+                raise IndexDamaged(f"its vector file {self.path.name} is missing") from None
+            except OSError as error:
+                raise self.unreadable(error) from None
+        found = np.empty((len(slots), self.dim), dtype=self.dtype)
+        for k, slot in enumerate(np.asarray(slots).tolist()):
+            if (
+                os.preadv(self._reader, [found[k].view(np.uint8)], HEADER_BYTES + slot * self.row_bytes)
+                != self.row_bytes
+            ):
+                raise IndexDamaged(f"its vector file {self.path.name} is shorter than its rows")
+        return found
 
     def rows(self, slots: list[int], committed: int) -> np.ndarray:
         return np.array(self.matrix(committed)[slots]) if slots else np.zeros((0, self.dim), dtype=self.dtype)
