@@ -293,3 +293,21 @@ def test_a_photo_gone_since_it_was_indexed_is_said_by_each_tool_and_a_blank_quer
         sync_api.expect(page.locator("#explain-form + .error")).to_contain_text("Cannot use coffee.jpg: ")
     finally:
         (few / "coffee.moved").rename(photo)
+
+
+def test_a_server_error_never_shows_the_server_s_own_paths(site, browser, checkpoints):
+    """The same indexes served with another model: refreshing says so, without the index's or the model's path."""
+    url, _, few, indexes = site
+    served = Served(settings(checkpoints["itc"], [few], indexes))
+    context, page, errors = opened(browser)
+    try:
+        page.goto(served.url)
+        sync_api.expect(page.locator("#status")).to_contain_text("indexed", timeout=60_000)
+        page.click("#refresh")
+        sync_api.expect(page.locator("#library-message")).to_contain_text("another model", timeout=60_000)
+        said = page.text_content("#library-message")
+        assert "(on the server)" in said and str(indexes) not in said and str(checkpoints["itc"]) not in said
+        assert not errors, errors
+    finally:
+        context.close()
+        served.stop()

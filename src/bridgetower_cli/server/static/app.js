@@ -58,7 +58,12 @@ async function api(path, body, signal) {
 }
 
 function sentence(text) {
-  return text.charAt(0).toUpperCase() + text.slice(1) + (/[.!?]$/.test(text) ? "" : ".");
+  // A server's words as the page says them: a sentence, and no path of the server's own (its index folder, its
+  // checkpoints) — the page names only the photos under the folders it lists.
+  const roots = state.library ? state.library.folders.map((f) => f.root) : [];
+  const ours = (path) => roots.some((root) => path === root || path.startsWith(`${root}/`));
+  const plain = text.replace(/(^|[\s'"(])(\/[^\s,;:()'"]+)/g, (_, lead, path) => lead + (ours(path) ? path : "(on the server)"));
+  return plain.charAt(0).toUpperCase() + plain.slice(1) + (/[.!?]$/.test(plain) ? "" : ".");
 }
 
 function show(where, error) {
