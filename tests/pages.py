@@ -100,3 +100,21 @@ def build_index(page) -> None:
     """Click the page's Build button and wait for the library line that says the folder is indexed."""
     page.click("#build")
     sync_api.expect(page.locator("#status")).to_contain_text("indexed", timeout=120_000)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """The system Chromium, driven by Playwright (a module's tests share it)."""
+    with sync_api.sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def page(browser):
+    """A page of its own, 1280 x 900; no uncaught error in it, ever."""
+    context, opened_page, errors = opened(browser)
+    yield opened_page
+    context.close()
+    assert not errors, errors

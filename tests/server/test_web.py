@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from pages import MARKS, Served, opened, settings, sync_api, until  # (skips without Playwright)
+from pages import MARKS, Served, browser, opened, page, settings, sync_api, until  # noqa: F401  (fixtures, by name)
 from PIL import Image
 
 from bridgetower_cli.server.web import root_index
@@ -37,24 +37,6 @@ def site(tmp_path_factory, samples, full_checkpoint):
     assert requests.post(served.url + "/v1/index", json=body, timeout=300).status_code == 200
     yield served.url, photos.resolve(), root / "indexes"
     served.stop()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from pages import CHROMIUM
-
-    with sync_api.sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        yield launched
-        launched.close()
-
-
-@pytest.fixture
-def page(browser):
-    context, opened_page, errors = opened(browser)
-    yield opened_page
-    context.close()
-    assert not errors, errors  # (no uncaught error in the page, ever)
 
 
 def loaded(page, url: str) -> None:

@@ -12,7 +12,7 @@ import time
 
 import pytest
 import requests
-from pages import MARKS, Served, library, opened, ranks, settings, settled, shown, sync_api, until
+from pages import MARKS, Served, browser, library, opened, page, ranks, settings, settled, shown, sync_api, until  # noqa: F401  (fixtures, by name)
 from PIL import Image
 
 from bridgetower_cli.server.web import root_index
@@ -35,24 +35,6 @@ def site(tmp_path_factory, samples, full_checkpoint):
         assert requests.post(served.url + "/v1/index", json=body, timeout=600).status_code == 200
     yield served.url, many, few, root / "indexes"
     served.stop()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from pages import CHROMIUM
-
-    with sync_api.sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        yield launched
-        launched.close()
-
-
-@pytest.fixture
-def page(browser):
-    context, opened_page, errors = opened(browser)
-    yield opened_page
-    context.close()
-    assert not errors, errors
 
 
 def ready(page, url: str) -> None:
