@@ -183,11 +183,11 @@ def test_an_interrupted_index_says_how_far_it_got(bt, full_checkpoint, samples, 
 
     real, calls = EmbeddingIndex.store, []
 
-    def second_batch_interrupted(self, rows, failures):
+    def second_batch_interrupted(self, rows, failures, taken=None):
         calls.append(len(rows))
         if len(calls) == 2:
             raise KeyboardInterrupt
-        return real(self, rows, failures)
+        return real(self, rows, failures, taken)
 
     monkeypatch.setattr(EmbeddingIndex, "store", second_batch_interrupted)
     result = bt("index", samples, "-m", full_checkpoint, "--index", tmp_path / "ix.sqlite", "-b", "2")
