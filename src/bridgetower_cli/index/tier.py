@@ -23,7 +23,7 @@ import numpy as np
 
 from ..errors import IndexDamaged
 
-TIER_FROM = 200_000  # rows from which a tier is built and used (measured: benchmarks/bench_tier.py)
+TIER_FROM = 200_000  # rows from which a tier is built and used (there: 5 ms a query against 19 ms exact, bench_tier.py)
 MIN_ROWS = 1000  # whatever --tier-from says: fewer rows cannot train one (and exact search is instant there)
 MAGIC = b"BTTIER\x00\x01"
 TRAILER = struct.Struct("<8sQQQI")  # magic, generation, rows, payload bytes, payload CRC-32
@@ -31,7 +31,7 @@ NPROBE = 64  # inverted lists visited per query
 QUANTIZER_EF = 128  # the HNSW coarse quantizer's search breadth (its default, 16, misses lists: measured)
 CANDIDATES = 512  # candidates rescored exactly per query (at least 8 x the hits wanted)
 RECALL_QUERIES = 100
-MAX_LISTS = 4096  # (k-means over more lists costs minutes more on a few cores; 4096 suit 10M rows: measured)
+MAX_LISTS = 4096  # (k-means over more lists costs minutes more on a few cores)
 TRAIN_PER_LIST = 40  # training rows per list (faiss warns under 39)
 _LOADED: dict[tuple, object] = {}  # tiers read by this process: (path, inode, size, mtime) -> faiss index
 
@@ -52,7 +52,10 @@ class Tier:
 
     @classmethod
     def of(cls, meta: dict[str, str]) -> Tier | None:
-        return cls(**json.loads(meta["tier"])) if meta.get("tier") else None
+        if not meta.get("tier"):
+            return None
+        recorded = json.loads(meta["tier"])
+        return cls(**{name: recorded[name] for name in cls.__dataclass_fields__})  # (what a newer bt adds: left)
 
     def dumps(self) -> str:
         return json.dumps(asdict(self))
