@@ -92,7 +92,7 @@ def test_a_killed_build_resumes_to_the_same_index(bt, full_checkpoint, samples, 
         "-q",
     ]
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    committed = wait_for_rows(process, index, 4, timeout_s=240)
+    committed = wait_for_rows(process, index, 4, timeout_s=900)  # (two busy cores: Ray took over 240 s)
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert 4 <= committed < 240, "the build finished or never committed before the kill"
