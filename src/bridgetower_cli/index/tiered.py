@@ -118,10 +118,8 @@ class Tiered(Reading):
     def _usable_tier(self, generation: int, rows: int):
         """(the tier's record, its faiss index) when a search may use it: large enough, of this generation,
         readable and sound; else None (the search is exact)."""
-        made = self.tier()
-        if made is None or made.generation != generation or rows < self.tier_from() or self.tier_from() <= 0:
-            return None
-        if not tiers.available():
+        made, threshold = self._tier_of(generation), self.tier_from()
+        if made is None or threshold <= 0 or rows < threshold or not tiers.available():
             return None
         try:
             return made, tiers.load(self.path.parent, made)

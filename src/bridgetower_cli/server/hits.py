@@ -34,15 +34,16 @@ class HitLists:
         self._lock = threading.Lock()
         self.ranked = 0  # rankings run for the page (a later page runs none: the tests count on it)
 
-    def keep(self, owner: str, records: list[dict]) -> str:
-        """Keep ``records`` for ``owner`` (a digest of the caller's key); their id."""
-        name = secrets.token_urlsafe(16)
+    def keep(self, owner: str, records: list[dict]) -> tuple[str, int]:
+        """Keep ``records`` (the first ``KEPT_HITS``) for ``owner`` (a digest of the caller's key): their id, and how
+        many were kept (what a page may count on)."""
+        name, kept = secrets.token_urlsafe(16), records[:KEPT_HITS]
         with self._lock:
             self._expire()
-            self._kept[name] = Kept(owner, records[:KEPT_HITS], self.clock())
+            self._kept[name] = Kept(owner, kept, self.clock())
             while len(self._kept) > self.lists:
                 self._kept.popitem(last=False)
-        return name
+        return name, len(kept)
 
     def page(self, owner: str, name: str, offset: int, limit: int) -> tuple[list[dict], int]:
         """Records ``offset`` to ``offset + limit`` of a kept list, and its length."""

@@ -170,7 +170,8 @@ def _kept(hits: HitLists, owner: str, records: list, first: int, reporter):
     """A search's first ``first`` hits; all of them kept for paging, their id and count in the answer's meta."""
     from dataclasses import asdict
 
-    reporter.meta(hits=hits.keep(owner, [asdict(record) for record in records]), total=len(records))
+    name, total = hits.keep(owner, [asdict(record) for record in records])
+    reporter.meta(hits=name, total=total)
     return records[:first]
 
 

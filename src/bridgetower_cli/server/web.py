@@ -18,7 +18,6 @@ from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, Field
 
 from ..errors import BtError, InputError, NotFound
-from . import hits as kept
 from .dispatch import Dispatcher
 from .hits import owner_of
 
@@ -89,9 +88,9 @@ def router(dispatch: Dispatcher) -> APIRouter:
         the first ``top_k`` and the id of them all (the first 10,000, as a search keeps) for /v1/hits."""
         if body.root not in policy.roots or policy.own:
             raise InputError("browse one of the folders the page lists", "see /v1/library")
-        listing = (await asyncio.to_thread(_listing, policy, body.root, body.order))[: kept.KEPT_HITS]
-        name = dispatch.hits.keep(owner_of(request.headers.get("authorization")), listing)
-        return {"records": listing[: body.top_k], "meta": {"hits": name, "total": len(listing)}}
+        listing = await asyncio.to_thread(_listing, policy, body.root, body.order)
+        name, total = dispatch.hits.keep(owner_of(request.headers.get("authorization")), listing)
+        return {"records": listing[: body.top_k], "meta": {"hits": name, "total": total}}
 
     @routes.get("/v1/thumbnail")
     async def thumbnail(path: str, request: Request, side: int = 256) -> Response:
