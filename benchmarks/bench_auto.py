@@ -33,8 +33,11 @@ CAT = SAMPLES / "cat.jpg"
 
 
 def environment(runtime: Path, auto: bool) -> dict:
+    """Each side's environment. Python caches bytecode as it does by default (and as a wheel's install compiles
+    it): a PYTHONDONTWRITEBYTECODE=1 left set (as on the developers' machines) would recompile bt's modules in every
+    call (+44 ms there)."""
     env = dict(os.environ, BT_DEVICE="cpu", XDG_RUNTIME_DIR=str(runtime))
-    env.pop("BT_SERVER", None)
+    env.pop("BT_SERVER", None), env.pop("PYTHONDONTWRITEBYTECODE", None)
     return env | ({"BT_SERVER": "auto"} if auto else {})
 
 
@@ -53,10 +56,11 @@ def shell_loop(path: Path, calls: int, env: dict) -> tuple[float, str]:
 PARTS = r"""
 import json, sys, time
 start = time.perf_counter()
-import bridgetower_cli.cli.app, bridgetower_cli.cli.pairs, bridgetower_cli.cli.render as render
+import bridgetower_cli.cli, bridgetower_cli.cli.pairs, bridgetower_cli.cli.render as render
 from bridgetower_cli import autoserver, backend, client
+from bridgetower_cli.cli import quick
 imported = time.perf_counter()
-spent = {"health probe": 0.0, "request": 0.0, "render": 0.0}
+spent = {"parse": 0.0, "health probe": 0.0, "request": 0.0, "render": 0.0}
 def timed(owner, name, part):
     original = getattr(owner, name)
     def run(*args, **kwargs):
@@ -66,6 +70,7 @@ def timed(owner, name, part):
         finally:
             spent[part] += time.perf_counter() - began
     setattr(owner, name, run)
+timed(quick, "parse", "parse")
 timed(client.Client, "get", "health probe")
 timed(render, "render", "render")
 streamed = client.Client.stream
@@ -80,11 +85,11 @@ def stream(self, *args):
         yield record
 client.Client.stream = stream
 try:
-    bridgetower_cli.cli.app.main(sys.argv[1:])
+    bridgetower_cli.cli.main(sys.argv[1:])
 except SystemExit:
     pass
 total = time.perf_counter() - imported
-parts = {"imports": imported - start, **spent, "arguments, options, connect": total - sum(spent.values())}
+parts = {"imports": imported - start, **spent, "the rest (options, sources, connect)": total - sum(spent.values())}
 print(json.dumps(parts), file=sys.stderr)
 """
 

@@ -17,9 +17,7 @@ import json
 import os
 import signal
 import stat
-import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -112,7 +110,12 @@ def reads(name: str) -> bool:
 def runtime_folder() -> Path:
     """The private folder of the automatic server: made 0700 if need be; refused if it is not this user's alone."""
     base = os.environ.get("XDG_RUNTIME_DIR")
-    folder = Path(base) / "bt" if base and os.path.isdir(base) else Path(tempfile.gettempdir()) / f"bt-{os.geteuid()}"
+    if base and os.path.isdir(base):
+        folder = Path(base) / "bt"
+    else:
+        import tempfile  # (here only: a warm call imports no more than it uses)
+
+        folder = Path(tempfile.gettempdir()) / f"bt-{os.geteuid()}"
     with contextlib.suppress(FileExistsError):
         folder.mkdir(mode=0o700)
     found = os.lstat(folder)
@@ -210,6 +213,8 @@ def _start(place: Place, options: ServerOptions, identity: str) -> None:
     server = [sys.executable, "-m", "bridgetower_cli", *options.arguments(place.socket)]
     # sh starts the server in the background and says its pid; the server outlives sh, which exits at once.
     detach = 'log=$1; shift; "$@" </dev/null >>"$log" 2>&1 & echo $!'
+    import subprocess  # (starting one only)
+
     spawned = subprocess.run(
         ["/bin/sh", "-c", detach, "sh", str(place.log), *server],
         capture_output=True,

@@ -1,7 +1,7 @@
 """A call pays for its own command only (issue 34): help lists every command without importing one, a command's help
 imports that command alone, and a call to the automatic server imports none of the heavy libraries: no torch,
-transformers, numpy or PIL (the model's), no pydantic (Typer's value coercion: bt parses plain values itself), no
-rich (nothing is shown on the terminal) and no httpx (the socket is spoken to with the standard library). Not timed:
+transformers, numpy or PIL (the model's), no Typer, click or pydantic (a plain command line is parsed by bt itself),
+no rich (nothing is shown on the terminal) and no httpx (the socket is spoken to with the standard library). Not timed:
 the times are in benchmarks/bench_auto.py."""
 
 from __future__ import annotations
@@ -131,7 +131,7 @@ def test_a_call_to_the_automatic_server_imports_only_the_request(tmp_path, sampl
         result, modules = probe(*args, env=env)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == [_FakeServer.record]
-    assert not (heavy := modules & {*HEAVY, "rich", "httpx"}), heavy
+    assert not (heavy := modules & {*HEAVY, "rich", "httpx", "typer", "click"}), heavy  # (parsed by cli/quick.py)
     assert modules & COMMAND_MODULES == {"bridgetower_cli.cli.pairs"}
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import importlib
 import os
-import signal
 import sys
 
 import typer
@@ -13,9 +12,11 @@ from typer import Abort
 from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
 from .. import __version__
-from ..errors import BtError, Interrupted, PartialSuccess, StdoutClosed
+from ..errors import BtError
 from ..errors import UsageError as BtUsageError
+from .boundary import boundary, report
 from .listing import COMMANDS, HELP
+from .params import typer_ready
 
 # Typer raises the usage errors of the click it runs on (its own copy in recent versions): their classes, reached
 # from the public typer.BadParameter, not from a private module.
@@ -117,8 +118,13 @@ def built(name: str) -> TyperCommand:
     """The command ``bt NAME`` runs, made now from its function."""
     module, function, epilog = COMMANDS[name].where.split(":")
     found = importlib.import_module(f"{__package__}.{module}")
+    return typer_command(name, getattr(found, function), getattr(found, epilog))
+
+
+def typer_command(name: str, function, epilog: str | None = None) -> TyperCommand:
+    """``function`` as the Typer command ``bt NAME`` (its parameters declared as bt declares them)."""
     single = typer.Typer(rich_markup_mode="rich", pretty_exceptions_enable=False, add_completion=False)
-    single.command(name, epilog=getattr(found, epilog), cls=Command)(getattr(found, function))
+    single.command(name, epilog=epilog, cls=Command)(typer_ready(function))
     return typer.main.get_command(single)
 
 
@@ -147,30 +153,11 @@ def root(
     """BridgeTower vision-language model at the shell prompt."""
 
 
-def _report(error: BtError, label: str = "error: ") -> None:
-    message = error.message if len(error.message) <= 300 else error.message[:300] + "…"
-    message = f"bt: {label}{message}"
-    if error.hint:
-        message += f" (hint: {error.hint})"
-    from .console import stderr_console
-
-    stderr_console().print(message, markup=False, highlight=False, soft_wrap=True)
-
-
 def _usage_error(error: UsageError) -> BtError:
     """Click's usage message as one of bt's lines: lower case, one line, the help to see as the hint."""
     message = " ".join(error.format_message().replace("Value error, ", "").split())
     command = error.ctx.command_path if error.ctx is not None else "bt"
     return BtError(message[:1].lower() + message[1:], f"see {command} --help")
-
-
-def _end_of_pipe() -> None:
-    """stdout's reader has gone (``bt ... | head -1``): end as standard filters do, killed by SIGPIPE (status 141
-    in a shell), without a word."""
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, sys.stdout.fileno())
-    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
-    os.kill(os.getpid(), signal.SIGPIPE)
 
 
 def _completion(argv: list[str]) -> None:
@@ -196,36 +183,21 @@ def _completion(argv: list[str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """The entry point and the one error boundary: bt's errors exit 1, usage errors 2 (the same one line), partial
-    work 3, Ctrl-C 130; never a traceback unless BT_DEBUG=1."""
+    """The entry point through Typer, inside the one error boundary (``boundary``): click's usage errors become
+    bt's one line (exit 2), its other errors bt's errors, its Abort a Ctrl-C."""
     argv = sys.argv[1:] if argv is None else argv
-    debug = os.environ.get("BT_DEBUG") == "1"
-    try:
-        if argv[:1] in (["--install-completion"], ["--show-completion"]):
-            return _completion(argv)
-        code = app(args=argv, prog_name="bt", standalone_mode=False)
-    except (StdoutClosed, BrokenPipeError):
-        _end_of_pipe()
-    except (PartialSuccess, Interrupted) as ending:
-        _report(ending, label="")
-        sys.exit(ending.exit_code)
-    except BtError as error:
-        if debug:
-            raise
-        _report(error)
-        sys.exit(error.exit_code)
-    except UsageError as error:
-        if error.format_message():  # (empty after `bt` alone, which shows the help)
-            _report(_usage_error(error))
-        sys.exit(2)
-    except ClickException as error:
-        _report(BtError(error.format_message()))
-        sys.exit(error.exit_code)
-    except (KeyboardInterrupt, Abort):  # (Typer itself ends a Ctrl-C in a command with status 130)
-        sys.exit(130)
-    except Exception as error:  # anything unexpected is still one line
-        if debug:
-            raise
-        _report(BtError(f"unexpected {type(error).__name__}: {error}", "run again with BT_DEBUG=1 for the traceback"))
-        sys.exit(1)
-    sys.exit(code if isinstance(code, int) else 0)
+    with boundary():
+        try:
+            if argv[:1] in (["--install-completion"], ["--show-completion"]):
+                return _completion(argv)
+            code = app(args=argv, prog_name="bt", standalone_mode=False)
+        except UsageError as error:
+            if error.format_message():  # (empty after `bt` alone, which shows the help)
+                report(_usage_error(error))
+            sys.exit(2)
+        except ClickException as error:
+            report(BtError(error.format_message()))
+            sys.exit(error.exit_code)
+        except Abort:  # (Typer itself ends a Ctrl-C in a command with status 130)
+            sys.exit(130)
+        sys.exit(code if isinstance(code, int) else 0)

@@ -5,24 +5,21 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-import typer
-
 from ..model.catalog import DEFAULT_CONTRASTIVE_MODEL
 from .common import emit, image_sources, model_command, only_images
 from .options import Format, ImageArgs, Null, Quiet, format_option
+from .params import Option
 
 Labels = Annotated[
     list[str] | None,
-    typer.Option(
-        "--labels", "-l", help="Labels, comma-separated (repeat for more).", metavar="A,B,...", show_default=False
-    ),
+    Option("--labels", "-l", help="Labels, comma-separated (repeat for more).", metavar="A,B,...", show_default=False),
 ]
 LabelsFile = Annotated[
-    Path | None, typer.Option("--labels-file", "-L", help="Labels, one per line.", metavar="FILE", show_default=False)
+    Path | None, Option("--labels-file", "-L", help="Labels, one per line.", metavar="FILE", show_default=False)
 ]
 MethodOpt = Annotated[
     str,
-    typer.Option(
+    Option(
         "--method",
         help="itc: prompt-ensembled ITC (CLIP's); itm: the ITM head on every (image, prompt); rerank: ITC shortlist, "
         "ITM on it. auto: itc with ITC heads, else itm.",
@@ -32,7 +29,7 @@ MethodOpt = Annotated[
 ]
 TemplateOpt = Annotated[
     list[str] | None,
-    typer.Option(
+    Option(
         "--template",
         help="A prompt template with {} for the label (repeat). Default: CLIP's seven ImageNet templates.",
         metavar="TEXT",
@@ -40,13 +37,13 @@ TemplateOpt = Annotated[
     ),
 ]
 TemplatesFile = Annotated[
-    Path | None, typer.Option("--templates", help="Templates, one per line.", metavar="FILE", show_default=False)
+    Path | None, Option("--templates", help="Templates, one per line.", metavar="FILE", show_default=False)
 ]
 ClassifyFormat = format_option("classify")
-LabelsK = Annotated[int, typer.Option("--top-k", "-k", help="Labels shown per image.", metavar="K")]
+LabelsK = Annotated[int, Option("--top-k", "-k", help="Labels shown per image.", metavar="K")]
 ShortlistK = Annotated[
     int,
-    typer.Option("--rerank-k", "-r", help="rerank: how many ITC-best labels the ITM head scores.", metavar="K"),
+    Option("--rerank-k", "-r", help="rerank: how many ITC-best labels the ITM head scores.", metavar="K"),
 ]
 
 EPILOG = (

@@ -6,7 +6,6 @@ Typer's own coercion, so that every error message stays word for word Typer's.""
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -15,8 +14,7 @@ from typing import Any, get_args, get_origin
 from typer._coercion import RuntimeParam
 from typer._param_types import coerce_cli_choice, coerce_cli_path
 
-WHOLE = re.compile(r"[+-]?[0-9]+")
-DECIMAL = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
+from .params import DECIMAL, WHOLE
 
 
 class Unsure(Exception):

@@ -7,13 +7,12 @@ from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
-import typer
-
 from ..errors import BtError, PartialSuccess
 from ..model.catalog import DEFAULT_CONTRASTIVE_MODEL
 from .classify import LabelsFile, MethodOpt, ShortlistK, TemplateOpt, TemplatesFile
 from .common import model_command
 from .options import Annotations, Format, ImagesRoot, ItcOnly, KTest, Quiet, Split, format_option
+from .params import Option
 
 EPILOG = (
     "Examples:\n\n"
@@ -34,7 +33,7 @@ class Task(str, Enum):
 
 TaskOpt = Annotated[
     Task,
-    typer.Option(
+    Option(
         "--task",
         help="retrieval: recall on a caption set (ANNOTATIONS); classification: zero-shot accuracy on an ImageFolder "
         "(ANNOTATIONS is the folder: one sub-folder of images per class).",
@@ -43,7 +42,7 @@ TaskOpt = Annotated[
 ]
 Confusion = Annotated[
     Path | None,
-    typer.Option(
+    Option(
         "--confusion",
         help="classification: write the confusion matrix (rows: true class, columns: predicted) as CSV.",
         metavar="FILE.csv",

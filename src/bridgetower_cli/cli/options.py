@@ -7,7 +7,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
-import typer
+from .params import Argument, Option
 
 
 class Format(str, Enum):
@@ -39,7 +39,7 @@ SOURCES = "files, directories (walked), quoted globs, http(s) URLs, '-' = paths 
 
 ImagesAndTexts = Annotated[
     list[str],
-    typer.Argument(
+    Argument(
         help=f"Images ({SOURCES}) and texts, in any order. An argument that names an existing image or directory is "
         "an image; one that looks like a path but names nothing is an error; anything else is a text.",
         show_default=False,
@@ -48,17 +48,15 @@ ImagesAndTexts = Annotated[
 ]
 IndexImages = Annotated[
     list[str] | None,
-    typer.Argument(
-        help="Local images: files, directories (walked), quoted globs, '-' = paths on stdin.", metavar="IMAGE..."
-    ),
+    Argument(help="Local images: files, directories (walked), quoted globs, '-' = paths on stdin.", metavar="IMAGE..."),
 ]
 Model = Annotated[
     str,
-    typer.Option("--model", "-m", envvar="BT_MODEL", help="Hub id or local checkpoint directory.", metavar="ID|DIR"),
+    Option("--model", "-m", envvar="BT_MODEL", help="Hub id or local checkpoint directory.", metavar="ID|DIR"),
 ]
 Revision = Annotated[
     str | None,
-    typer.Option(
+    Option(
         "--revision",
         envvar="BT_REVISION",
         help="Hub revision of --model: a branch, tag, commit or refs/pr/N. Default: main.",
@@ -77,7 +75,7 @@ def _device(value: str) -> str:
 
 Device = Annotated[
     str,
-    typer.Option(
+    Option(
         "--device",
         "-d",
         envvar="BT_DEVICE",
@@ -88,7 +86,7 @@ Device = Annotated[
 ]
 DtypeOpt = Annotated[
     Dtype,
-    typer.Option(
+    Option(
         "--dtype",
         envvar="BT_DTYPE",
         help=(
@@ -101,7 +99,7 @@ DtypeOpt = Annotated[
 ]
 Threads = Annotated[
     int | None,
-    typer.Option(
+    Option(
         "--threads",
         envvar="BT_THREADS",
         help="CPU threads for the model. Default: PyTorch's (one per core).",
@@ -111,7 +109,7 @@ Threads = Annotated[
 ]
 FastDecode = Annotated[
     bool,
-    typer.Option(
+    Option(
         "--fast-decode",
         envvar="BT_FAST_DECODE",
         help=(
@@ -122,7 +120,7 @@ FastDecode = Annotated[
 ]
 BatchSize = Annotated[
     int | None,
-    typer.Option(
+    Option(
         "--batch-size",
         "-b",
         help="Texts, images or pairs per forward pass. Default: 8 on a CPU, 16 on a GPU.",
@@ -131,12 +129,12 @@ BatchSize = Annotated[
 ]
 TextsFile = Annotated[
     str | None,
-    typer.Option("--texts-file", "-T", help="Read texts from a file, one per line ('-' = stdin).", metavar="FILE"),
+    Option("--texts-file", "-T", help="Read texts from a file, one per line ('-' = stdin).", metavar="FILE"),
 ]
 FORMATS = "auto = a table on a terminal, JSON in a pipe or file; jsonl and csv stream record by record"
 FormatOpt = Annotated[
     Format,
-    typer.Option("--format", "-f", help=f"{FORMATS}.", case_sensitive=False, metavar="auto|table|json|jsonl|csv"),
+    Option("--format", "-f", help=f"{FORMATS}.", case_sensitive=False, metavar="auto|table|json|jsonl|csv"),
 ]
 FORMAT_HELP = {"paths": "paths = one image path (or text) per line", "html": "html = one page with thumbnails"}
 
@@ -149,30 +147,28 @@ def format_option(command: str):
     formats = WRITTEN[command]
     extra = "".join(f"; {FORMAT_HELP[name]}" for name in formats if name in FORMAT_HELP)
     metavar = "|".join(("auto", *formats))
-    return Annotated[
-        Format, typer.Option("--format", "-f", help=f"{FORMATS}{extra}.", case_sensitive=False, metavar=metavar)
-    ]
+    return Annotated[Format, Option("--format", "-f", help=f"{FORMATS}{extra}.", case_sensitive=False, metavar=metavar)]
 
 
 Print0 = Annotated[
     bool,
-    typer.Option("--print0", "-0", help="With -f paths: end each path with NUL, for xargs -0."),
+    Option("--print0", "-0", help="With -f paths: end each path with NUL, for xargs -0."),
 ]
 NULL_HELP = "With -: the paths on standard input are NUL-separated (find -print0, as xargs -0)."
-Null = Annotated[bool, typer.Option("--null", "-0", help=NULL_HELP)]
-NullLong = Annotated[bool, typer.Option("--null", help=NULL_HELP + " (-0 is --print0 here.)")]
+Null = Annotated[bool, Option("--null", "-0", help=NULL_HELP)]
+NullLong = Annotated[bool, Option("--null", help=NULL_HELP + " (-0 is --print0 here.)")]
 Quiet = Annotated[
     bool,
-    typer.Option("--quiet", "-q", help="No progress, status or warnings (skips and errors still show)."),
+    Option("--quiet", "-q", help="No progress, status or warnings (skips and errors still show)."),
 ]
 ImageArgs = Annotated[
     list[str] | None,
-    typer.Argument(help=f"Images: {SOURCES}.", show_default=False, metavar="[IMAGE]..."),
+    Argument(help=f"Images: {SOURCES}.", show_default=False, metavar="[IMAGE]..."),
 ]
-TextOpt = Annotated[list[str] | None, typer.Option("--text", "-t", help="A text (repeat for several).", metavar="TEXT")]
+TextOpt = Annotated[list[str] | None, Option("--text", "-t", help="A text (repeat for several).", metavar="TEXT")]
 Kind = Annotated[
     str | None,
-    typer.Option(
+    Option(
         "--kind",
         help="Default: whatever was given (images and/or texts); cross = (image, text) pairs.",
         metavar="image|text|cross",
@@ -182,7 +178,7 @@ Kind = Annotated[
 ]
 OutputFile = Annotated[
     Path | None,
-    typer.Option(
+    Option(
         "--output",
         "-o",
         help="Write a float32 matrix to FILE.npy, or FILE.npz with ids and model name; stdout gets a summary.",
@@ -191,17 +187,17 @@ OutputFile = Annotated[
 ]
 Targets = Annotated[
     str | None,
-    typer.Option("--targets", help="Comma-separated words: restrict the candidates to these.", metavar="W1,W2"),
+    Option("--targets", help="Comma-separated words: restrict the candidates to these.", metavar="W1,W2"),
 ]
 ScoreTopK = Annotated[
     int | None,
-    typer.Option("--top-k", "-k", help="Keep the best k texts per image. Default: all.", metavar="K"),
+    Option("--top-k", "-k", help="Keep the best k texts per image. Default: all.", metavar="K"),
 ]
-CandidatesK = Annotated[int, typer.Option("--top-k", "-k", help="Candidates per mask.", metavar="K")]
-HitsK = Annotated[int, typer.Option("--top-k", "-k", help="How many hits.", metavar="K")]
+CandidatesK = Annotated[int, Option("--top-k", "-k", help="Candidates per mask.", metavar="K")]
+HitsK = Annotated[int, Option("--top-k", "-k", help="How many hits.", metavar="K")]
 RetrieveInputs = Annotated[
     list[str] | None,
-    typer.Argument(
+    Argument(
         help=f"The query text (or --query), then the images to search ({SOURCES}); none with -n: the whole "
         "index. With --image: the texts to rank.",
         show_default=False,
@@ -210,19 +206,17 @@ RetrieveInputs = Annotated[
 ]
 QueryText = Annotated[
     str | None,
-    typer.Option(
+    Option(
         "--query",
         "-Q",
         help="The query text, whatever it looks like (AC/DC, v1.0/beta): every argument is then an image source.",
         metavar="TEXT",
     ),
 ]
-QueryImage = Annotated[
-    str | None, typer.Option("--image", "-i", help="Rank texts for this image instead.", metavar="IMAGE")
-]
+QueryImage = Annotated[str | None, Option("--image", "-i", help="Rank texts for this image instead.", metavar="IMAGE")]
 IndexFile = Annotated[
     Path | None,
-    typer.Option(
+    Option(
         "--index",
         envvar="BT_INDEX",
         help="The embedding index (SQLite). Default: $XDG_CACHE_HOME/bt/index.sqlite (~/.cache/bt/index.sqlite).",
@@ -230,10 +224,10 @@ IndexFile = Annotated[
         metavar="FILE",
     ),
 ]
-Rebuild = Annotated[bool, typer.Option("--rebuild", help="Start the index afresh (after another model, or damage).")]
+Rebuild = Annotated[bool, Option("--rebuild", help="Start the index afresh (after another model, or damage).")]
 RerankK = Annotated[
     int | None,
-    typer.Option(
+    Option(
         "--rerank-k",
         "-r",
         help="How many of the best ITC hits the ITM head rescores. Default: 5.",
@@ -241,10 +235,10 @@ RerankK = Annotated[
         show_default=False,
     ),
 ]
-NoRerank = Annotated[bool, typer.Option("--no-rerank", help="Rank by ITC similarity alone (fastest).")]
+NoRerank = Annotated[bool, Option("--no-rerank", help="Rank by ITC similarity alone (fastest).")]
 Annotations = Annotated[
     Path,
-    typer.Argument(
+    Argument(
         help="Captions: the Karpathy split format (dataset_flickr30k.json, dataset_coco.json) or the LAVIS test "
         'format ([{"image": ..., "caption": [...]}]).',
         metavar="ANNOTATIONS",
@@ -253,46 +247,44 @@ Annotations = Annotated[
 ]
 ImagesRoot = Annotated[
     Path | None,
-    typer.Option(
+    Option(
         "--images",
         help="The folder the annotations' image paths start from. Default: the annotation file's folder.",
         metavar="DIR",
         show_default=False,
     ),
 ]
-Split = Annotated[str, typer.Option("--split", help="Karpathy split to evaluate.", metavar="SPLIT")]
+Split = Annotated[str, Option("--split", help="Karpathy split to evaluate.", metavar="SPLIT")]
 KTest = Annotated[
     int,
-    typer.Option(
+    Option(
         "--k-test",
         help="ITM rescores each image's and each caption's k most similar (paper: 128 for Flickr30K, 256 for COCO).",
         metavar="K",
     ),
 ]
-ItcOnly = Annotated[bool, typer.Option("--itc-only", help="Rank by ITC similarity alone (no ITM).")]
+ItcOnly = Annotated[bool, Option("--itc-only", help="Rank by ITC similarity alone (no ITM).")]
 Layer = Annotated[
     int | None,
-    typer.Option(
+    Option(
         "--layer",
         help="Fusion layer whose cross-attention is explained. Default: the middle one (num_hidden_layers // 2 - 1).",
         metavar="L",
         show_default=False,
     ),
 ]
-Words = Annotated[bool, typer.Option("--words", help="Add one panel per word (token) to each picture.")]
+Words = Annotated[bool, Option("--words", help="Add one panel per word (token) to each picture.")]
 PictureFile = Annotated[
     Path | None,
-    typer.Option("--output", "-o", help="Write the picture of one (image, text) pair here.", metavar="FILE.png"),
+    Option("--output", "-o", help="Write the picture of one (image, text) pair here.", metavar="FILE.png"),
 ]
 PictureDir = Annotated[
     Path | None,
-    typer.Option(
-        "--output-dir", help="Write one picture per (image, text) pair here, named after both.", metavar="DIR"
-    ),
+    Option("--output-dir", help="Write one picture per (image, text) pair here, named after both.", metavar="DIR"),
 ]
 Server = Annotated[
     str | None,
-    typer.Option(
+    Option(
         "--server",
         envvar="BT_SERVER",
         help="Run on a bt server (bt serve) at this URL instead of in this process; auto: on your own background "
@@ -303,7 +295,7 @@ Server = Annotated[
 ]
 ApiKey = Annotated[
     str | None,
-    typer.Option(
+    Option(
         "--api-key",
         envvar="BT_API_KEY",
         help="The server's API key (on the command line other users can see it: prefer BT_API_KEY or --api-key-file).",
@@ -313,7 +305,7 @@ ApiKey = Annotated[
 ]
 ApiKeyFile = Annotated[
     Path | None,
-    typer.Option(
+    Option(
         "--api-key-file",
         envvar="BT_API_KEY_FILE",
         help="A file (mode 600) whose first line is the server's API key.",
@@ -323,40 +315,36 @@ ApiKeyFile = Annotated[
 ]
 LikeImage = Annotated[
     str | None,
-    typer.Option("--like", help="Rank the images by their likeness to this image (ITC image-image).", metavar="IMAGE"),
+    Option("--like", help="Rank the images by their likeness to this image (ITC image-image).", metavar="IMAGE"),
 ]
 NoRefresh = Annotated[
     bool,
-    typer.Option("--no-refresh", "-n", help="Query the index as it is: no walk, no stat, no embedding of new files."),
+    Option("--no-refresh", "-n", help="Query the index as it is: no walk, no stat, no embedding of new files."),
 ]
 ExactSearch = Annotated[
-    bool, typer.Option("--exact", help="Search every row exactly, past a large index's approximate tier.")
+    bool, Option("--exact", help="Search every row exactly, past a large index's approximate tier.")
 ]
 TierFrom = Annotated[
     int | None,
-    typer.Option(
+    Option(
         "--tier-from",
         metavar="ROWS",
         help="Keep an approximate search tier from this many rows on (default 200000; 0: never). Kept in the index.",
     ),
 ]
-StatsFlag = Annotated[
-    bool, typer.Option("--stats", help="Report the index: images, model, size on disk, last refresh.")
-]
-PruneFlag = Annotated[bool, typer.Option("--prune", help="Drop the rows of files that no longer exist, anywhere.")]
+StatsFlag = Annotated[bool, Option("--stats", help="Report the index: images, model, size on disk, last refresh.")]
+PruneFlag = Annotated[bool, Option("--prune", help="Drop the rows of files that no longer exist, anywhere.")]
 CheckFlag = Annotated[
     bool,
-    typer.Option("--check", help="Verify the whole index (every row against its checksum); exit 1 on damage."),
+    Option("--check", help="Verify the whole index (every row against its checksum); exit 1 on damage."),
 ]
 RepairFlag = Annotated[
     bool,
-    typer.Option(
-        "--repair", help="Embed again exactly the rows whose vectors are missing or damaged (needs the model)."
-    ),
+    Option("--repair", help="Embed again exactly the rows whose vectors are missing or damaged (needs the model)."),
 ]
 Wait = Annotated[
     float,
-    typer.Option(
+    Option(
         "--wait",
         help="Seconds to wait for another bt process writing the index before reporting it busy.",
         metavar="SECONDS",
@@ -364,7 +352,7 @@ Wait = Annotated[
 ]
 ClientTimeout = Annotated[
     float | None,
-    typer.Option(
+    Option(
         "--timeout",
         envvar="BT_TIMEOUT",
         min=0.1,
@@ -375,7 +363,7 @@ ClientTimeout = Annotated[
 ]
 EngineOpt = Annotated[
     Engine,
-    typer.Option(
+    Option(
         "--engine",
         envvar="BT_ENGINE",
         help="local: this process; ray: Ray Data (CPU tasks decode, model actors embed; pip install "
@@ -386,7 +374,7 @@ EngineOpt = Annotated[
 ]
 RayAddress = Annotated[
     str | None,
-    typer.Option(
+    Option(
         "--ray-address",
         help="The Ray cluster to join (auto: the running one). Default: $RAY_ADDRESS, else a local Ray.",
         metavar="ADDRESS",
