@@ -165,7 +165,8 @@ def one_size(rows: int, kind: str) -> dict:
     queries = draw(320, 10**9)
     hit, exact_ms, same = recall(path, queries)
     result = {"rows": rows, "kind": kind, "write_s": write_s, "build_s": build_s, "tier": made.spec,
-              "tier_recall_at_build": made.recall, "recall_at_10": hit, "exact_p50_ms": exact_ms,
+              "tier_recall_at_build": made.recall, "candidates": made.candidates, "recall_at_10": hit,
+              "exact_p50_ms": exact_ms,
               "exact_equals_brute_force": same, "disk": disk(path), "raw_bytes": rows * DIM * 4,
               **timed_queries(path, queries)}  # fmt: skip
     shutil.rmtree(folder)
@@ -188,7 +189,7 @@ def compare(rows: int) -> list[list]:
     times, hits = [], 0
     for query, best in zip(queries, truth):
         t0 = time.perf_counter()
-        slots = np.sort(tiers.candidates(built, query, tiers.CANDIDATES))
+        slots = np.sort(tiers.candidates(built, query, tiers.CANDIDATES[-1]))
         top = slots[np.argsort(-(matrix[slots] @ query))[:10]]
         times.append(time.perf_counter() - t0)
         hits += len(best & set(top.tolist()))
@@ -203,7 +204,7 @@ def compare(rows: int) -> list[list]:
     times, hits = [], 0
     for query, best in zip(queries, truth):
         t0 = time.perf_counter()
-        slots = np.sort(np.asarray(hnsw.search(query, tiers.CANDIDATES).keys))
+        slots = np.sort(np.asarray(hnsw.search(query, tiers.CANDIDATES[-1]).keys))
         top = slots[np.argsort(-(matrix[slots] @ query))[:10]]
         times.append(time.perf_counter() - t0)
         hits += len(best & set(top.tolist()))
@@ -228,10 +229,11 @@ def main() -> None:
         return
     results = [one_size(int(rows), args.kind) for rows in args.sizes.split(",")]
     rows = [[f"{r['rows']:,}", r["kind"], f"{r['write_s']:.0f} s", f"{r['build_s']:.0f} s",
-             f"{r['p50_ms']:.1f} / {r['p99_ms']:.1f} ms", f"{r['p50_16_ms']:.0f} / {r['p99_16_ms']:.0f} ms",
+             f"{r['candidates']}", f"{r['p50_ms']:.1f} / {r['p99_ms']:.1f} ms",
+             f"{r['p50_16_ms']:.0f} / {r['p99_16_ms']:.0f} ms",
              f"{r['exact_p50_ms']:.0f} ms", f"{r['recall_at_10']:.3f}", f"{r['peak_rss_mib']:.0f} MiB",
              f"{r['disk']['total'] / r['raw_bytes']:.2f}x"] for r in results]  # fmt: skip
-    print(table(["rows", "vectors", "write", "tier build", "query p50 / p99", "16 at once p50 / p99",
+    print(table(["rows", "vectors", "write", "tier build", "candidates", "query p50 / p99", "16 at once p50 / p99",
                  "exact p50", "recall@10", "query RSS", "disk / raw"], rows))  # fmt: skip
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))

@@ -48,7 +48,7 @@ def exact(vectors: np.ndarray, query: np.ndarray, k: int) -> list[str]:
 @pytest.fixture
 def every_row(monkeypatch):
     """A tier whose recall is 1 by construction: every row a candidate."""
-    monkeypatch.setattr(tiers, "CANDIDATES", ROWS + 1000)
+    monkeypatch.setattr(tiers, "CANDIDATES", (ROWS + 1000,))
 
 
 def test_where_recall_is_one_by_construction_the_tier_answers_as_exact_search(tmp_path, every_row):
@@ -69,11 +69,30 @@ def test_the_tier_is_used_and_measured_and_the_float16_copy_it_replaces_is_gone(
         made = index.build_tier()
         stats = index.stats()
         assert stats.tier == made.spec and stats.tier_rows == ROWS and stats.tier_bytes > 0 and stats.tier_from == 1000
-        assert stats.tier_recall >= 0.9 and stats.tier_build_s is not None
+        assert stats.tier_recall >= tiers.RECALL and stats.tier_build_s is not None
+        assert stats.tier_candidates == tiers.CANDIDATES[0]  # (clustered rows: the fewest candidates reach it)
         assert not Path(f"{index.path}.vectors-0.f16").exists()  # (the tier is the first pass now)
         assert index.verify().sound  # (the copy's absence is not damage)
         query = clustered(1, 7)[0]
         assert index.search(query, 10, PHOTOS)[0][:5] == exact(vectors, query, 5)
+
+
+def test_a_tier_of_near_duplicates_rescores_as_many_candidates_as_its_recall_needs(tmp_path):
+    """Three photos, each in 1,000 near-identical copies: 4-bit codes cannot order a copy's neighbours, so the build
+    measures that the fewest candidates miss and takes more, until held-out queries find their exact top 10."""
+    rng = np.random.default_rng(3)
+    centres = rng.standard_normal((3, DIM)).astype(np.float32)
+    vectors = centres[np.arange(ROWS) % 3] + 0.01 * rng.standard_normal((ROWS, DIM)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    index = EmbeddingIndex.for_writing(tmp_path / "ix.sqlite", "fp", DIM)
+    index.set_tier_from(1000)
+    index.store([(FileState(f"/photos/{k:05d}.jpg", 1, 1), f"h{k}", vectors[k]) for k in range(ROWS)], [])
+    with index:
+        made = index.build_tier()
+        assert made.candidates > tiers.CANDIDATES[0] and made.recall >= tiers.RECALL
+        query = vectors[5] + 0.01 * rng.standard_normal(DIM).astype(np.float32)
+        query /= np.linalg.norm(query)
+        assert index.search(query, 10, PHOTOS)[0] == exact(vectors, query, 10)
 
 
 def test_rows_added_after_a_build_are_found(tmp_path):

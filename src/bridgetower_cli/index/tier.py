@@ -28,7 +28,8 @@ TIER_FROM = 200_000  # rows from which a tier is built and used (there: 5 ms a q
 MIN_ROWS = 1000  # whatever --tier-from says: fewer rows cannot train one (and exact search is instant there)
 MAGIC = b"BTTIER\x00\x01"
 TRAILER = struct.Struct("<8sQQQI")  # magic, generation, rows, payload bytes, payload CRC-32
-CANDIDATES = 512  # candidates rescored exactly per query (at least 8 x the hits wanted)
+CANDIDATES = (64, 128, 256, 512, 1024)  # a tier rescores the fewest of these that reach ``RECALL`` at its build
+RECALL = 0.99  # recall@10 against exact search a tier's candidate count must reach (else it takes the most)
 RECALL_QUERIES = 100
 TRAIN_ROWS = 65_536  # rows the codebooks are trained on (16 centroids per sub-vector: a sample is plenty)
 _LOADED: dict[tuple, object] = {}  # tiers read by this process: (path, inode, size, mtime) -> faiss index
@@ -45,15 +46,16 @@ class Tier:
     crc: int
     spec: str  # the faiss index factory string
     build_s: float
-    recall: float  # recall@10 of held-out queries against exact search, measured at its build
+    recall: float  # recall@10 of held-out queries against exact search with ``candidates``, measured at its build
     built_at: float
+    candidates: int = CANDIDATES[-1]  # rescored per query (per 10 hits wanted)
 
     @classmethod
     def of(cls, meta: dict[str, str]) -> Tier | None:
         if not meta.get("tier"):
             return None
-        recorded = json.loads(meta["tier"])
-        return cls(**{name: recorded[name] for name in cls.__dataclass_fields__})  # (what a newer bt adds: left)
+        recorded = json.loads(meta["tier"])  # (what a newer bt adds is left; what an older one lacks, defaulted)
+        return cls(**{name: recorded[name] for name in cls.__dataclass_fields__ if name in recorded})
 
     def dumps(self) -> str:
         return json.dumps(asdict(self))
@@ -94,9 +96,10 @@ def candidates(index, query: np.ndarray, count: int) -> np.ndarray:
     return found[0][found[0] >= 0]
 
 
-def measured_recall(index, matrix: np.ndarray, seed: int = 1) -> float:
-    """Recall@10 of held-out queries (rows of the index moved a little off themselves) against exact search, each
-    query's candidates rescored exactly as a search rescores them."""
+def measured_recall(index, matrix: np.ndarray, seed: int = 1) -> tuple[int, float]:
+    """The fewest ``CANDIDATES`` whose recall@10 reaches ``RECALL`` (else the most), and that recall: held-out
+    queries (rows of the index moved a little off themselves) against exact search, each query's candidates rescored
+    exactly as a search rescores them."""
     rng = np.random.default_rng(seed)
     rows, dim = matrix.shape
     picked = np.sort(rng.choice(rows, size=min(rows, RECALL_QUERIES), replace=False))
@@ -106,12 +109,16 @@ def measured_recall(index, matrix: np.ndarray, seed: int = 1) -> float:
     for start in range(0, rows, 200_000):  # the exact top-10 scores, a slice of the file at a time
         scores = queries @ np.asarray(matrix[start : start + 200_000], dtype=np.float32).T
         exact = -np.sort(-np.concatenate([exact, scores], axis=1), axis=1)[:, :10]
-    found = 0
+    found = dict.fromkeys(CANDIDATES, 0)
     for query, best in zip(queries, exact):
-        slots = candidates(index, query, CANDIDATES)
-        scores = np.sort(np.asarray(matrix[np.sort(slots)], dtype=np.float32) @ query)[::-1][:10]
-        found += int(np.sum(scores >= best[-1] - 1e-6)) if len(scores) else 0
-    return found / (10 * len(queries))
+        proposed = candidates(index, query, CANDIDATES[-1])  # (best first: each count's candidates are a prefix)
+        for count in CANDIDATES:
+            slots = np.sort(proposed[:count])
+            scores = np.sort(np.asarray(matrix[slots], dtype=np.float32) @ query)[::-1][:10]
+            found[count] += int(np.sum(scores >= best[-1] - 1e-6)) if len(scores) else 0
+    recall = {count: hits / (10 * len(queries)) for count, hits in found.items()}
+    chosen = next((count for count in CANDIDATES if recall[count] >= RECALL), CANDIDATES[-1])
+    return chosen, recall[chosen]
 
 
 def write(folder: Path, catalog_name: str, index, generation: int, rows: int) -> tuple[str, int, int]:
@@ -181,7 +188,9 @@ def _read(path: Path) -> bytes:
     return data
 
 
-def built_now(name: str, size: int, crc: int, spec: str, generation: int, rows: int, started: float, recall: float):
-    """The record of a tier just written."""
+def built_now(name: str, size: int, crc: int, spec: str, generation: int, rows: int, started: float,
+              measured: tuple[int, float]) -> Tier:  # fmt: skip
+    """The record of a tier just written (``measured``: its candidate count and their recall)."""
+    count, recall = measured
     return Tier(name, generation, rows, size, crc, spec, round(time.monotonic() - started, 1), round(recall, 4),
-                time.time())  # fmt: skip
+                time.time(), count)  # fmt: skip

@@ -60,14 +60,14 @@ class Tiered(Reading):
         if self._damaged_blocks(vectors, matrix):
             raise IndexDamaged(f"the index {self.path} is damaged: some blocks of its vectors do not match", REPAIR)
         built, spec = tiers.build(matrix)
-        recall = tiers.measured_recall(built, matrix)
+        measured = tiers.measured_recall(built, matrix)
         try:
             name, size, crc = tiers.write(self.path.parent, self.path.name, built, generation, rows)
         except OSError as error:
             if no_space(error):
                 raise NoSpace(f"no space left on {self.path.parent} for the index's search tier") from None
             raise
-        made = tiers.built_now(name, size, crc, spec, generation, rows, started, recall)
+        made = tiers.built_now(name, size, crc, spec, generation, rows, started, measured)
         published = False
         try:
             pause("written")
@@ -95,7 +95,7 @@ class Tiered(Reading):
         with contextlib.suppress(OSError):
             size = os.stat(self.path.parent / made.file).st_size if made else 0
         shown = {"tier": made.spec, "tier_rows": made.rows, "tier_bytes": size, "tier_build_s": made.build_s,
-                 "tier_recall": made.recall} if made else {}  # fmt: skip
+                 "tier_recall": made.recall, "tier_candidates": made.candidates} if made else {}  # fmt: skip
         return shown | {"tier_from": self.tier_from()}
 
     def _tier_of(self, generation: int) -> tiers.Tier | None:
@@ -130,7 +130,7 @@ class Tiered(Reading):
         """The ``want`` best wanted rows, from the tier's candidates and the rows added since its build, every one
         scored exactly in float32 and its CRC-32 checked; None if fewer were found (the search is then exact)."""
         made, faiss_index = usable
-        count = max(tiers.CANDIDATES, 8 * want)
+        count = made.candidates * max(1, -(-want // 10))  # (its count per 10 hits wanted)
         proposed = [tiers.candidates(faiss_index, query, count)]
         if len(matrix) > made.rows:  # the rows added since: searched exactly, their blocks checked first
             if self._damaged_tail(vectors, matrix, made.rows):
