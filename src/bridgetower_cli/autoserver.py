@@ -78,7 +78,8 @@ class ServerOptions:
         from . import __version__
 
         environment = {name: value for name, value in os.environ.items() if reads(name)}
-        facts = [__version__, sys.executable, sys.prefix, self.arguments(Path("socket")), sorted(environment.items())]
+        interpreter = os.path.realpath(sys.executable)  # (python and python3 of one environment: one server)
+        facts = [__version__, interpreter, sys.prefix, self.arguments(Path("socket")), sorted(environment.items())]
         return hashlib.sha256(json.dumps(facts).encode()).hexdigest()[:16]
 
 

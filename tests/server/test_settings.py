@@ -5,6 +5,7 @@ identity all derive from; a value that does not parse is one line naming its var
 from __future__ import annotations
 
 import dataclasses
+import sys
 from pathlib import Path
 
 import pytest
@@ -158,6 +159,18 @@ def test_the_automatic_server_identity_covers_the_table(monkeypatch):
     monkeypatch.setenv("BT_SERVER", "auto")  # (the caller's, not the server's: the same server)
     monkeypatch.setenv("BT_MODEL", "x")
     assert autoserver.ServerOptions().identity() == changed
+
+
+def test_one_environment_reached_by_another_name_is_the_same_server(monkeypatch, tmp_path):
+    """``bt`` runs ``.venv/bin/python3``, ``python -m bridgetower_cli`` ``.venv/bin/python``: one interpreter, one
+    environment, one server (each switch between them started a new one: 5 s a call)."""
+    before = autoserver.ServerOptions().identity()
+    alias = tmp_path / "python-by-another-name"
+    alias.symlink_to(sys.executable)
+    monkeypatch.setattr(sys, "executable", str(alias))
+    assert autoserver.ServerOptions().identity() == before
+    monkeypatch.setattr(sys, "prefix", str(tmp_path))  # (another environment: another server)
+    assert autoserver.ServerOptions().identity() != before
 
 
 def test_the_automatic_server_s_arguments_mean_its_options():
