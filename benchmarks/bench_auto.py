@@ -5,8 +5,8 @@
 1. a shell loop of one-pair `bt score` calls (a new process each), BT_SERVER=auto vs in process; the auto loop
    starts with no server, so its first call pays for starting one;
 2. one call to a warm automatic server, the whole process, side by side (interleaved, medians) with `python -c pass`,
-   `import typer`, `bt --help` and `bt score --help`; the call's parts, timed inside it (imports, parsing and
-   connecting, the health probe, the request, rendering); the client's slowest imports (`python -X importtime`);
+   `import typer`, `bt --help` and `bt score --help`; the call's parts, timed inside it (imports, parsing, the
+   health probe, the request, rendering, the rest); the client's slowest imports (`python -X importtime`);
 3. `bt index` of distinct photos through the warm automatic server vs in process (fresh index each), whole command;
 4. the server's resident memory with the model loaded (the cost of keeping it for --keep-alive).
 Each side's output is checked equal to the other's.
