@@ -8,6 +8,8 @@ from __future__ import annotations
 import importlib
 import inspect
 import os
+import subprocess
+import sys
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
@@ -16,6 +18,7 @@ import pytest
 
 from bridgetower_cli.cli import quick
 from bridgetower_cli.cli.app import UsageError, typer_command
+from bridgetower_cli.cli.boundary import boundary
 from bridgetower_cli.cli.listing import COMMANDS
 from bridgetower_cli.cli.params import Argument, Option, declared
 
@@ -137,3 +140,40 @@ def test_a_case_sensitive_choice_is_taken_exactly_as_typer_takes_it(word, monkey
     assert typer_values(sized, ["--size", word], {}, monkeypatch) == {"size": Size(word), "names": None}
     with pytest.raises(UsageError):
         typer_values(sized, ["--size", word.swapcase()], {}, monkeypatch)
+
+
+def test_a_path_that_exists_but_cannot_be_read_is_typer_s_to_refuse(tmp_path, monkeypatch):
+    """click's Path is readable by default: an existing path the user may not read is a usage error, never run."""
+    locked = tmp_path / "index.sqlite"
+    locked.write_text("")
+    monkeypatch.setattr(os, "access", lambda *args, **kwargs: False)  # (as another user: root may read anything)
+    arguments = ["--stats", "--index", str(locked)]
+    assert quick.parse(function_of("index"), arguments, {}) is None
+    assert quick.parse(function_of("index"), ["--stats"], {"BT_INDEX": str(locked)}) is None
+    with pytest.raises(UsageError, match="not readable"):
+        typer_values(function_of("index"), arguments, {}, monkeypatch)
+    assert quick.parse(function_of("index"), ["--stats", "--index", str(tmp_path / "new.sqlite")], {}) is not None
+
+
+def test_an_integer_past_python_s_digits_is_a_usage_error_both_ways(monkeypatch):
+    arguments = ["cat.jpg", "a cat", "-k", "1" * 4301]
+    assert quick.parse(function_of("score"), arguments, {}) is None
+    with pytest.raises(UsageError):
+        typer_values(function_of("score"), arguments, {}, monkeypatch)
+
+
+def test_a_command_that_cannot_be_imported_is_one_line():
+    script = (
+        "import sys; sys.modules['bridgetower_cli.cli.classify'] = None\n"
+        "from bridgetower_cli.cli import main\n"
+        "main(['classify', 'x.jpg', '-l', 'a,b'])\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and done.stderr.startswith("bt: error: unexpected"), done.stderr
+    assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+def test_an_end_of_input_ends_as_an_abort_does():
+    with pytest.raises(SystemExit) as ended, boundary():
+        raise EOFError
+    assert ended.value.code == 130

@@ -27,7 +27,7 @@ def boundary():
             raise
         report(error)
         sys.exit(error.exit_code)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, EOFError):  # (as click ends them: an abort)
         sys.exit(130)
     except Exception as error:  # anything unexpected is still one line
         if debug:

@@ -59,7 +59,10 @@ def _number(kind: type, value: Any) -> int | float:
     if type(value) is kind:
         return value
     if isinstance(value, str) and (WHOLE if kind is int else DECIMAL).fullmatch(value):
-        return kind(value)
+        try:
+            return kind(value)
+        except ValueError:  # (an int past Python's 4,300 digits: Typer's coercion refuses it)
+            raise Unsure from None
     raise Unsure
 
 

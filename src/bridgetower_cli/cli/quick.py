@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
 import sys
 import types
 from enum import Enum
@@ -29,11 +30,11 @@ def run(arguments: list[str], environ: dict[str, str]) -> bool:
     """Run ``bt COMMAND ...`` if ``parse`` is sure of it (the process then ends); False to leave it to Typer."""
     if not arguments or arguments[0] not in COMMANDS or any(name.startswith("_BT_COMPLETE") for name in environ):
         return False
-    module, name, _ = COMMANDS[arguments[0]].where.split(":")
-    function = getattr(importlib.import_module(f"{__package__}.{module}"), name)
     from .boundary import boundary
 
-    with boundary():  # (a callback's error too: raised here as under Typer)
+    with boundary():  # (the command's import and a callback's error too: one line, as under Typer)
+        module, name, _ = COMMANDS[arguments[0]].where.split(":")
+        function = getattr(importlib.import_module(f"{__package__}.{module}"), name)
         values = parse(function, arguments[1:], environ)
         if values is None:
             return False
@@ -142,12 +143,21 @@ def _coerced(kind: Any, param: Param, word: str) -> Any:
     if kind in (int, float):
         if not (WHOLE if kind is int else DECIMAL).fullmatch(word):
             raise Unsure
-        number = kind(word)
+        try:
+            number = kind(word)
+        except ValueError:  # (an int past Python's 4,300 digits)
+            raise Unsure from None
         low, high = param.settings.get("min"), param.settings.get("max")
         if (low is not None and number < low) or (high is not None and number > high):
             raise Unsure
         return number
-    if kind is Path:
+    if kind is Path:  # (as click's Path type, readable by default: a path that exists must be readable)
+        try:
+            os.stat(word)
+        except (OSError, ValueError):
+            return Path(word)
+        if not os.access(word, os.R_OK):
+            raise Unsure
         return Path(word)
     if isinstance(kind, type) and issubclass(kind, Enum):
         fold = (lambda text: text) if param.settings.get("case_sensitive", True) else str.casefold
