@@ -278,6 +278,7 @@ class IndexStats(Record):
     tier_build_s: float | None = None
     tier_recall: float | None = None  # recall@10 of held-out queries against exact search, at its build
     tier_candidates: int = 0  # rescored exactly per query (per 10 hits), the fewest that reached the recall wanted
+    tier_used: bool = False  # its recall was enough to search with (else every search is exact)
     tier_from: int = 0  # the rows from which the index has a tier (0: never)
 
 

@@ -70,7 +70,7 @@ def test_the_tier_is_used_and_measured_and_the_float16_copy_it_replaces_is_gone(
         stats = index.stats()
         assert stats.tier == made.spec and stats.tier_rows == ROWS and stats.tier_bytes > 0 and stats.tier_from == 1000
         assert stats.tier_recall >= tiers.RECALL and stats.tier_build_s is not None
-        assert stats.tier_candidates == tiers.CANDIDATES[0]  # (clustered rows: the fewest candidates reach it)
+        assert stats.tier_candidates == tiers.CANDIDATES[0] and stats.tier_used  # (clustered: the fewest reach it)
         assert not Path(f"{index.path}.vectors-0.f16").exists()  # (the tier is the first pass now)
         assert index.verify().sound  # (the copy's absence is not damage)
         query = clustered(1, 7)[0]
@@ -93,6 +93,23 @@ def test_a_tier_of_near_duplicates_rescores_as_many_candidates_as_its_recall_nee
         query = vectors[5] + 0.01 * rng.standard_normal(DIM).astype(np.float32)
         query /= np.linalg.norm(query)
         assert index.search(query, 10, PHOTOS)[0] == exact(vectors, query, 10)
+
+
+def test_a_tier_that_cannot_find_the_neighbours_is_not_used(tmp_path, monkeypatch):
+    """A tier whose recall falls short at its build (here by construction: 8 candidates cannot hold a top 10; in
+    life, rows that are one photo and noise) is kept, not built again until the rows grow, and not used: searches
+    are exact, the float16 copy stays, --stats says so."""
+    monkeypatch.setattr(tiers, "CANDIDATES", (8,))
+    index, vectors = filled(tmp_path / "ix.sqlite")
+    with index:
+        made = index.build_tier()
+        assert made.recall <= 0.8 and not index.tier_wanted()
+        assert not index.stats().tier_used and index.stats().tier == made.spec
+        assert Path(f"{index.path}.vectors-0.f16").exists() and index.verify().sound
+        monkeypatch.setattr(tiers, "candidates", None)  # (a search that asked the tier would fail)
+        for seed in range(3):
+            query = clustered(1, 50 + seed)[0]
+            assert index.search(query, 5, PHOTOS)[0] == exact(vectors, query, 5)
 
 
 def test_rows_added_after_a_build_are_found(tmp_path):

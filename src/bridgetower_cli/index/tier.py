@@ -30,6 +30,7 @@ MAGIC = b"BTTIER\x00\x01"
 TRAILER = struct.Struct("<8sQQQI")  # magic, generation, rows, payload bytes, payload CRC-32
 CANDIDATES = (64, 128, 256, 512, 1024)  # a tier rescores the fewest of these that reach ``RECALL`` at its build
 RECALL = 0.99  # recall@10 against exact search a tier's candidate count must reach (else it takes the most)
+USABLE_RECALL = 0.98  # below this at its build a tier is not used: searches stay exact (near-identical rows)
 RECALL_QUERIES = 100
 TRAIN_ROWS = 65_536  # rows the codebooks are trained on (16 centroids per sub-vector: a sample is plenty)
 _LOADED: dict[tuple, object] = {}  # tiers read by this process: (path, inode, size, mtime) -> faiss index
@@ -49,6 +50,11 @@ class Tier:
     recall: float  # recall@10 of held-out queries against exact search with ``candidates``, measured at its build
     built_at: float
     candidates: int = CANDIDATES[-1]  # rescored per query (per 10 hits wanted)
+
+    @property
+    def usable(self) -> bool:
+        """Good enough to search with (and to replace the float16 copy), as measured at its build."""
+        return self.recall >= USABLE_RECALL
 
     @classmethod
     def of(cls, meta: dict[str, str]) -> Tier | None:

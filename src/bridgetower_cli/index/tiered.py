@@ -80,7 +80,7 @@ class Tiered(Reading):
                 (self.path.parent / name).unlink(missing_ok=True)
         self._drop_unused_tiers(name)
         half = VectorFile(self.path, generation, self.dim, half=True)
-        if half.is_bts():  # (the tier is the first pass now: the copy's half of the disk is returned)
+        if made.usable and half.is_bts():  # (the tier is the first pass now: the copy's half of the disk is returned)
             half.path.unlink(missing_ok=True)
         return made if published else None
 
@@ -94,14 +94,16 @@ class Tiered(Reading):
         made, size = self.tier(), 0
         with contextlib.suppress(OSError):
             size = os.stat(self.path.parent / made.file).st_size if made else 0
-        shown = {"tier": made.spec, "tier_rows": made.rows, "tier_bytes": size, "tier_build_s": made.build_s,
-                 "tier_recall": made.recall, "tier_candidates": made.candidates} if made else {}  # fmt: skip
+        shown = ({"tier": made.spec, "tier_rows": made.rows, "tier_bytes": size, "tier_build_s": made.build_s,
+                 "tier_recall": made.recall, "tier_candidates": made.candidates, "tier_used": made.usable}
+                 if made else {})  # fmt: skip
         return shown | {"tier_from": self.tier_from()}
 
     def _tier_of(self, generation: int) -> tiers.Tier | None:
-        """The tier of ``generation``, if one is published (it replaces the float16 copy)."""
+        """The tier of ``generation``, if one is published and usable (it then replaces the float16 copy; one whose
+        recall fell short at its build is kept only so that it is not built again until the rows grow)."""
         made = self.tier()
-        return made if made is not None and made.generation == generation else None
+        return made if made is not None and made.generation == generation and made.usable else None
 
     def _tier_problem(self, generation: int) -> str:
         """What is wrong with the published tier ("" if nothing, or none is published)."""
