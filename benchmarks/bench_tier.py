@@ -2,7 +2,7 @@
 builds it, queries through ``EmbeddingIndex.search`` with the tier and with ``exact``, side by side in one run:
 
     python benchmarks/bench_tier.py [--sizes 1000000,10000000] [--kind clustered|real] [--json results/tier.json]
-    python benchmarks/bench_tier.py --compare 1000000      # faiss IVF-PQ vs usearch HNSW (int8) on the same rows
+    python benchmarks/bench_tier.py --compare 1000000      # faiss PQ fast scan vs usearch HNSW (int8), same rows
 
 ``clustered``: unit vectors around rows/50 random centres (as a photo library's embeddings cluster); ``real``: bt
 embeddings (base checkpoint, 512-d) of 2,000 perturbed sample photos, each moved a little 500 times. Reported: write
@@ -174,7 +174,7 @@ def one_size(rows: int, kind: str) -> dict:
 
 
 def compare(rows: int) -> list[list]:
-    """faiss IVF-PQ (as bt builds it) against usearch HNSW with int8 storage, on the same clustered rows."""
+    """faiss PQ fast scan (as bt builds it) against usearch HNSW with int8 storage, on the same clustered rows."""
     from usearch.index import Index
 
     draw = source("clustered", rows)

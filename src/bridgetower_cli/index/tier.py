@@ -77,7 +77,7 @@ def available() -> bool:
 def spec_for(dim: int) -> str:
     """4-bit fast-scan PQ codes of 64 sub-vectors (32 bytes a row; fewer for a narrower model), no coarse partition:
     at 10M clustered rows an IVF (4096 lists, 64 probed) missed 6 % of the top 10, a full scan of the codes none, in
-    ~20 ms (``benchmarks/results/tier-10m.txt``)."""
+    ~17 ms (``benchmarks/results/tier.txt``, ``tier-ivf-10m.txt``)."""
     codes = next(m for m in (64, 32, 16, 8, 4, 2, 1) if dim % m == 0)
     return f"PQ{codes}x4fs"
 
