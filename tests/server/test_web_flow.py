@@ -75,8 +75,7 @@ def release(page, routes: list) -> None:
 
 
 def scroll_to_the_end(page, total: int) -> None:
-    while len(shown(page)) < total:
-        count = len(shown(page))
+    while (count := len(shown(page))) < total:  # (one count: the page may append its next page meanwhile)
         page.evaluate("document.querySelector('#more').scrollIntoView()")
         until(page, f"document.querySelectorAll('.card').length > {count}")
 
