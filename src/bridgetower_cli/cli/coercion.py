@@ -14,11 +14,7 @@ from typing import Any, get_args, get_origin
 from typer._coercion import RuntimeParam
 from typer._param_types import coerce_cli_choice, coerce_cli_path
 
-from .params import DECIMAL, WHOLE
-
-
-class Unsure(Exception):
-    """A value left to Typer's own coercion."""
+from .params import Unsure, plain_number
 
 
 @dataclass(frozen=True)
@@ -44,7 +40,7 @@ def plain(annotation: Any, info, value: Any, param=None, ctx=None) -> Any:
     if annotation in (str, bool) and type(value) is annotation:
         return value
     if annotation in (int, float):
-        return _in_range(_number(annotation, value), info)
+        return plain_number(annotation, value, info.min, info.max)
     if isinstance(annotation, type) and issubclass(annotation, Enum):
         try:
             return coerce_cli_choice(value, choices=tuple(annotation), case_sensitive=info.case_sensitive, ctx=ctx)
@@ -53,20 +49,3 @@ def plain(annotation: Any, info, value: Any, param=None, ctx=None) -> Any:
     if annotation is Path and info.path_type is None and isinstance(value, (str, Path)):
         return coerce_cli_path(Path(value), info, path_type=Path, param=param, ctx=ctx)
     raise Unsure
-
-
-def _number(kind: type, value: Any) -> int | float:
-    if type(value) is kind:
-        return value
-    if isinstance(value, str) and (WHOLE if kind is int else DECIMAL).fullmatch(value):
-        try:
-            return kind(value)
-        except ValueError:  # (an int past Python's 4,300 digits: Typer's coercion refuses it)
-            raise Unsure from None
-    raise Unsure
-
-
-def _in_range(number: int | float, info) -> int | float:
-    if (info.min is not None and number < info.min) or (info.max is not None and number > info.max):
-        raise Unsure
-    return number

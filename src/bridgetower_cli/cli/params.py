@@ -16,6 +16,25 @@ WHOLE = re.compile(r"[+-]?[0-9]+")  # the plain forms of numbers (an odd one, su
 DECIMAL = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
 
 
+class Unsure(Exception):
+    """A value (or a whole line) left to Typer to parse: its words are then the ones bt shows."""
+
+
+def plain_number(kind: type, value: Any, low: float | None = None, high: float | None = None) -> int | float:
+    """``value`` as an int or a float where it is one, or a string in its plain form, within ``low``..``high``;
+    else ``Unsure`` (a typo, ``1_0``, an int past Python's 4,300 digits, a value out of range)."""
+    if type(value) is not kind:
+        if not (isinstance(value, str) and (WHOLE if kind is int else DECIMAL).fullmatch(value)):
+            raise Unsure
+        try:
+            value = kind(value)
+        except ValueError:
+            raise Unsure from None
+    if (low is not None and value < low) or (high is not None and value > high):
+        raise Unsure
+    return value
+
+
 @dataclass(frozen=True)
 class Param:
     """One option or argument as declared: its kind, its names (options) and Typer's keyword settings."""

@@ -16,14 +16,10 @@ from pathlib import Path
 from typing import Any, Union, get_args, get_origin
 
 from .listing import COMMANDS
-from .params import DECIMAL, WHOLE, Param, declared
+from .params import Param, Unsure, declared, plain_number
 
 UNDERSTOOD = {"help", "metavar", "show_default", "envvar", "case_sensitive", "min", "max", "callback", "autocompletion"}
 TRUE, FALSE = {"1", "true"}, {"0", "false"}
-
-
-class Unsure(Exception):
-    """Typer parses this line."""
 
 
 def run(arguments: list[str], environ: dict[str, str]) -> bool:
@@ -141,16 +137,7 @@ def _coerced(kind: Any, param: Param, word: str) -> Any:
     if kind is str:
         return word
     if kind in (int, float):
-        if not (WHOLE if kind is int else DECIMAL).fullmatch(word):
-            raise Unsure
-        try:
-            number = kind(word)
-        except ValueError:  # (an int past Python's 4,300 digits)
-            raise Unsure from None
-        low, high = param.settings.get("min"), param.settings.get("max")
-        if (low is not None and number < low) or (high is not None and number > high):
-            raise Unsure
-        return number
+        return plain_number(kind, word, param.settings.get("min"), param.settings.get("max"))
     if kind is Path:  # (as click's Path type, readable by default: a path that exists must be readable)
         try:
             os.stat(word)
