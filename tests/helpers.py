@@ -179,3 +179,11 @@ def as_nobody(*args, env: dict | None = None) -> subprocess.CompletedProcess:
 
 
 NOBODY = os.geteuid() == 0 and shutil.which("setpriv") is not None  # (whether as_nobody can run)
+
+
+def bt_without(module: str, *arguments: str) -> subprocess.CompletedProcess:
+    """``bt ARGUMENTS`` in a fresh interpreter in which ``module`` cannot be imported."""
+    script = (
+        f"import sys; sys.modules[{module!r}] = None\nfrom bridgetower_cli.cli import main\nmain({list(arguments)!r})\n"
+    )
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)

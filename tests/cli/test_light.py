@@ -16,6 +16,7 @@ import sys
 import threading
 
 import pytest
+from helpers import bt_without
 
 from bridgetower_cli.cli.app import COMMANDS
 
@@ -137,10 +138,5 @@ def test_a_call_to_the_automatic_server_imports_only_the_request(tmp_path, sampl
 
 def test_a_typer_whose_internals_moved_still_parses_with_its_own_coercion():
     """bt's plain-value parsing leans on Typer internals: where they cannot be imported, Typer's coercion is used."""
-    script = (
-        "import sys; sys.modules['bridgetower_cli.cli.coercion'] = None\n"
-        "from bridgetower_cli.cli import main\n"
-        "main(['retrieve', 'a cat', '-n', '--top-k', 'x'])\n"
-    )
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    done = bt_without("bridgetower_cli.cli.coercion", "retrieve", "a cat", "-n", "--top-k", "x")
     assert done.returncode == 2 and "top-k" in done.stderr and "valid integer" in done.stderr, done.stderr

@@ -8,13 +8,12 @@ from __future__ import annotations
 import importlib
 import inspect
 import os
-import subprocess
-import sys
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
 import pytest
+from helpers import bt_without
 
 from bridgetower_cli.cli import quick
 from bridgetower_cli.cli.app import UsageError, typer_command
@@ -163,12 +162,7 @@ def test_an_integer_past_python_s_digits_is_a_usage_error_both_ways(monkeypatch)
 
 
 def test_a_command_that_cannot_be_imported_is_one_line():
-    script = (
-        "import sys; sys.modules['bridgetower_cli.cli.classify'] = None\n"
-        "from bridgetower_cli.cli import main\n"
-        "main(['classify', 'x.jpg', '-l', 'a,b'])\n"
-    )
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    done = bt_without("bridgetower_cli.cli.classify", "classify", "x.jpg", "-l", "a,b")
     assert done.returncode == 1 and done.stderr.startswith("bt: error: unexpected"), done.stderr
     assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
 
